@@ -1,0 +1,1 @@
+"""What prover, challenger and API share: hashing, commitments, messages, the chain client."""

@@ -1,0 +1,147 @@
+"""Tensor and state commitments (DESIGN §4.2).
+
+- tensor: float32 little-endian, C order, cut in ``CHUNK_BYTES`` chunks (last zero-padded);
+  ``data_root = MTH(chunks)``; ``tensor_root = H(0x02 || dtype:u8 || numel:u64be || data_root)``.
+- state: ``state_root = MTH(slot values)``, a slot value being its tensor_root or 32 zero
+  bytes when the slot is empty.
+
+``data_root`` of a large tensor is hashed by the native extension ``protocol._treehash``,
+which releases the GIL and uses every core; :func:`data_root_reference` is the plain-Python
+definition it is tested against (and the fallback where the extension could not be built).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from protocol.constants import (
+    CHUNK_BYTES,
+    DTYPE_FLOAT32,
+    DTYPE_ITEMSIZE,
+    EMPTY_SLOT,
+    MAX_NUMEL,
+    TENSOR_PREFIX,
+)
+from protocol.errors import CommitmentInputError
+from protocol.merkle import MerkleTree, leaf_hash, merkle_root
+
+try:  # the native hasher; optional at build time, always tested where present
+    from protocol import _treehash
+except ImportError:  # pragma: no cover - exercised only on machines without a C compiler
+    _treehash = None
+
+NATIVE_HASHER: bool = _treehash is not None
+FLOAT32_LE = np.dtype("<f4")
+
+
+def hash_threads() -> int:
+    """Threads used for hashing: ``TRAINPROOF_HASH_THREADS`` or every core this process may use."""
+    env = os.environ.get("TRAINPROOF_HASH_THREADS")
+    if env:
+        return max(1, int(env))
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def as_float32_bytes(array: Any) -> memoryview:
+    """The committed byte layout of ``array``, or a CommitmentInputError saying what is wrong.
+
+    Accepts a numpy array of dtype float32 (little-endian), C-contiguous, any shape.
+    """
+    if not isinstance(array, np.ndarray):
+        raise CommitmentInputError(
+            f"expected a numpy.ndarray, got {type(array).__name__}; convert with np.asarray(...)"
+        )
+    if array.dtype != FLOAT32_LE:
+        raise CommitmentInputError(
+            f"tensor dtype is {array.dtype.str!r}; commitments are float32 little-endian ('<f4'): "
+            "convert with array.astype('<f4')"
+        )
+    if not array.flags.c_contiguous:
+        raise CommitmentInputError(
+            "tensor is not C-contiguous (a transposed or strided view?): "
+            "pass np.ascontiguousarray(array)"
+        )
+    return memoryview(array).cast("B")
+
+
+def chunk_count(numel: int, itemsize: int = 4) -> int:
+    """Number of ``CHUNK_BYTES`` chunks of a tensor of ``numel`` elements."""
+    return -(-numel * itemsize // CHUNK_BYTES)
+
+
+def chunks_of(data: bytes | memoryview) -> list[bytes]:
+    """The chunk leaves of raw tensor bytes, the last zero-padded to ``CHUNK_BYTES``."""
+    raw = bytes(data)
+    out = [raw[i : i + CHUNK_BYTES] for i in range(0, len(raw), CHUNK_BYTES)]
+    if out and len(out[-1]) < CHUNK_BYTES:
+        out[-1] = out[-1].ljust(CHUNK_BYTES, b"\x00")
+    return out
+
+
+def data_root_reference(data: bytes | memoryview) -> bytes:
+    """Plain-Python ``MTH(chunks)``: the definition, single-threaded."""
+    return merkle_root(chunks_of(data))
+
+
+def data_root(data: bytes | memoryview, threads: int | None = None) -> bytes:
+    """``MTH(chunks)`` of raw tensor bytes, on all cores when the native hasher is built."""
+    if _treehash is None:
+        return data_root_reference(data)
+    return _treehash.mth_chunks(data, CHUNK_BYTES, threads or hash_threads())
+
+
+def tensor_root_from_fields(dtype: int, numel: int, data_root_: bytes) -> bytes:
+    """``H(0x02 || dtype:u8 || numel:u64be || data_root)``."""
+    if dtype not in DTYPE_ITEMSIZE:
+        raise CommitmentInputError(f"unknown dtype code {dtype}; v0 knows {sorted(DTYPE_ITEMSIZE)}")
+    if not 0 <= numel <= MAX_NUMEL:
+        raise CommitmentInputError(f"numel {numel} does not fit a u64")
+    if len(data_root_) != 32:
+        raise CommitmentInputError(f"data_root is {len(data_root_)} bytes, expected 32")
+    return hashlib.sha256(
+        TENSOR_PREFIX + bytes([dtype]) + numel.to_bytes(8, "big") + data_root_
+    ).digest()
+
+
+def tensor_root(array: np.ndarray, threads: int | None = None) -> bytes:
+    """The commitment of a float32 tensor (DESIGN §4.2)."""
+    raw = as_float32_bytes(array)
+    return tensor_root_from_fields(DTYPE_FLOAT32, array.size, data_root(raw, threads))
+
+
+def chunk_tree(array: np.ndarray) -> MerkleTree:
+    """The full chunk tree of a tensor, for chunk inclusion proofs (disputes, level 4)."""
+    return MerkleTree([leaf_hash(c) for c in chunks_of(as_float32_bytes(array))])
+
+
+def chunk(array: np.ndarray, index: int) -> bytes:
+    """Chunk ``index`` of a tensor: ``CHUNK_BYTES`` bytes, zero-padded if it is the last."""
+    raw = as_float32_bytes(array)
+    n = chunk_count(array.size)
+    if not 0 <= index < n:
+        raise CommitmentInputError(f"chunk index {index} out of range: the tensor has {n} chunks")
+    return bytes(raw[index * CHUNK_BYTES : (index + 1) * CHUNK_BYTES]).ljust(CHUNK_BYTES, b"\x00")
+
+
+def slot_value(root: bytes | None) -> bytes:
+    """A state slot's leaf data: its tensor_root, or 32 zero bytes when the slot is empty."""
+    if root is None:
+        return EMPTY_SLOT
+    if len(root) != 32:
+        raise CommitmentInputError(f"slot value is {len(root)} bytes, expected a 32-byte root")
+    return root
+
+
+def state_tree(slots: Sequence[bytes | None]) -> MerkleTree:
+    """The tree over a state's slot values (for slot inclusion proofs)."""
+    return MerkleTree.from_leaves([slot_value(s) for s in slots])
+
+
+def state_root(slots: Sequence[bytes | None]) -> bytes:
+    """``MTH(slot values)`` of a state given each slot's tensor_root (None = empty)."""
+    return merkle_root([slot_value(s) for s in slots])
