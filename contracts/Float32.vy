@@ -1,0 +1,318 @@
+# pragma version ~=0.4.3
+"""
+@title Float32
+@license Apache-2.0
+@notice Deployable wrapper exposing the `float32` module's IEEE 754 binary32 primitives on
+        raw bit patterns (`uint32`): add sub mul div sqrt neg abs maximum minimum gt ge eq
+        select round_even ldexp frexp_exp frexp_mant. See contracts/float32.vy for the exact
+        semantics (RNE, subnormals kept, signed zeros, canonical NaN 0x7FC00000).
+@dev `batch` evaluates one primitive over arrays, for off-chain cross-checks and tests; it is
+     not part of the dispute protocol.
+"""
+
+import float32
+
+# op codes of `batch`, in the order of the external functions below
+OP_ADD: constant(uint256) = 0
+OP_SUB: constant(uint256) = 1
+OP_MUL: constant(uint256) = 2
+OP_DIV: constant(uint256) = 3
+OP_SQRT: constant(uint256) = 4
+OP_NEG: constant(uint256) = 5
+OP_ABS: constant(uint256) = 6
+OP_MAXIMUM: constant(uint256) = 7
+OP_MINIMUM: constant(uint256) = 8
+OP_GT: constant(uint256) = 9
+OP_GE: constant(uint256) = 10
+OP_EQ: constant(uint256) = 11
+OP_SELECT: constant(uint256) = 12
+OP_ROUND_EVEN: constant(uint256) = 13
+OP_LDEXP: constant(uint256) = 14
+OP_FREXP_EXP: constant(uint256) = 15
+OP_FREXP_MANT: constant(uint256) = 16
+BATCH_MAX: constant(uint256) = 512
+
+
+@external
+@pure
+def add(a: uint32, b: uint32) -> uint32:
+    """
+    @notice a + b, correctly rounded (round to nearest, ties to even).
+    @param a Bit pattern of the first operand.
+    @param b Bit pattern of the second operand.
+    @return Bit pattern of the sum (canonical NaN for any NaN result).
+    """
+    return float32.add(a, b)
+
+
+@external
+@pure
+def sub(a: uint32, b: uint32) -> uint32:
+    """
+    @notice a - b, correctly rounded (round to nearest, ties to even).
+    @param a Bit pattern of the minuend.
+    @param b Bit pattern of the subtrahend.
+    @return Bit pattern of the difference (canonical NaN for any NaN result).
+    """
+    return float32.sub(a, b)
+
+
+@external
+@pure
+def mul(a: uint32, b: uint32) -> uint32:
+    """
+    @notice a * b, correctly rounded (round to nearest, ties to even).
+    @param a Bit pattern of the first factor.
+    @param b Bit pattern of the second factor.
+    @return Bit pattern of the product (canonical NaN for any NaN result).
+    """
+    return float32.mul(a, b)
+
+
+@external
+@pure
+def div(a: uint32, b: uint32) -> uint32:
+    """
+    @notice a / b, correctly rounded (round to nearest, ties to even).
+    @param a Bit pattern of the dividend.
+    @param b Bit pattern of the divisor.
+    @return Bit pattern of the quotient (canonical NaN for any NaN result).
+    """
+    return float32.div(a, b)
+
+
+@external
+@pure
+def sqrt(a: uint32) -> uint32:
+    """
+    @notice Square root, correctly rounded; sqrt(-0) = -0, sqrt(negative) = NaN.
+    @param a Bit pattern of the operand.
+    @return Bit pattern of the square root (canonical NaN for any NaN result).
+    """
+    return float32.sqrt(a)
+
+
+@external
+@pure
+def neg(a: uint32) -> uint32:
+    """
+    @notice -a (sign flip); a NaN gives the canonical NaN.
+    @param a Bit pattern of the operand.
+    @return Bit pattern of -a.
+    """
+    return float32.neg(a)
+
+
+@external
+@pure
+def abs(a: uint32) -> uint32:
+    """
+    @notice |a| (sign clear); a NaN gives the canonical NaN.
+    @param a Bit pattern of the operand.
+    @return Bit pattern of |a|.
+    """
+    return float32.abs(a)
+
+
+@external
+@pure
+def maximum(a: uint32, b: uint32) -> uint32:
+    """
+    @notice IEEE 754-2019 maximum: NaN-propagating, -0 < +0.
+    @param a Bit pattern of the first operand.
+    @param b Bit pattern of the second operand.
+    @return Bit pattern of the maximum.
+    """
+    return float32.maximum(a, b)
+
+
+@external
+@pure
+def minimum(a: uint32, b: uint32) -> uint32:
+    """
+    @notice IEEE 754-2019 minimum: NaN-propagating, -0 < +0.
+    @param a Bit pattern of the first operand.
+    @param b Bit pattern of the second operand.
+    @return Bit pattern of the minimum.
+    """
+    return float32.minimum(a, b)
+
+
+@external
+@pure
+def gt(a: uint32, b: uint32) -> uint32:
+    """
+    @notice a > b as 1.0 (0x3F800000) or 0.0; NaN compares false.
+    @param a Bit pattern of the left operand.
+    @param b Bit pattern of the right operand.
+    @return 0x3F800000 or 0.
+    """
+    return float32.gt(a, b)
+
+
+@external
+@pure
+def ge(a: uint32, b: uint32) -> uint32:
+    """
+    @notice a >= b as 1.0 (0x3F800000) or 0.0; NaN compares false.
+    @param a Bit pattern of the left operand.
+    @param b Bit pattern of the right operand.
+    @return 0x3F800000 or 0.
+    """
+    return float32.ge(a, b)
+
+
+@external
+@pure
+def eq(a: uint32, b: uint32) -> uint32:
+    """
+    @notice a == b as 1.0 (0x3F800000) or 0.0; NaN compares false, -0 == +0.
+    @param a Bit pattern of the left operand.
+    @param b Bit pattern of the right operand.
+    @return 0x3F800000 or 0.
+    """
+    return float32.eq(a, b)
+
+
+@external
+@pure
+def select(c: uint32, a: uint32, b: uint32) -> uint32:
+    """
+    @notice `a` if `c` is not ±0 (a NaN `c` selects `a`), else `b`; NaN canonicalised.
+    @param c Bit pattern of the condition.
+    @param a Bit pattern chosen when `c` is not ±0.
+    @param b Bit pattern chosen when `c` is ±0.
+    @return Bit pattern of the chosen operand.
+    """
+    return float32.select(c, a, b)
+
+
+@external
+@pure
+def round_even(a: uint32) -> uint32:
+    """
+    @notice Round to integral, ties to even (numpy.rint); keeps the sign of zero results.
+    @param a Bit pattern of the operand.
+    @return Bit pattern of the rounded value.
+    """
+    return float32.round_even(a)
+
+
+@external
+@pure
+def ldexp(a: uint32, n: uint32) -> uint32:
+    """
+    @notice a * 2**n correctly rounded; `n` must be a float32 holding a finite integer, else
+            the result is NaN.
+    @param a Bit pattern of the value.
+    @param n Bit pattern of the integral exponent.
+    @return Bit pattern of a * 2**n.
+    """
+    return float32.ldexp(a, n)
+
+
+@external
+@pure
+def frexp_exp(a: uint32) -> uint32:
+    """
+    @notice Exponent of numpy.frexp(a) as a float32 (0.0 for ±0, ±inf, NaN).
+    @param a Bit pattern of the operand.
+    @return Bit pattern of the exponent.
+    """
+    return float32.frexp_exp(a)
+
+
+@external
+@pure
+def frexp_mant(a: uint32) -> uint32:
+    """
+    @notice Mantissa of numpy.frexp(a), 0.5 <= |m| < 1 (±0, ±inf kept; NaN canonical).
+    @param a Bit pattern of the operand.
+    @return Bit pattern of the mantissa.
+    """
+    return float32.frexp_mant(a)
+
+
+@internal
+@pure
+def _eval(op: uint256, a: uint32, b: uint32, c: uint32) -> uint32:
+    """
+    @notice Evaluate primitive `op` (an OP_* code) on operands; unused operands are ignored.
+    @dev select uses (a, b, c) as (condition, taken-if-nonzero, taken-if-zero).
+    @param op The OP_* code.
+    @param a First operand.
+    @param b Second operand.
+    @param c Third operand.
+    @return The primitive's result.
+    """
+    if op == OP_ADD:
+        return float32.add(a, b)
+    if op == OP_SUB:
+        return float32.sub(a, b)
+    if op == OP_MUL:
+        return float32.mul(a, b)
+    if op == OP_DIV:
+        return float32.div(a, b)
+    if op == OP_SQRT:
+        return float32.sqrt(a)
+    if op == OP_NEG:
+        return float32.neg(a)
+    if op == OP_ABS:
+        return float32.abs(a)
+    if op == OP_MAXIMUM:
+        return float32.maximum(a, b)
+    if op == OP_MINIMUM:
+        return float32.minimum(a, b)
+    if op == OP_GT:
+        return float32.gt(a, b)
+    if op == OP_GE:
+        return float32.ge(a, b)
+    if op == OP_EQ:
+        return float32.eq(a, b)
+    if op == OP_SELECT:
+        return float32.select(a, b, c)
+    if op == OP_ROUND_EVEN:
+        return float32.round_even(a)
+    if op == OP_LDEXP:
+        return float32.ldexp(a, b)
+    if op == OP_FREXP_EXP:
+        return float32.frexp_exp(a)
+    assert op == OP_FREXP_MANT, "unknown op"
+    return float32.frexp_mant(a)
+
+
+@external
+@pure
+def batch(
+    op: uint256,
+    a: DynArray[uint32, BATCH_MAX],
+    b: DynArray[uint32, BATCH_MAX],
+    c: DynArray[uint32, BATCH_MAX],
+) -> DynArray[uint32, BATCH_MAX]:
+    """
+    @notice Evaluate one primitive elementwise over arrays (testing and off-chain cross-checks).
+    @dev `op` is an OP_* code (0 add, 1 sub, 2 mul, 3 div, 4 sqrt, 5 neg, 6 abs, 7 maximum,
+         8 minimum, 9 gt, 10 ge, 11 eq, 12 select, 13 round_even, 14 ldexp, 15 frexp_exp,
+         16 frexp_mant). Operand arrays a program does not use may be empty; the used ones must
+         have the same length as `a` (select reads a as condition, b and c as the choices).
+    @param op The primitive's OP_* code.
+    @param a First operands.
+    @param b Second operands (or empty for unary primitives).
+    @param c Third operands (select only; otherwise may be empty).
+    @return The results, one per element of `a`.
+    """
+    n: uint256 = len(a)
+    nb: uint256 = len(b)
+    nc: uint256 = len(c)
+    assert nb == 0 or nb == n, "length of b"
+    assert nc == 0 or nc == n, "length of c"
+    out: DynArray[uint32, BATCH_MAX] = []
+    for i: uint256 in range(n, bound=BATCH_MAX):
+        x: uint32 = 0
+        y: uint32 = 0
+        if nb != 0:
+            y = b[i]
+        if nc != 0:
+            x = c[i]
+        out.append(self._eval(op, a[i], y, x))
+    return out
