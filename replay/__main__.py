@@ -1,0 +1,5 @@
+"""``python -m replay train|replay ...``."""
+
+from replay.cli import app
+
+app()

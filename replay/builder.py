@@ -1,0 +1,303 @@
+"""A small graph builder that emits IR ops: views with affine index maps, one slot per value.
+
+Every value the builder returns is a :class:`View` of a slot: a shape, element strides and an
+offset into the slot's flat C-order data. Transposes, broadcasts and contiguous reshapes are
+free (they only change the view); every op writes a fresh ephemeral slot, unless ``out=`` names
+a persistent slot to (over)write. :meth:`ProgramBuilder.build` frees every ephemeral slot at the
+end of the step and validates the program.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from protocol.ir import (
+    BATCH_X,
+    MAX_RANK,
+    Opcode,
+    OpDescriptor,
+    Operand,
+    Program,
+    Slot,
+    contiguous_strides,
+    float32_bits,
+    validate_program,
+)
+from replay.errors import SpecError
+
+
+@dataclass(frozen=True)
+class View:
+    """Elements ``offset + Σ i_k·strides[k]`` of slot ``slot``, for ``i`` in ``shape``."""
+
+    slot: int
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    offset: int = 0
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    @property
+    def T(self) -> View:
+        """The last two dimensions swapped."""
+        if self.rank < 2:
+            raise SpecError(f"cannot transpose a rank-{self.rank} view")
+        shape = (*self.shape[:-2], self.shape[-1], self.shape[-2])
+        strides = (*self.strides[:-2], self.strides[-1], self.strides[-2])
+        return View(self.slot, shape, strides, self.offset)
+
+    def broadcast_to(self, shape: Sequence[int]) -> View:
+        """numpy broadcasting: new leading dims and size-1 dims get stride 0."""
+        shape = tuple(shape)
+        if len(shape) < self.rank:
+            raise SpecError(f"cannot broadcast shape {self.shape} to {shape}")
+        pad = len(shape) - self.rank
+        strides = [0] * pad
+        for d_self, s, d in zip(self.shape, self.strides, shape[pad:], strict=True):
+            if d_self == d:
+                strides.append(s if d != 1 else 0)
+            elif d_self == 1:
+                strides.append(0)
+            else:
+                raise SpecError(f"cannot broadcast shape {self.shape} to {shape}")
+        return View(self.slot, shape, tuple(strides), self.offset)
+
+    def reshape(self, shape: Sequence[int]) -> View:
+        """A new shape over the same elements; only for contiguous views."""
+        shape = tuple(shape)
+        if _numel(shape) != _numel(self.shape):
+            raise SpecError(f"cannot reshape {self.shape} to {shape}")
+        if self.strides != contiguous_strides(self.shape):
+            raise SpecError("reshape needs a contiguous view; COPY it first")
+        return View(self.slot, shape, contiguous_strides(shape), self.offset)
+
+    def unsqueeze(self, axis: int) -> View:
+        shape = list(self.shape)
+        strides = list(self.strides)
+        shape.insert(axis, 1)
+        strides.insert(axis, 0)
+        return View(self.slot, tuple(shape), tuple(strides), self.offset)
+
+
+def _numel(shape: Sequence[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def broadcast_shapes(*shapes: tuple[int, ...]) -> tuple[int, ...]:
+    rank = max(len(s) for s in shapes)
+    out = []
+    for k in range(rank):
+        dims = {s[k - rank + len(s)] for s in shapes if k - rank + len(s) >= 0} - {1}
+        if len(dims) > 1:
+            raise SpecError(f"shapes {list(shapes)} do not broadcast")
+        out.append(dims.pop() if dims else 1)
+    return tuple(out)
+
+
+class ProgramBuilder:
+    """Emits ops; values are :class:`View` objects. Call :meth:`build` once at the end."""
+
+    def __init__(self) -> None:
+        self.slots: list[Slot] = []
+        self.ops: list[OpDescriptor] = []
+        self._consts: dict[int, View] = {}
+        self._names: set[str] = set()
+        self._counter = 0
+
+    # ------------------------------------------------------------------ slots
+    def _add_slot(self, name: str, shape: Sequence[int], kind: str) -> int:
+        if name in self._names:
+            raise SpecError(f"slot name {name!r} is already used")
+        if len(tuple(shape)) > MAX_RANK:
+            raise SpecError(f"slot {name!r} has rank {len(tuple(shape))} > {MAX_RANK}")
+        self._names.add(name)
+        self.slots.append(Slot(name=name, shape=tuple(shape), kind=kind))  # type: ignore[arg-type]
+        return len(self.slots) - 1
+
+    def persistent(self, name: str, shape: Sequence[int]) -> View:
+        """Declare a persistent slot (part of every checkpoint)."""
+        shape = tuple(shape)
+        return View(self._add_slot(name, shape, "persistent"), shape, contiguous_strides(shape))
+
+    def _ephemeral(self, hint: str, shape: tuple[int, ...]) -> int:
+        self._counter += 1
+        return self._add_slot(f"{hint}#{self._counter}", shape, "ephemeral")
+
+    def _target(self, out: View | None, hint: str, shape: tuple[int, ...]) -> int:
+        if out is None:
+            return self._ephemeral(hint, shape)
+        slot = self.slots[out.slot]
+        if (
+            out.offset != 0
+            or out.shape != slot.shape
+            or out.strides != contiguous_strides(slot.shape)
+        ):
+            raise SpecError(f"out= must be the whole slot {slot.name!r}")
+        if shape != slot.shape:
+            raise SpecError(f"result shape {shape} does not match slot {slot.name!r} {slot.shape}")
+        return out.slot
+
+    def _emit(
+        self,
+        opcode: Opcode,
+        shape: tuple[int, ...],
+        operands: Sequence[Operand],
+        *,
+        out: View | None,
+        hint: str,
+        reduce_len: int = 0,
+        imm: int = 0,
+    ) -> View:
+        slot = self._target(out, hint, shape)
+        self.ops.append(
+            OpDescriptor(
+                opcode=opcode,
+                out=slot,
+                shape=shape,
+                operands=tuple(operands),
+                reduce_len=reduce_len,
+                imm=imm,
+            )
+        )
+        return View(slot, shape, contiguous_strides(shape))
+
+    # ------------------------------------------------------------------ elementwise
+    def elementwise(
+        self, opcode: Opcode, *inputs: View, out: View | None = None, hint: str | None = None
+    ) -> View:
+        shape = broadcast_shapes(*(v.shape for v in inputs))
+        operands = []
+        for v in inputs:
+            b = v.broadcast_to(shape)
+            operands.append(Operand(slot=b.slot, offset=b.offset, strides=b.strides))
+        return self._emit(opcode, shape, operands, out=out, hint=hint or opcode.name.lower())
+
+    def add(self, a: View, b: View, out: View | None = None, hint: str | None = None) -> View:
+        return self.elementwise(Opcode.ADD, a, b, out=out, hint=hint)
+
+    def sub(self, a: View, b: View, out: View | None = None, hint: str | None = None) -> View:
+        return self.elementwise(Opcode.SUB, a, b, out=out, hint=hint)
+
+    def mul(self, a: View, b: View, out: View | None = None, hint: str | None = None) -> View:
+        return self.elementwise(Opcode.MUL, a, b, out=out, hint=hint)
+
+    def div(self, a: View, b: View, out: View | None = None, hint: str | None = None) -> View:
+        return self.elementwise(Opcode.DIV, a, b, out=out, hint=hint)
+
+    def maximum(self, a: View, b: View, hint: str | None = None) -> View:
+        return self.elementwise(Opcode.MAX, a, b, hint=hint)
+
+    def minimum(self, a: View, b: View, hint: str | None = None) -> View:
+        return self.elementwise(Opcode.MIN, a, b, hint=hint)
+
+    def gt(self, a: View, b: View, hint: str | None = None) -> View:
+        return self.elementwise(Opcode.GT, a, b, hint=hint)
+
+    def ge(self, a: View, b: View, hint: str | None = None) -> View:
+        return self.elementwise(Opcode.GE, a, b, hint=hint)
+
+    def eq(self, a: View, b: View, hint: str | None = None) -> View:
+        return self.elementwise(Opcode.EQ, a, b, hint=hint)
+
+    def ldexp(self, x: View, n: View, hint: str | None = None) -> View:
+        return self.elementwise(Opcode.LDEXP, x, n, hint=hint)
+
+    def neg(self, x: View, hint: str | None = None) -> View:
+        return self.elementwise(Opcode.NEG, x, hint=hint)
+
+    def abs(self, x: View, hint: str | None = None) -> View:
+        return self.elementwise(Opcode.ABS, x, hint=hint)
+
+    def sqrt(self, x: View, hint: str | None = None) -> View:
+        return self.elementwise(Opcode.SQRT, x, hint=hint)
+
+    def round(self, x: View, hint: str | None = None) -> View:
+        return self.elementwise(Opcode.ROUND, x, hint=hint)
+
+    def frexp_exp(self, x: View, hint: str | None = None) -> View:
+        return self.elementwise(Opcode.FREXP_EXP, x, hint=hint)
+
+    def frexp_mant(self, x: View, hint: str | None = None) -> View:
+        return self.elementwise(Opcode.FREXP_MANT, x, hint=hint)
+
+    def copy(self, x: View, out: View | None = None, hint: str | None = None) -> View:
+        return self.elementwise(Opcode.COPY, x, out=out, hint=hint)
+
+    def select(self, c: View, a: View, b: View, hint: str | None = None) -> View:
+        return self.elementwise(Opcode.SELECT, c, a, b, hint=hint)
+
+    # ------------------------------------------------------------------ constants, data
+    def const(self, value: float) -> View:
+        """A scalar (rank-0) slot holding float32(``value``), filled once per step."""
+        bits = float32_bits(value)
+        if bits not in self._consts:
+            slot = self._add_slot(f"const:0x{bits:08x}", (), "ephemeral")
+            self.ops.append(OpDescriptor(opcode=Opcode.FILL, out=slot, shape=(), imm=bits))
+            self._consts[bits] = View(slot, (), ())
+        return self._consts[bits]
+
+    def fill(self, value: float, shape: Sequence[int], hint: str = "fill") -> View:
+        shape = tuple(shape)
+        return self._emit(Opcode.FILL, shape, (), out=None, hint=hint, imm=float32_bits(value))
+
+    def load_batch(self, which: int, shape: Sequence[int], name: str) -> View:
+        shape = tuple(shape)
+        slot = self._add_slot(name, shape, "ephemeral")
+        self.ops.append(OpDescriptor(opcode=Opcode.LOAD_BATCH, out=slot, shape=shape, imm=which))
+        return View(slot, shape, contiguous_strides(shape))
+
+    def load_x(self, shape: Sequence[int]) -> View:
+        return self.load_batch(BATCH_X, shape, "batch.x")
+
+    # ------------------------------------------------------------------ reductions
+    def _reduce(self, opcode: Opcode, x: View, axis: int, out: View | None, hint: str) -> View:
+        axis = axis % x.rank
+        shape = x.shape[:axis] + x.shape[axis + 1 :]
+        strides = x.strides[:axis] + x.strides[axis + 1 :]
+        operand = Operand(
+            slot=x.slot, offset=x.offset, strides=strides, reduce_stride=x.strides[axis]
+        )
+        return self._emit(opcode, shape, [operand], out=out, hint=hint, reduce_len=x.shape[axis])
+
+    def reduce_sum(self, x: View, axis: int, out: View | None = None, hint: str = "sum") -> View:
+        """Sequential sum over ``axis`` (acc_0 = +0.0)."""
+        return self._reduce(Opcode.REDUCE_SUM, x, axis, out, hint)
+
+    def reduce_max(self, x: View, axis: int, hint: str = "rmax") -> View:
+        """Sequential IEEE maximum over ``axis`` (acc_0 = -inf)."""
+        return self._reduce(Opcode.REDUCE_MAX, x, axis, None, hint)
+
+    def matmul(self, a: View, b: View, out: View | None = None, hint: str = "matmul") -> View:
+        """``a[M,K] @ b[K,N]``: acc_{r+1} = acc_r + round(a[i,r]·b[r,j]), r = 0..K-1."""
+        if a.rank != 2 or b.rank != 2 or a.shape[1] != b.shape[0]:
+            raise SpecError(f"matmul shapes {a.shape} @ {b.shape} do not match")
+        (m, k), n = a.shape, b.shape[1]
+        oa = Operand(
+            slot=a.slot, offset=a.offset, strides=(a.strides[0], 0), reduce_stride=a.strides[1]
+        )
+        ob = Operand(
+            slot=b.slot, offset=b.offset, strides=(0, b.strides[1]), reduce_stride=b.strides[0]
+        )
+        return self._emit(Opcode.MATMUL, (m, n), [oa, ob], out=out, hint=hint, reduce_len=k)
+
+    # ------------------------------------------------------------------ finish
+    def build(self) -> Program:
+        """Free every ephemeral slot (in slot order), validate, return the program."""
+        full = set()
+        for op in self.ops:
+            if op.opcode == Opcode.FREE:
+                full.discard(op.out)
+            else:
+                full.add(op.out)
+        for i, slot in enumerate(self.slots):
+            if slot.kind == "ephemeral" and i in full:
+                self.ops.append(OpDescriptor(opcode=Opcode.FREE, out=i, shape=slot.shape))
+        program = Program(slots=tuple(self.slots), ops=tuple(self.ops))
+        validate_program(program)
+        return program
