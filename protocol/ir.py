@@ -468,7 +468,7 @@ def validate_program(program: Program) -> None:
             continue
         if op.opcode == Opcode.LOAD_BATCH and out.persistent:
             raise ProgramError(
-                f"{where}: LOAD_BATCH writes persistent slot {op.out} ({out.name}); "
+                f"{where}: writes persistent slot {op.out} ({out.name}); "
                 "batches go to ephemeral slots"
             )
         if out.persistent and written[op.out]:

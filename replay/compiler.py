@@ -67,7 +67,7 @@ class ForwardTrace:
     """Values the backward pass needs: each layer's input, and activation intermediates."""
 
     inputs: dict[int, View]
-    tanh_of: dict[int, View]
+    sig_of: dict[int, View]
     logits: View
 
 
@@ -76,7 +76,7 @@ def _forward(
 ) -> ForwardTrace:
     a = x
     inputs: dict[int, View] = {}
-    tanh_of: dict[int, View] = {}
+    sig_of: dict[int, View] = {}
     for i, layer in enumerate(spec.layers):
         inputs[i] = a
         if isinstance(layer, Linear):
@@ -85,8 +85,8 @@ def _forward(
         elif isinstance(layer, ReLU):
             a = b.maximum(a, b.const(0.0), hint=f"l{i}.relu")
         elif isinstance(layer, GELU):
-            a, tanh_of[i] = lowering.gelu_parts(b, a)
-    return ForwardTrace(inputs, tanh_of, a)
+            a, sig_of[i] = lowering.gelu_parts(b, a)
+    return ForwardTrace(inputs, sig_of, a)
 
 
 def _softmax_xent(
@@ -129,7 +129,7 @@ def _backward(
         elif isinstance(layer, ReLU):
             d = b.mul(d, b.gt(a_in, b.const(0.0), hint=f"l{i}.relu'"), hint=f"l{i}.drelu")
         elif isinstance(layer, GELU):
-            d = b.mul(d, lowering.gelu_grad(b, a_in, fwd.tanh_of[i]), hint=f"l{i}.dgelu")
+            d = b.mul(d, lowering.gelu_grad(b, a_in, fwd.sig_of[i]), hint=f"l{i}.dgelu")
     return grads
 
 

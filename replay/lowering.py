@@ -51,7 +51,7 @@ TANH_POLY = (
     -3.33332819422e-1,
 )
 TANH_SMALL = 0.625
-#: GELU (tanh form): 0.5·x·(1 + tanh(GELU_C·(x + GELU_K·x³))).
+#: GELU (tanh form): 0.5·x·(1 + tanh(GELU_C·(x + GELU_K·x³))), see :func:`gelu_parts`.
 GELU_C = math.sqrt(2.0 / math.pi)
 GELU_K = 0.044715
 
@@ -123,28 +123,27 @@ def tanh(b: ProgramBuilder, x: View) -> View:
 
 
 def gelu_parts(b: ProgramBuilder, x: View) -> tuple[View, View]:
-    """(gelu(x), t) with t = tanh(GELU_C·(x + GELU_K·x³)), reused by the backward pass."""
+    """(gelu(x), s) for the GELU tanh form, s = sigmoid(2u), u = GELU_C·(x + GELU_K·x³).
+
+    0.5·x·(1 + tanh(u)) is computed as the algebraically identical x·s = x / (1 + exp(-2u)):
+    1 + tanh(u) cancels catastrophically for x ≪ 0 (tanh(u) → -1), x / (1 + exp(-2u)) does not,
+    and it needs one exp instead of a tanh. ``s`` is reused by :func:`gelu_grad`.
+    """
     x2 = b.mul(x, x, hint="gelu.x2")
-    inner = b.add(
-        x, b.mul(b.mul(x2, x, hint="gelu.x3"), b.const(GELU_K), hint="gelu.in"), hint="gelu.in"
-    )
-    t = tanh(b, b.mul(inner, b.const(GELU_C), hint="gelu.u"))
-    half_x = b.mul(x, b.const(0.5), hint="gelu.hx")
-    y = b.mul(half_x, b.add(t, b.const(1.0), hint="gelu.1t"), hint="gelu")
-    return y, t
-
-
-def gelu_grad(b: ProgramBuilder, x: View, t: View) -> View:
-    """d gelu / dx = 0.5(1+t) + 0.5·x·(1-t²)·GELU_C·(1 + 3·GELU_K·x²)."""
+    cubic = b.mul(b.mul(x2, x, hint="gelu.x3"), b.const(GELU_K), hint="gelu.in")
+    inner = b.add(x, cubic, hint="gelu.in")
+    minus_2u = b.mul(inner, b.const(-2.0 * GELU_C), hint="gelu.u")
     one = b.const(1.0)
-    half = b.const(0.5)
+    s = b.div(one, b.add(one, exp(b, minus_2u), hint="gelu.den"), hint="gelu.s")
+    return b.mul(x, s, hint="gelu"), s
+
+
+def gelu_grad(b: ProgramBuilder, x: View, s: View) -> View:
+    """d gelu / dx = s + x·2s(1-s)·GELU_C·(1 + 3·GELU_K·x²)   (s = sigmoid(2u))."""
+    one = b.const(1.0)
     x2 = b.mul(x, x, hint="dgelu.x2")
-    du = b.mul(
-        b.add(one, b.mul(x2, b.const(3.0 * GELU_K), hint="dgelu.du"), hint="dgelu.du"),
-        b.const(GELU_C),
-        hint="dgelu.du",
-    )
-    sech2 = b.sub(one, b.mul(t, t, hint="dgelu.t2"), hint="dgelu.sech2")
-    right = b.mul(b.mul(b.mul(x, half, hint="dgelu.r"), sech2, hint="dgelu.r"), du, hint="dgelu.r")
-    left = b.mul(b.add(one, t, hint="dgelu.l"), half, hint="dgelu.l")
-    return b.add(left, right, hint="dgelu")
+    du = b.add(one, b.mul(x2, b.const(3.0 * GELU_K), hint="dgelu.du"), hint="dgelu.du")
+    du = b.mul(du, b.const(2.0 * GELU_C), hint="dgelu.du")
+    slope = b.mul(s, b.sub(one, s, hint="dgelu.1s"), hint="dgelu.ss")
+    right = b.mul(b.mul(x, slope, hint="dgelu.r"), du, hint="dgelu.r")
+    return b.add(s, right, hint="dgelu")

@@ -125,7 +125,8 @@ ELEMENT_KERNELS: dict[Opcode, Callable[..., Tensor]] = {
     Opcode.ROUND: torch.round,
     Opcode.FREXP_EXP: _frexp_exp,
     Opcode.FREXP_MANT: lambda x: torch.frexp(x)[0],
-    Opcode.COPY: lambda x: x,
+    # a fresh tensor: slot tensors must own their storage from offset 0 (as_strided is absolute)
+    Opcode.COPY: lambda x: x.clone(memory_format=torch.contiguous_format),
     Opcode.SELECT: lambda c, a, b: torch.where(c != 0, a, b),
 }
 
@@ -199,6 +200,7 @@ class TorchExecutor:
         torch.set_flush_denormal(False)  # canonical mode keeps subnormals
         self.state: Slots = [None] * len(program.slots)
         self._computed: set[int] = set()
+        self._batch_cache: tuple[object, tuple[Tensor, Tensor]] | None = None
         self._fns: list[OpFn] = [self._compile(op) for op in program.ops]
         self._writes_compute = {
             op.out for op in program.ops if op.opcode not in (Opcode.LOAD_BATCH, Opcode.FREE)
@@ -232,7 +234,12 @@ class TorchExecutor:
         return self._to_device(batch[0]), self._to_device(batch[1])
 
     def run_op(self, j: int, batch: tuple[np.ndarray, np.ndarray] | None) -> None:
-        tb = None if batch is None else self.batch_tensors(batch)
+        if batch is None:
+            tb = None
+        else:  # convert a batch once, not once per op
+            if self._batch_cache is None or self._batch_cache[0] is not batch:
+                self._batch_cache = (batch, self.batch_tensors(batch))
+            tb = self._batch_cache[1]
         self._fns[j](self.state, tb)
         op = self.program.ops[j]
         if op.opcode in (Opcode.LOAD_BATCH, Opcode.FREE):
