@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY_STAMP   := $(VENV)/.trainproof-installed
 NODE_STAMP := node_modules/.trainproof-installed
-export PATH := $(CURDIR)/node_modules/.bin:$(PATH)
+export PATH := $(CURDIR)/$(BIN):$(CURDIR)/node_modules/.bin:$(PATH)
 
 .PHONY: demo test lint bench setup clean
 
