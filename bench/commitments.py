@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,11 +26,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._report import median_seconds, table, write  # noqa: E402
-from protocol.anvil import AnvilNode  # noqa: E402
-from protocol.chain import ChainSettings, connect  # noqa: E402
-from protocol.commitments import NATIVE_HASHER, hash_threads, tensor_root  # noqa: E402
-from protocol.merkle import leaf_hash, root_from_path  # noqa: E402
+from bench._report import median_seconds, table, write
+from protocol.anvil import AnvilNode
+from protocol.chain import ChainSettings, connect
+from protocol.commitments import NATIVE_HASHER, hash_threads, tensor_root
+from protocol.merkle import leaf_hash, root_from_path
 
 INTRINSIC_GAS = 21_000
 
@@ -103,33 +102,41 @@ def proof_gas(depths: list[int]) -> dict[str, object]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--mib", type=int, default=256, help="tensor size in MiB (default 256)")
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement")
     args = ap.parse_args()
     thr = throughput(args.mib, args.repeats)
     gas = proof_gas([10, 20, 30])
-    path = write("commitments", {"tensor_root_throughput": thr, "inclusion_proof_gas": gas,
-                                 "gas_target_depth20": 10_000})  # fmt: skip
+    path = write(
+        "commitments",
+        {"tensor_root_throughput": thr, "inclusion_proof_gas": gas, "gas_target_depth20": 10_000},
+    )
+    one = thr["single_thread"]
+    assert isinstance(one, dict)
     table(
-        f"tensor_root over {args.mib} MiB float32, {thr['threads']} threads (median of {args.repeats})",
+        f"tensor_root over {args.mib} MiB float32, {thr['threads']} threads "
+        f"(median of {args.repeats})",
         ["measure", "GB/s", "ratio"],
         [
-            ["hashlib.sha256 streaming, all cores (limit)", f"{thr['hashlib_all_cores_GBps']}", "1.00"],
-            ["tensor_root (native tree hasher)", f"{thr['tensor_root_GBps']}", f"{thr['ratio_vs_limit']}"],
-            ["hashlib, 1 thread", f"{thr['single_thread']['hashlib_GBps']}", "1.00"],  # type: ignore[index]
-            ["tensor_root, 1 thread", f"{thr['single_thread']['tensor_root_GBps']}",  # type: ignore[index]
-             f"{thr['single_thread']['ratio']}"],  # type: ignore[index]
+            ["hashlib streaming, all cores (limit)", f"{thr['hashlib_all_cores_GBps']}", "1"],
+            ["tensor_root (native tree hasher)", f"{thr['tensor_root_GBps']}",
+             f"{thr['ratio_vs_limit']}"],
+            ["hashlib.sha256 streaming, 1 thread", f"{one['hashlib_GBps']}", "1"],
+            ["tensor_root, 1 thread", f"{one['tensor_root_GBps']}", f"{one['ratio']}"],
         ],
     )  # fmt: skip
     table(
         "verify_inclusion on anvil (worst of 3 leaves per depth)",
         ["depth", "execution gas", "calldata gas", "target"],
-        [[d, str(g["execution_gas_max"]), str(g["calldata_gas_max"]), "<= 10,000" if d == "20" else ""]  # type: ignore[index]
-         for d, g in gas.items()],
-    )  # fmt: skip
-    print(f"wrote {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}")
-    os.sys.stdout.flush()
+        [
+            [d, str(g["execution_gas_max"]), str(g["calldata_gas_max"]), "<= 10,000" * (d == "20")]
+            for d, g in gas.items()
+        ],
+    )
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from protocol.anvil import REPO_ROOT
 from protocol.errors import TrainproofError
 
 # ape-vyper compiles with the `vyper` executable next to this interpreter (vyper 0.4.3 from
@@ -46,11 +45,13 @@ class ChainSettings(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     network: str = Field(
-        LOCAL_NETWORK, description="ape network choice, e.g. ethereum:local:test or ethereum:sepolia:node"
+        LOCAL_NETWORK,
+        description="ape network choice, e.g. ethereum:local:test or ethereum:sepolia:node",
     )
     rpc_url: str | None = Field(None, description="any EVM JSON-RPC URL; overrides `network`")
     provider: Literal["node", "foundry"] = Field(
-        "node", description="with rpc_url: 'foundry' for an anvil node (snapshots, mining), else 'node'"
+        "node",
+        description="with rpc_url: 'foundry' for an anvil node (snapshots, mining), else 'node'",
     )
     account: str | None = Field(None, description="ape account alias; None = test account")
     test_account: int = Field(0, ge=0, lt=10, description="index of the test account to sign with")

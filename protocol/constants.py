@@ -5,7 +5,8 @@ A test reads the deployed contracts' constants and asserts they equal these.
 
 from typing import Final
 
-#: Bytes per tensor data chunk (DESIGN §4.2): 256 float32 elements. Mirrors contracts/commitments.vy.
+#: Bytes per tensor data chunk (DESIGN §4.2): 256 float32 elements.
+#: Mirrors CHUNK_BYTES in contracts/commitments.vy.
 CHUNK_BYTES: Final[int] = 1024
 
 #: RFC 9162 domain-separation prefixes.

@@ -91,7 +91,7 @@ class InclusionProof(BaseModel):
         return path
 
     def root_for(self, leaf: bytes) -> bytes:
-        """The root this proof yields for the leaf *hash* ``leaf``; raises ProofError if malformed."""
+        """The root this proof yields for leaf *hash* ``leaf``; ProofError if malformed."""
         return root_from_path(leaf, self.index, self.tree_size, self.path)
 
     def verify(self, leaf: bytes, root: bytes) -> bool:

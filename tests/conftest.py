@@ -21,7 +21,10 @@ def chain(request: pytest.FixtureRequest) -> Iterator[Chain]:
         with connect() as ch:
             yield ch
     else:
-        with AnvilNode() as node, connect(ChainSettings(rpc_url=node.url, provider="foundry")) as ch:
+        with (
+            AnvilNode() as node,
+            connect(ChainSettings(rpc_url=node.url, provider="foundry")) as ch,
+        ):
             yield ch
 
 

@@ -35,7 +35,9 @@ def test_tensor_root_by_definition() -> None:
 
 
 def test_native_hasher_is_built() -> None:
-    assert NATIVE_HASHER, "protocol._treehash did not build: check the compiler output of `make setup`"
+    assert NATIVE_HASHER, (
+        "protocol._treehash did not build: check the compiler output of `make setup`"
+    )
 
 
 @settings(max_examples=80, deadline=None)

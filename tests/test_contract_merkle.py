@@ -70,7 +70,9 @@ def test_rejects_tampered_proofs(harness, n: int, seed: int, data: st.DataObject
     assert not accepts(path_=[*path, path[-1]]), "extended proof"
     assert not accepts(path_=[path[0], *path]), "extended at the bottom"
     if len(path) >= 2:
-        i, j = sorted(data.draw(st.lists(st.integers(0, len(path) - 1), min_size=2, max_size=2, unique=True)))
+        i, j = sorted(
+            data.draw(st.lists(st.integers(0, len(path) - 1), min_size=2, max_size=2, unique=True))
+        )
         if path[i] != path[j]:
             swapped = path.copy()
             swapped[i], swapped[j] = swapped[j], swapped[i]
@@ -111,7 +113,9 @@ def test_root_from_path_reverts_on_malformed_proofs(harness, index, size, path_l
         harness.root_from_path(b"\x00" * 32, index, size, [b"\x11" * 32] * path_len)
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(numel=st.integers(0, 3000), seed=st.integers(0, 2**32))
 def test_tensor_root_and_chunks_match_python(harness, numel: int, seed: int) -> None:
     a = np.random.default_rng(seed).standard_normal(numel).astype("<f4")
@@ -124,7 +128,9 @@ def test_tensor_root_and_chunks_match_python(harness, numel: int, seed: int) -> 
     path = list(tree.prove(c).path)
     assert harness.check_chunk(droot, numel, c, chunk(a, c), path)
     assert not harness.check_chunk(droot, numel, c, chunk(a, c)[:-1], path), "short chunk"
-    assert not harness.check_chunk(droot, numel, c, b"\x01" + chunk(a, c)[1:], path), "altered chunk"
+    assert not harness.check_chunk(droot, numel, c, b"\x01" + chunk(a, c)[1:], path), (
+        "altered chunk"
+    )
     # numel sets the tree size; the contract agrees with the reference for a wrong numel
     wrong = numel + 256 * (1 + seed % 7)
     expected = reference_accepts(leaf_hash(chunk(a, c)), c, chunk_count(wrong), path, tree.root)
@@ -134,7 +140,9 @@ def test_tensor_root_and_chunks_match_python(harness, numel: int, seed: int) -> 
 def test_commit_tensor_records_root_and_event(chain, harness) -> None:
     a = np.linspace(-1, 1, 777, dtype="<f4")
     key = hashlib.sha256(b"weights" + chain.sender.address.encode()).digest()
-    receipt = harness.commit_tensor(key, a.size, data_root(memoryview(a).cast("B")), sender=chain.sender)
+    receipt = harness.commit_tensor(
+        key, a.size, data_root(memoryview(a).cast("B")), sender=chain.sender
+    )
     assert harness.committed(chain.sender, key) == tensor_root(a)
     (event,) = receipt.events
     assert event.tensor_root == tensor_root(a) and event.numel == a.size

@@ -35,7 +35,9 @@ def pymerkle_root(tree: pymerkle.InmemoryTree) -> bytes:
 
 
 def leaves_of(n: int, seed: int) -> list[bytes]:
-    return [hashlib.sha256(f"{seed}:{i}".encode()).digest()[: 1 + (i + seed) % 40] for i in range(n)]
+    return [
+        hashlib.sha256(f"{seed}:{i}".encode()).digest()[: 1 + (i + seed) % 40] for i in range(n)
+    ]
 
 
 @settings(max_examples=60, deadline=None)
@@ -100,5 +102,9 @@ def test_proof_model_rejects_bad_nodes() -> None:
     with pytest.raises(ValueError, match="every node is 32 bytes"):
         InclusionProof(index=0, tree_size=2, path=(b"short",))
     proof = MerkleTree.from_leaves([b"a", b"b"]).prove(0)
-    assert not proof.model_copy(update={"index": 1}).verify(leaf_hash(b"a"), merkle_root([b"a", b"b"]))
-    assert not proof.model_copy(update={"tree_size": 7}).verify(leaf_hash(b"a"), merkle_root([b"a", b"b"]))
+    assert not proof.model_copy(update={"index": 1}).verify(
+        leaf_hash(b"a"), merkle_root([b"a", b"b"])
+    )
+    assert not proof.model_copy(update={"tree_size": 7}).verify(
+        leaf_hash(b"a"), merkle_root([b"a", b"b"])
+    )

@@ -1,0 +1,1 @@
+"""trainproof: optimistically verifiable ML training. The CLI lives in trainproof.cli."""

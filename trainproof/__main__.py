@@ -1,0 +1,5 @@
+"""``python -m trainproof ...`` is the ``trainproof`` command."""
+
+from trainproof.cli import app
+
+app()

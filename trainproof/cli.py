@@ -1,0 +1,56 @@
+"""The ``trainproof`` command line.
+
+    trainproof demo                       the end-to-end demo on a local anvil
+    trainproof train --example digits-mlp --steps N --checkpoint-every K --out DIR
+    trainproof replay --run DIR [--from-step A --to-step B]
+
+Each command's ``--help`` explains its options.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from replay.cli import replay_command, train_command
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help=(
+        "trainproof: optimistically verifiable ML training. Trainers commit Merkle roots of "
+        "deterministic checkpoints on-chain; challengers replay steps bit-exactly and settle "
+        "any disagreement with an on-chain bisection that ends in one float32 operation."
+    ),
+)
+
+app.command(
+    "train",
+    help="Train an example model in canonical (bit-exact) mode, writing checkpoints and "
+    "printing one JSON line per checkpoint, then the held-out accuracy.",
+)(train_command)
+app.command(
+    "replay",
+    help="Re-execute a run from its stored checkpoints and report, per checkpoint, whether "
+    "the replayed state root matches (or the first step that does not).",
+)(replay_command)
+
+
+@app.command()
+def demo(
+    rpc: Annotated[
+        str | None,
+        typer.Option(help="use this EVM JSON-RPC URL instead of starting a local anvil"),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="seed choosing which chunk is proven")] = 7,
+) -> None:
+    """Start anvil on a free loopback port, deploy the commitment verifier, commit a real
+    tensor's root on-chain and verify a chunk of it against that root, then stop anvil."""
+    from trainproof.demo import run_demo
+
+    raise typer.Exit(code=run_demo(rpc_url=rpc, seed=seed))
+
+
+if __name__ == "__main__":
+    app()
