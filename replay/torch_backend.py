@@ -1,37 +1,30 @@
-"""The torch interpreter: the same element semantics as the numpy reference, bit for bit.
+"""The torch interpreter: the same bits as the numpy reference, with few kernels per op.
 
-Each op is compiled once into a closure over torch kernels. Only kernels whose float32
-results are defined bit for bit are used: elementwise ``add sub mul div neg abs round``
-(IEEE correctly rounded, one kernel per primitive, so nothing is fused; SQRT goes through
-float64, see :func:`_sqrt`), comparisons, ``where``,
-integer bit operations and float64<->float32 conversions. No BLAS, no library transcendental.
+Each op is compiled once into a closure (``replay/torch_kernels.py`` holds the kernels):
 
-- Reductions and MATMUL: all terms of the op are formed with one ``mul`` kernel (MATMUL) into a
-  ``[R, outputs]`` table, then summed **sequentially in r** by ``embedding_bag(mode="sum")``,
-  whose kernel adds the rows of one bag in index order into a float32 accumulator that starts
-  at +0.0 — exactly ``acc_{r+1} = acc_r + term_r``. The ``"loop"`` strategy (one ``add`` kernel
-  per r) is the plainly sequential fallback, and the default on CUDA. The tests hold both to
-  the numpy reference over random programs.
-- NaN canonicalisation is lazy: whether an IEEE result is NaN never depends on the payload of
-  a NaN operand, and no primitive turns a NaN into a non-NaN differently by payload (compares
-  give 0.0, SELECT only moves it), so canonicalising the slots that are exported (state, trace)
-  gives the same bits as canonicalising after every op.
-- MAX/MIN: ``torch.maximum`` + a fix for equal operands, where the IEEE 754-2019 result is the
-  bitwise AND (max) / OR (min) of the two patterns (it only differs from either for ±0).
+- operands are passed to torch as they are when the IR index map is the identity or a
+  numpy-style broadcast of the slot, as an ``as_strided`` view otherwise; values that a FILL of
+  this step produced are captured as constants at compile time;
+- MATMUL ``C[M,N] = A @ B`` forms all ``R·M·N`` rounded products with one ``mul`` kernel into a
+  ``[R, M·N]`` table (inner dimension the longer of M, N) and sums its rows sequentially in r
+  (:class:`RowSummer`); REDUCE_SUM does the same over its terms; REDUCE_MAX is ``amax`` plus a
+  zero-sign fix;
+- :meth:`TorchExecutor.run_step_tensors` runs a plan without FILL and FREE ops (their effect
+  is static), and canonicalises NaNs only when a slot is exported.
+
+Invariant: every tensor held in a slot is C-contiguous and owns its storage from offset 0, so
+``as_strided`` (whose offset is absolute) reads exactly the IR's flat element index.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from protocol.ir import (
     BATCH_X,
-    CANONICAL_NAN_BITS,
     ELEMENTWISE_OPS,
     Opcode,
     OpDescriptor,
@@ -41,140 +34,43 @@ from protocol.ir import (
 )
 from replay.errors import ExecutionError
 from replay.numpy_backend import named_from_slots, slots_from_named
-from replay.semantics import LDEXP_CLAMP
+from replay.torch_kernels import (
+    ELEMENT_KERNELS,
+    F32,
+    RowSummer,
+    SumStrategy,
+    canon,
+    compare_kernel,
+    reduce_max_terms,
+)
 
 Tensor = torch.Tensor
 Slots = list[Tensor | None]
-OpFn = Callable[[Slots, "tuple[Tensor, Tensor] | None"], None]
-SumStrategy = Literal["auto", "embedding_bag", "loop"]
-F32 = torch.float32
-_NAN = float("nan")
+BatchTensors = tuple[Tensor, Tensor]
+OpFn = Callable[[Slots, "BatchTensors | None"], None]
+Getter = Callable[[Slots], Tensor]
 
 
-def canonical_nan_like(t: Tensor) -> Tensor:
-    return torch.full((), _NAN, dtype=F32, device=t.device)
+def _is_identity(shape: tuple[int, ...], o: Operand, slot_shape: tuple[int, ...]) -> bool:
+    return o.offset == 0 and slot_shape == shape and tuple(o.strides) == contiguous_strides(shape)
 
 
-def canon(t: Tensor) -> Tensor:
-    """``t`` with every NaN replaced by the canonical NaN 0x7FC00000."""
-    nan = torch.tensor(CANONICAL_NAN_BITS, dtype=torch.int32, device=t.device).view(F32)
-    return torch.where(torch.isnan(t), nan, t)
-
-
-# --------------------------------------------------------------------------- element kernels
-
-
-def _max(a: Tensor, b: Tensor) -> Tensor:
-    same = (a.view(torch.int32) & b.view(torch.int32)).view(F32)
-    return torch.where(a == b, same, torch.maximum(a, b))
-
-
-def _min(a: Tensor, b: Tensor) -> Tensor:
-    same = (a.view(torch.int32) | b.view(torch.int32)).view(F32)
-    return torch.where(a == b, same, torch.minimum(a, b))
-
-
-def _pow2(k: Tensor) -> Tensor:
-    """Exact float64 2**k for integer |k| ≤ 1022 (built from the exponent bits)."""
-    return ((k + 1023) << 52).view(torch.float64)
-
-
-def _ldexp(x: Tensor, n: Tensor) -> Tensor:
-    valid = torch.isfinite(n) & (torch.trunc(n) == n)
-    k = torch.clamp(torch.where(valid, n, 0.0), -LDEXP_CLAMP, LDEXP_CLAMP).to(torch.int64)
-    k1 = torch.div(k, 2, rounding_mode="floor")
-    # x·2^k1·2^(k-k1) is exact in float64 (|k1|, |k-k1| ≤ 150), then one rounding to float32
-    r = (x.to(torch.float64) * _pow2(k1) * _pow2(k - k1)).to(F32)
-    return torch.where(valid, r, canonical_nan_like(x))
-
-
-def _frexp_exp(x: Tensor) -> Tensor:
-    _, e = torch.frexp(x)
-    return torch.where(torch.isfinite(x), e.to(F32), 0.0)
-
-
-def _sqrt(x: Tensor) -> Tensor:
-    """Correctly rounded float32 sqrt, computed as float32(sqrt_f64(x)).
-
-    torch's vectorised float32 sqrt on CPU is *not* correctly rounded (torch 2.13: about 20% of
-    random inputs are 1 ulp off, for every ATEN_CPU_CAPABILITY). For float32 x, sqrt(x) is at
-    least 2^-50 (relative) away from every float32 rounding midpoint, so a float64 sqrt with
-    error below 4 ulps of float64 rounds to the correctly rounded float32 result.
-    """
-    return torch.sqrt(x.to(torch.float64)).to(F32)
-
-
-def _flag(fn: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
-    return lambda a, b: fn(a, b).to(F32)
-
-
-ELEMENT_KERNELS: dict[Opcode, Callable[..., Tensor]] = {
-    Opcode.ADD: torch.add,
-    Opcode.SUB: torch.sub,
-    Opcode.MUL: torch.mul,
-    Opcode.DIV: torch.div,
-    Opcode.MAX: _max,
-    Opcode.MIN: _min,
-    Opcode.GT: _flag(torch.gt),
-    Opcode.GE: _flag(torch.ge),
-    Opcode.EQ: _flag(torch.eq),
-    Opcode.LDEXP: _ldexp,
-    Opcode.NEG: torch.neg,
-    Opcode.ABS: torch.abs,
-    Opcode.SQRT: _sqrt,
-    Opcode.ROUND: torch.round,
-    Opcode.FREXP_EXP: _frexp_exp,
-    Opcode.FREXP_MANT: lambda x: torch.frexp(x)[0],
-    # a fresh tensor: slot tensors must own their storage from offset 0 (as_strided is absolute)
-    Opcode.COPY: lambda x: x.clone(memory_format=torch.contiguous_format),
-    Opcode.SELECT: lambda c, a, b: torch.where(c != 0, a, b),
-}
-
-
-# --------------------------------------------------------------------------- operand views
-
-
-def _is_identity(op: OpDescriptor, o: Operand, slot_shape: tuple[int, ...]) -> bool:
-    return (
-        o.offset == 0
-        and tuple(slot_shape) == tuple(op.shape)
-        and tuple(o.strides) == contiguous_strides(op.shape)
-    )
-
-
-def _viewer(op: OpDescriptor, o: Operand, slot_shape: tuple[int, ...]) -> Callable[[Slots], Tensor]:
-    slot = o.slot
-    if _is_identity(op, o, slot_shape):
-        return lambda s: s[slot]  # type: ignore[return-value]
-    size, stride, offset = tuple(op.shape), tuple(o.strides), o.offset
-    return lambda s: torch.as_strided(s[slot], size, stride, offset)  # type: ignore[arg-type]
-
-
-def _term_viewer(op: OpDescriptor, o: Operand) -> Callable[[Slots], Tensor]:
-    """All R terms of a reduction operand as a [R, *shape] view."""
-    slot = o.slot
-    size = (op.reduce_len, *op.shape)
-    stride = (o.reduce_stride, *o.strides)
-    offset = o.offset
-    return lambda s: torch.as_strided(s[slot], size, stride, offset)  # type: ignore[arg-type]
-
-
-# --------------------------------------------------------------------------- sequential sums
-
-
-def sequential_sum_rows(table: Tensor, strategy: SumStrategy) -> Tensor:
-    """``acc = +0.0; for r: acc = acc + table[r]`` over a contiguous [R, n] float32 table."""
-    rows, n = table.shape
-    if rows == 0:
-        return torch.zeros(n, dtype=F32, device=table.device)
-    if strategy == "loop":
-        acc = torch.zeros(n, dtype=F32, device=table.device)
-        for r in range(rows):
-            acc = torch.add(acc, table[r])
-        return acc
-    idx = torch.arange(rows, device=table.device)
-    offsets = torch.zeros(1, dtype=torch.long, device=table.device)
-    return F.embedding_bag(idx, table, offsets, mode="sum").reshape(n)
+def _is_broadcast(shape: tuple[int, ...], o: Operand, slot_shape: tuple[int, ...]) -> bool:
+    """True if the index map is numpy broadcasting of the slot (right-aligned) to ``shape``."""
+    lead = len(shape) - len(slot_shape)
+    if o.offset != 0 or lead < 0:
+        return False
+    if any(s != 0 and d != 1 for d, s in zip(shape[:lead], o.strides[:lead], strict=True)):
+        return False
+    cs = contiguous_strides(slot_shape)
+    for i, n in enumerate(slot_shape):
+        d, s = shape[lead + i], o.strides[lead + i]
+        if n == d and (s == cs[i] or d == 1):
+            continue
+        if n == 1 and s == 0:
+            continue
+        return False
+    return True
 
 
 class TorchExecutor:
@@ -187,7 +83,7 @@ class TorchExecutor:
         program: Program,
         device: str = "cpu",
         sum_strategy: SumStrategy = "auto",
-        max_table_bytes: int = 64 << 20,
+        max_table_bytes: int = 4 << 20,
     ) -> None:
         self.program = program
         self.device = torch.device(device)
@@ -196,12 +92,29 @@ class TorchExecutor:
         if sum_strategy == "auto":
             sum_strategy = "embedding_bag" if self.device.type == "cpu" else "loop"
         self.sum_strategy: SumStrategy = sum_strategy
-        self.max_table_rows_bytes = max_table_bytes
+        self._summer = RowSummer(sum_strategy, self.device)
+        self.max_table_bytes = max_table_bytes
         torch.set_flush_denormal(False)  # canonical mode keeps subnormals
         self.state: Slots = [None] * len(program.slots)
         self._computed: set[int] = set()
-        self._batch_cache: tuple[object, tuple[Tensor, Tensor]] | None = None
-        self._fns: list[OpFn] = [self._compile(op) for op in program.ops]
+        self._batch_cache: tuple[object, BatchTensors] | None = None
+        self._persistent = program.persistent_slots
+        self._fns: list[OpFn] = []
+        self._plan: list[OpFn] = []
+        constants: dict[int, Tensor] = {}  # slot -> value of a FILL earlier in this step
+        for op in program.ops:
+            fn = self._compile(op, constants)
+            self._fns.append(fn)
+            # FILL of an ephemeral slot is static (readers captured it); FREE only drops scratch
+            static = op.opcode == Opcode.FREE or (
+                op.opcode == Opcode.FILL and not program.slots[op.out].persistent
+            )
+            if not static:
+                self._plan.append(fn)
+            if op.opcode == Opcode.FILL:
+                constants[op.out] = self._fill_value(op)
+            else:
+                constants.pop(op.out, None)
         self._writes_compute = {
             op.out for op in program.ops if op.opcode not in (Opcode.LOAD_BATCH, Opcode.FREE)
         }
@@ -230,7 +143,7 @@ class TorchExecutor:
         return torch.from_numpy(np.array(a, dtype=np.float32, order="C", copy=True)).to(self.device)
 
     # ------------------------------------------------------------------ running
-    def batch_tensors(self, batch: tuple[np.ndarray, np.ndarray]) -> tuple[Tensor, Tensor]:
+    def batch_tensors(self, batch: tuple[np.ndarray, np.ndarray]) -> BatchTensors:
         return self._to_device(batch[0]), self._to_device(batch[1])
 
     def run_op(self, j: int, batch: tuple[np.ndarray, np.ndarray] | None) -> None:
@@ -248,48 +161,54 @@ class TorchExecutor:
             self._computed.add(op.out)
 
     def run_step(self, batch: tuple[np.ndarray, np.ndarray] | None) -> None:
-        tb = None if batch is None else self.batch_tensors(batch)
-        self.run_step_tensors(tb)
+        self.run_step_tensors(None if batch is None else self.batch_tensors(batch))
 
-    def run_step_tensors(self, batch: tuple[Tensor, Tensor] | None) -> None:
-        s = self.state
-        for fn in self._fns:
+    def run_step_tensors(self, batch: BatchTensors | None) -> None:
+        """One whole step: the plan skips ephemeral FILLs (captured) and FREEs (scratch slots are
+        dropped at the end, only persistent slots are kept)."""
+        s = list(self.state)
+        for fn in self._plan:
             fn(s, batch)
+        for i in self._persistent:
+            self.state[i] = s[i]
         self._computed |= self._writes_compute
 
     # ------------------------------------------------------------------ compiling
-    def _compile(self, op: OpDescriptor) -> OpFn:
+    def _fill_value(self, op: OpDescriptor) -> Tensor:
+        bits = np.full(op.shape, op.imm, dtype=np.uint32)
+        return torch.from_numpy(bits.view(np.float32)).to(self.device)
+
+    def _getter(
+        self, shape: tuple[int, ...], o: Operand, constants: dict[int, Tensor], force_full: bool
+    ) -> tuple[Getter, bool]:
+        """How to hand operand ``o`` to torch: (getter, is it a full-shape, strided view?)."""
+        slot, slot_shape = o.slot, self.program.slots[o.slot].shape
+        size, stride, offset = shape, tuple(o.strides), o.offset
+        const = constants.get(slot)
+        if _is_identity(shape, o, slot_shape) or (
+            not force_full and _is_broadcast(shape, o, slot_shape)
+        ):
+            if const is not None:
+                return (lambda _s: const), False
+            return (lambda s: s[slot]), False  # type: ignore[return-value]
+        if const is not None:
+            view = torch.as_strided(const, size, stride, offset)
+            return (lambda _s: view), True
+        return (lambda s: torch.as_strided(s[slot], size, stride, offset)), True  # type: ignore[arg-type]
+
+    def _compile(self, op: OpDescriptor, constants: dict[int, Tensor]) -> OpFn:
         out = op.out
-        slots = self.program.slots
         code = op.opcode
         if code in ELEMENTWISE_OPS:
-            kernel = ELEMENT_KERNELS[code]
-            views = [_viewer(op, o, slots[o.slot].shape) for o in op.operands]
-            if len(views) == 1:
-                (v0,) = views
-
-                def unary(s: Slots, _b: object) -> None:
-                    s[out] = kernel(v0(s)).contiguous()
-
-                return unary
-            if len(views) == 2:
-                v0, v1 = views
-
-                def binary(s: Slots, _b: object) -> None:
-                    s[out] = kernel(v0(s), v1(s)).contiguous()
-
-                return binary
-            v0, v1, v2 = views
-
-            def ternary(s: Slots, _b: object) -> None:
-                s[out] = kernel(v0(s), v1(s), v2(s)).contiguous()
-
-            return ternary
-        if code in (Opcode.REDUCE_SUM, Opcode.MATMUL, Opcode.REDUCE_MAX):
-            return self._compile_reduction(op)
+            return self._compile_elementwise(op, constants)
+        if code == Opcode.REDUCE_MAX:
+            return self._compile_reduce_max(op, constants)
+        if code == Opcode.REDUCE_SUM:
+            return self._compile_reduce_sum(op, constants)
+        if code == Opcode.MATMUL:
+            return self._compile_matmul(op, constants)
         if code == Opcode.FILL:
-            bits = np.full(op.shape, op.imm, dtype=np.uint32)
-            const = torch.from_numpy(bits.view(np.float32)).to(self.device)
+            const = self._fill_value(op)
 
             def fill(s: Slots, _b: object) -> None:
                 s[out] = const
@@ -299,7 +218,7 @@ class TorchExecutor:
             which = 0 if op.imm == BATCH_X else 1
             shape = tuple(op.shape)
 
-            def load(s: Slots, b: tuple[Tensor, Tensor] | None) -> None:
+            def load(s: Slots, b: BatchTensors | None) -> None:
                 if b is None:
                     raise ExecutionError("LOAD_BATCH needs a batch but none was given")
                 t = b[which]
@@ -318,34 +237,91 @@ class TorchExecutor:
             return free
         raise ExecutionError(f"unknown opcode {code!r}")  # pragma: no cover
 
-    def _compile_reduction(self, op: OpDescriptor) -> OpFn:
-        out = op.out
-        shape = tuple(op.shape)
-        rows = op.reduce_len
-        n = op.numel
-        terms = [_term_viewer(op, o) for o in op.operands]
-        strategy = self.sum_strategy
-        device = self.device
-        if op.opcode == Opcode.REDUCE_MAX:
-            (t0,) = terms
+    def _compile_elementwise(self, op: OpDescriptor, constants: dict[int, Tensor]) -> OpFn:
+        out, shape, kernel = op.out, tuple(op.shape), ELEMENT_KERNELS[op.opcode]
+        if op.opcode in (Opcode.GT, Opcode.GE, Opcode.EQ):
+            kernel = compare_kernel(op.opcode, shape, self.device)
+        slots = self.program.slots
+        # torch broadcasting must produce the op's shape: some operand has to be full-shape
+        full = [
+            _is_identity(shape, o, slots[o.slot].shape)
+            or not _is_broadcast(shape, o, slots[o.slot].shape)
+            for o in op.operands
+        ]
+        force_first = not any(full)
+        getters, strided = [], False
+        for k, o in enumerate(op.operands):
+            g, is_strided = self._getter(shape, o, constants, force_full=force_first and k == 0)
+            getters.append(g)
+            strided |= is_strided
+        # outputs follow an identity operand's (C) layout; after strided views, make it so
+        finish: Callable[[Tensor], Tensor] = (
+            (lambda t: t.contiguous()) if strided else (lambda t: t)
+        )
+        if len(getters) == 1:
+            (g0,) = getters
 
-            def rmax(s: Slots, _b: object) -> None:
-                s[out] = reduce_max_terms(t0(s).reshape(rows, n), device).reshape(shape)
+            def unary(s: Slots, _b: object) -> None:
+                s[out] = finish(kernel(g0(s)))
 
-            return rmax
-        # rows per block so that one block of the term table stays under max_table_bytes
-        block = max(1, min(rows, self.max_table_rows_bytes // max(1, 4 * n)))
-        if op.opcode == Opcode.REDUCE_SUM:
-            (t0,) = terms
+            return unary
+        if len(getters) == 2:
+            g0, g1 = getters
 
-            def rsum(s: Slots, _b: object) -> None:
-                table = t0(s).reshape(rows, n)  # copies when the view is not contiguous
-                s[out] = blocked_sum(
-                    lambda lo, hi: table[lo:hi], rows, n, block, strategy, device
-                ).reshape(shape)
+            def binary(s: Slots, _b: object) -> None:
+                s[out] = finish(kernel(g0(s), g1(s)))
 
-            return rsum
-        ta, tb = terms
+            return binary
+        g0, g1, g2 = getters
+
+        def ternary(s: Slots, _b: object) -> None:
+            s[out] = finish(kernel(g0(s), g1(s), g2(s)))
+
+        return ternary
+
+    def _terms(self, op: OpDescriptor, o: Operand, constants: dict[int, Tensor]) -> Getter:
+        """All R terms of a reduction operand as a [R, *shape] view."""
+        size = (op.reduce_len, *op.shape)
+        stride, offset = (o.reduce_stride, *o.strides), o.offset
+        const = constants.get(o.slot)
+        if const is not None:
+            view = torch.as_strided(const, size, stride, offset)
+            return lambda _s: view
+        slot = o.slot
+        return lambda s: torch.as_strided(s[slot], size, stride, offset)  # type: ignore[arg-type]
+
+    def _compile_reduce_max(self, op: OpDescriptor, constants: dict[int, Tensor]) -> OpFn:
+        out, terms = op.out, self._terms(op, op.operands[0], constants)
+
+        def rmax(s: Slots, _b: object) -> None:
+            s[out] = reduce_max_terms(terms(s)).contiguous()
+
+        return rmax
+
+    def _block_rows(self, n: int) -> int:
+        return max(1, self.max_table_bytes // max(1, 4 * n))
+
+    def _compile_reduce_sum(self, op: OpDescriptor, constants: dict[int, Tensor]) -> OpFn:
+        out, shape, rows, n = op.out, tuple(op.shape), op.reduce_len, op.numel
+        terms, summer, block = (
+            self._terms(op, op.operands[0], constants),
+            self._summer,
+            self._block_rows(n),
+        )
+
+        def rsum(s: Slots, _b: object) -> None:
+            table = terms(s).reshape(rows, n)  # copies when the view is not contiguous
+            s[out] = summer.blocked(lambda lo, hi: table[lo:hi], rows, n, block).reshape(shape)
+
+        return rsum
+
+    def _compile_matmul(self, op: OpDescriptor, constants: dict[int, Tensor]) -> OpFn:
+        oa, ob = op.operands
+        if op.rank == 2 and oa.strides[1] == 0 and ob.strides[0] == 0:
+            return self._compile_matrix_product(op, constants)
+        out, shape, rows, n = op.out, tuple(op.shape), op.reduce_len, op.numel
+        ta, tb = self._terms(op, oa, constants), self._terms(op, ob, constants)
+        summer, block, device = self._summer, self._block_rows(n), self.device
 
         def matmul(s: Slots, _b: object) -> None:
             a, b = ta(s), tb(s)
@@ -355,48 +331,65 @@ class TorchExecutor:
                 torch.mul(a[lo:hi], b[lo:hi], out=buf)
                 return buf.reshape(hi - lo, n)
 
-            s[out] = blocked_sum(products, rows, n, block, strategy, device).reshape(shape)
+            s[out] = summer.blocked(products, rows, n, block).reshape(shape)
 
         return matmul
 
+    def _compile_matrix_product(self, op: OpDescriptor, constants: dict[int, Tensor]) -> OpFn:
+        """C[m,n] = Σ_r A[m,r]·B[r,n] where A's map varies only with m and r, B's with r and n.
 
-def blocked_sum(
-    rows_of: Callable[[int, int], Tensor],
-    rows: int,
-    n: int,
-    block: int,
-    strategy: SumStrategy,
-    device: torch.device,
-) -> Tensor:
-    """Sequential sum of R rows produced block by block (bounded memory).
+        A' = [R, M] and B' = [R, N] are gathered contiguous once. The product table
+        A'[:, :, None]·B'[:, None, :] (or its transpose, so that the inner loop runs over the
+        longer of M and N) is built and summed over r in blocks of output rows small enough to
+        stay in cache; output rows are independent, so blocks need no carry.
+        """
+        oa, ob = op.operands
+        (m, n), rows, out = op.shape, op.reduce_len, op.out
+        ga = self._rows(oa, (rows, m), (oa.reduce_stride, oa.strides[0]), constants)
+        gb = self._rows(ob, (rows, n), (ob.reduce_stride, ob.strides[1]), constants)
+        transpose = m > n  # inner loop over M: the table is [R, N, M]
+        inner, outer = (m, n) if transpose else (n, m)
+        per_outer = 4 * max(1, rows) * max(1, inner)
+        step = max(1, min(outer, self.max_table_bytes // per_outer))  # output rows per block
+        row_block = self._block_rows(step * inner)  # r-blocking, only for very long sums
+        summer, device = self._summer, self.device
+        buf = torch.empty(min(rows, row_block) * step * inner, dtype=F32, device=device)
 
-    Each later block is summed with the running accumulator as its first row: the sum then
-    starts ``+0.0 + acc``, which equals ``acc`` because a sequential sum that starts at +0.0 is
-    never -0.0 (x + y = -0 in RNE only when both are -0), so the order of additions is exactly
-    ``acc_{r+1} = acc_r + term_r``.
-    """
-    if rows <= block:
-        return sequential_sum_rows(rows_of(0, rows).contiguous(), strategy)
-    acc = sequential_sum_rows(rows_of(0, block).contiguous(), strategy)
-    for lo in range(block, rows, block):
-        hi = min(rows, lo + block)
-        table = torch.cat([acc.reshape(1, n), rows_of(lo, hi)])
-        acc = sequential_sum_rows(table, strategy)
-    return acc
+        def block_sum(left: Tensor, right: Tensor, o0: int, o1: int) -> Tensor:
+            width = (o1 - o0) * inner
 
+            def products(lo: int, hi: int) -> Tensor:
+                dst = buf[: (hi - lo) * width].view(hi - lo, o1 - o0, inner)
+                torch.mul(left[lo:hi, o0:o1].unsqueeze(2), right[lo:hi].unsqueeze(1), out=dst)
+                return dst.view(hi - lo, width)
 
-def reduce_max_terms(table: Tensor, device: torch.device) -> Tensor:
-    """IEEE 754-2019 maximum over rows, from acc_0 = -inf.
+            return summer.blocked(products, rows, width, row_block).view(o1 - o0, inner)
 
-    maximum with -0 < +0 and NaN absorbing is a lattice join, so the sequential fold equals the
-    order-free max; ``amax`` computes it except for the sign of a zero result, fixed here: +0 if
-    any term is +0, else -0.
-    """
-    rows, n = table.shape
-    if rows == 0:
-        return torch.full((n,), float("-inf"), dtype=F32, device=device)
-    m = torch.amax(table, dim=0)
-    pos_zero = (table.view(torch.int32) == 0).any(dim=0)
-    zeros = torch.tensor([0.0, -0.0], dtype=F32, device=device)
-    zero = torch.where(pos_zero, zeros[0], zeros[1])
-    return torch.where(m == 0, zero, m)
+        def matmul(s: Slots, _b: object) -> None:
+            a, b = ga(s), gb(s)
+            left, right = (b, a) if transpose else (a, b)  # [R, outer], [R, inner]
+            if step >= outer:
+                acc = block_sum(left, right, 0, outer)
+            else:
+                acc = torch.empty((outer, inner), dtype=F32, device=device)
+                for o0 in range(0, outer, step):
+                    o1 = min(outer, o0 + step)
+                    acc[o0:o1] = block_sum(left, right, o0, o1)
+            s[out] = acc.t().contiguous() if transpose else acc
+
+        return matmul
+
+    def _rows(
+        self,
+        o: Operand,
+        size: tuple[int, int],
+        stride: tuple[int, int],
+        constants: dict[int, Tensor],
+    ) -> Getter:
+        """Operand values as a contiguous [R, K] tensor (a copy only if the view needs one)."""
+        const = constants.get(o.slot)
+        if const is not None:
+            fixed = torch.as_strided(const, size, stride, o.offset).contiguous()
+            return lambda _s: fixed
+        slot, offset = o.slot, o.offset
+        return lambda s: torch.as_strided(s[slot], size, stride, offset).contiguous()  # type: ignore[arg-type]

@@ -9,6 +9,11 @@ FREE. Both backends run it op by op (every op output compared) and as a whole st
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -232,3 +237,68 @@ def test_sqrt_is_correctly_rounded_on_many_inputs() -> None:
         ),
     )
     check_agreement(program, {"x": x, "y": np.zeros_like(x)}, None)
+
+
+@pytest.mark.parametrize(
+    ("m", "k", "n", "table_bytes"),
+    [(5, 7, 3, 4 << 20), (3, 7, 5, 4 << 20), (6, 40, 9, 256), (9, 40, 6, 256), (4, 300, 2, 64)],
+)
+def test_matrix_products_with_transposed_views_and_blocking(m, k, n, table_bytes) -> None:
+    """MATMUL of transposed views, wide and tall outputs, blocked over rows and over r."""
+    rng = np.random.default_rng(m * 100 + k)
+    bits = rng.integers(0, 2**32, (k, m), dtype=np.uint64).astype(np.uint32)
+    a_t = np.where(rng.random((k, m)) < 0.7, rng.standard_normal((k, m)), bits.view(np.float32))
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    b[rng.random((k, n)) < 0.1] = np.float32(-0.0)
+    slots = (
+        Slot(name="at", shape=(k, m), kind="persistent"),
+        Slot(name="b", shape=(k, n), kind="persistent"),
+        Slot(name="c", shape=(m, n), kind="persistent"),
+    )
+    op = OpDescriptor(  # c = at.T @ b
+        opcode=Opcode.MATMUL,
+        out=2,
+        shape=(m, n),
+        operands=(
+            Operand(slot=0, strides=(1, 0), reduce_stride=m),
+            Operand(slot=1, strides=(0, 1), reduce_stride=n),
+        ),
+        reduce_len=k,
+    )
+    program = Program(slots=slots, ops=(op,))
+    state = {"at": a_t.astype(np.float32), "b": b, "c": np.zeros((m, n), np.float32)}
+    check_agreement(program, state, None, max_table_bytes=table_bytes)
+    check_agreement(program, state, None, sum_strategy="loop", max_table_bytes=table_bytes)
+
+
+CODE_PATH_SCRIPT = """
+import sys
+sys.path.insert(0, "tests")
+import torch
+import test_replay_backends as t
+capability = torch.backends.cpu.get_cpu_capability()
+assert capability == sys.argv[1].upper(), capability
+for opcode in sorted(t.ELEMENTWISE_OPS):
+    t.test_every_elementwise_op_on_all_special_pairs(opcode)
+for case in [(5, 7, 3, 4 << 20), (9, 40, 6, 256)]:
+    t.test_matrix_products_with_transposed_views_and_blocking(*case)
+t.test_random_programs_agree_loop_and_blocked()
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("capability", ["default", "avx2"])
+def test_agreement_on_other_cpu_code_paths(capability: str) -> None:
+    """torch picks kernels by ATEN_CPU_CAPABILITY (e.g. how maximum treats NaN payloads)."""
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": capability, "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = str(repo)
+    proc = subprocess.run(
+        [sys.executable, "-c", CODE_PATH_SCRIPT, capability],
+        env=env,
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
