@@ -43,6 +43,36 @@ def _leaf_hash(data: Bytes[1024]) -> bytes32:
 
 @internal
 @pure
+def _leaf_hash32(data: bytes32) -> bytes32:
+    """
+    @notice sha256(0x00 || value): the leaf hash of a 32-byte leaf (a state slot value, a
+            checkpoint root).
+    @param data The 32-byte leaf data.
+    @return The leaf hash.
+    """
+    return sha256(concat(LEAF_PREFIX, data))
+
+
+@internal
+@pure
+def _split_point(n: uint256) -> uint256:
+    """
+    @notice The largest power of two strictly below n (n >= 2): where RFC 9162 splits n leaves.
+    @param n The number of leaves, at least 2, below 2**64.
+    @return k, the size of the left subtree.
+    """
+    m: uint256 = n - 1
+    m |= m >> 1
+    m |= m >> 2
+    m |= m >> 4
+    m |= m >> 8
+    m |= m >> 16
+    m |= m >> 32
+    return (m + 1) >> 1
+
+
+@internal
+@pure
 def _node_hash(left: bytes32, right: bytes32) -> bytes32:
     """
     @notice sha256(0x01 || left || right): the hash of an interior node.

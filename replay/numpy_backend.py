@@ -112,6 +112,10 @@ class NumpyExecutor:
         """Slot ``i``'s value (already canonical), or None when empty."""
         return self.state[i]
 
+    def set_slot(self, i: int, value: np.ndarray | None) -> None:
+        """Replace slot ``i``'s value (fault injection: replay.trace's ``tamper`` hook)."""
+        self.state[i] = None if value is None else np.ascontiguousarray(value, dtype=np.float32)
+
     def run_op(self, j: int, batch: tuple[np.ndarray, np.ndarray] | None) -> None:
         op = self.program.ops[j]
         self.state[op.out] = execute_op(op, self.state, batch)

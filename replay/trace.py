@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import bisect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,10 +20,16 @@ import numpy as np
 from protocol.commitments import chunk_tree, state_tree, tensor_root
 from protocol.ir import REDUCTION_OPS, Program, operand_index
 from protocol.merkle import InclusionProof, MerkleTree
-from replay.backends import Batch, make_executor
+from replay.backends import Batch, Executor, make_executor
 from replay.errors import ExecutionError
 from replay.numpy_backend import reduce_partials, slots_from_named
 from replay.state import IncrementalStateTree, as_committed
+
+#: A fault hook (tests, demos): called after op ``j`` ran on the executor with the step's
+#: batch; returns the slots to replace and their new values (the op's own output included,
+#: or any other slot). They are written into the executor (numpy backend) and the trace
+#: records them as if computed, so everything after the fault follows from it.
+Tamper = Callable[[int, Executor, Batch | None], dict[int, np.ndarray | None]]
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,7 @@ class StepTrace:
         batch: Batch | None,
         backend: str = "numpy",
         device: str = "cpu",
+        tamper: Tamper | None = None,
     ) -> None:
         self.program = program
         executor = make_executor(program, backend, device)
@@ -55,18 +62,24 @@ class StepTrace:
         self._initial_roots = list(roots)
         tree = IncrementalStateTree(roots)
         self.op_roots: list[bytes] = [tree.root]
-        self._outputs: list[np.ndarray | None] = []
-        self._output_roots: list[bytes | None] = []
+        # per slot: the ops that replaced it, with the value and root it held after each
         self._writes: dict[int, list[int]] = {}
+        self._written: dict[tuple[int, int], tuple[np.ndarray | None, bytes | None]] = {}
         for j, op in enumerate(program.ops):
             executor.run_op(j, batch)
-            value = executor.slot_array(op.out)
-            value = None if value is None else np.array(value, dtype=np.float32, order="C")
-            root = None if value is None else tensor_root(as_committed(value))
-            self._outputs.append(value)
-            self._output_roots.append(root)
-            self._writes.setdefault(op.out, []).append(j)
-            self.op_roots.append(tree.update(op.out, root))
+            changes: dict[int, np.ndarray | None] = {op.out: executor.slot_array(op.out)}
+            if tamper is not None:
+                tampered = tamper(j, executor, batch)
+                for slot, value in tampered.items():
+                    executor.set_slot(slot, value)  # type: ignore[attr-defined]
+                changes.update(tampered)
+            for slot, value in changes.items():
+                value = None if value is None else np.array(value, dtype=np.float32, order="C")
+                root = None if value is None else tensor_root(as_committed(value))
+                self._writes.setdefault(slot, []).append(j)
+                self._written[j, slot] = (value, root)
+                tree.update(slot, root)
+            self.op_roots.append(tree.root)
 
     @property
     def length(self) -> int:
@@ -87,14 +100,14 @@ class StepTrace:
         """Slot ``slot`` in the state after ``j`` ops (None when empty)."""
         self._check_boundary(j)
         w = self._last_write(slot, j)
-        return self._initial[slot] if w is None else self._outputs[w]
+        return self._initial[slot] if w is None else self._written[w, slot][0]
 
     def slot_roots(self, j: int) -> list[bytes | None]:
         self._check_boundary(j)
         out: list[bytes | None] = []
         for slot in range(len(self.program.slots)):
             w = self._last_write(slot, j)
-            out.append(self._initial_roots[slot] if w is None else self._output_roots[w])
+            out.append(self._initial_roots[slot] if w is None else self._written[w, slot][1])
         return out
 
     def state_tree(self, j: int) -> MerkleTree:

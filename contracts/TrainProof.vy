@@ -1,0 +1,1052 @@
+# pragma version ~=0.4.3
+# pragma experimental-codegen
+"""
+@title trainproof: job market, stakes and the dispute game
+@notice A requester registers a training job and escrows the reward; a trainer accepts it
+        with a stake and commits the Merkle root of its checkpoint roots; during the
+        challenge window anyone may dispute one checkpoint interval with a bond. Each
+        dispute is a game that bisects, in turn:
+          trace   - op-level state roots over the interval's k steps x L ops   (n-ary)
+          open    - the one disputed op: its descriptor and the one-slot state change
+          chunk   - the output tensor's chunk tree, down to one 1 KiB chunk
+          element - one element of that chunk
+          partial - for REDUCE_SUM / REDUCE_MAX / MATMUL: the sequential partial values
+          one-step- operand elements proven against the agreed pre-state; the executor
+                    computes the float32 result and the contract compares.
+        LOAD_BATCH and FREE are decided when the op is opened. A party that does not move
+        in time loses (anyone may call `timeout`). The trainer must win every game.
+@dev docs/protocol.md §4 is the specification, with the reasoning for each parameter.
+     Failed checks revert without a message and carry a `# dev:` reason (asserted in the
+     tests): revert strings would cost ~10 KB of bytecode here, over the EIP-170 limit.
+     Payouts are pull-based (`withdraw`); `liabilities()` always equals the balance.
+"""
+
+from interfaces import IExecutor
+import merkle
+import commitments
+import descriptor
+
+# ---------------------------------------------------------------- parameters
+
+# @dev Most checkpoint roots per commitment (N / k).
+MAX_CHECKPOINTS: constant(uint256) = 1024
+# @dev Values the trainer reveals per trace bisection move: the interval is cut in
+#      TRACE_ARITY parts (TRACE_ARITY - 1 roots). 8 minimises total gas (bench/gas_game.py).
+TRACE_ARITY: constant(uint256) = 8
+# @dev Parts per partial-value bisection move; partials are 4-byte values, so cheap.
+PARTIAL_ARITY: constant(uint256) = 16
+# @dev Share of a slashed stake paid to the challenger who proved the fault (basis points);
+#      the rest is burned, so a trainer challenging itself always loses money.
+WINNER_SHARE_BPS: constant(uint256) = 5000
+# @dev Share of a losing challenger's bond that is burned (basis points); the rest goes to
+#      the trainer, so a trainer's sock-puppet challenge never pays either.
+BOND_BURN_BPS: constant(uint256) = 2500
+BPS: constant(uint256) = 10000
+
+# job status
+OPEN: constant(uint8) = 1
+ACCEPTED: constant(uint8) = 2
+COMMITTED: constant(uint8) = 3
+FINALIZED: constant(uint8) = 4
+REJECTED: constant(uint8) = 5
+CANCELLED: constant(uint8) = 6
+EXPIRED: constant(uint8) = 7
+
+# game phases; the trainer moves in TRACE_REVEAL, OPEN_OP, CHUNK_REVEAL, CHUNK_OPEN and
+# PARTIAL_REVEAL, the challenger in the others
+TRACE_REVEAL: constant(uint8) = 1
+TRACE_PICK: constant(uint8) = 2
+OPEN_OP: constant(uint8) = 3
+CHUNK_REVEAL: constant(uint8) = 4
+CHUNK_PICK: constant(uint8) = 5
+CHUNK_OPEN: constant(uint8) = 6
+ELEMENT_PICK: constant(uint8) = 7
+PARTIAL_REVEAL: constant(uint8) = 8
+PARTIAL_PICK: constant(uint8) = 9
+ONE_STEP: constant(uint8) = 10
+TRAINER_WON: constant(uint8) = 11
+CHALLENGER_WON: constant(uint8) = 12
+ABANDONED: constant(uint8) = 13  # the job was rejected by another game: bond refunded
+
+# @dev Storage words start non-zero so that no move pays for a zero-to-non-zero write.
+_UNSET: constant(bytes32) = 0x0000000000000000000000000000000000000000000000000000000000000001
+_M64: constant(uint256) = 18446744073709551615
+
+ELEMENTS_PER_CHUNK: constant(uint256) = 256
+
+# ---------------------------------------------------------------- types
+
+
+struct JobSpec:
+    program_root: bytes32  # MTH of the step program's op descriptors
+    program_len: uint64  # L, ops per step
+    dataset_root: bytes32  # MTH over steps of (x_root || y_root)
+    initial_root: bytes32  # C_0, the state root before step 0
+    steps: uint64  # N
+    every: uint64  # k, steps per checkpoint interval (divides N)
+    slots: uint64  # S, slots in the state tree
+    stake: uint256  # the trainer's stake, in wei
+    bond: uint256  # each challenger's bond, in wei
+    clock: uint64  # seconds on each party's chess clock, per game
+    window: uint64  # seconds after the commitment during which disputes may open
+    train_time: uint64  # seconds after acceptance by which the trainer must commit
+
+
+struct Job:
+    spec: JobSpec
+    job_hash: bytes32
+    requester: address
+    trainer: address
+    reward: uint256
+    status: uint8
+    accepted_at: uint64
+    committed_at: uint64
+    run_root: bytes32
+    open_games: uint256
+
+
+struct Game:
+    # Ten storage slots; a move reads and writes only the few it needs. Packed words:
+    #   who    = challenger (160 bits) << 96 | job_id (96)
+    #   turn   = phase (8) << 224 | seq (32) << 192 | trainer clock (64) << 128
+    #            | challenger clock (64) << 64 | last move timestamp (64)
+    #   bounds = interval (64) << 192 | lo (64) << 128 | hi (64) << 64 | element (64)
+    #   opened = step (64) << 192 | op (32) << 160 | numel (32) << 128
+    #            | node_lo (64) << 64 | node_hi (64)
+    who: uint256
+    turn: uint256
+    bounds: uint256
+    v_lo: bytes32  # agreed value at lo (a state root, or float32 bits in the partials)
+    v_hi: bytes32  # disputed value at hi
+    pending: bytes32  # sha256 of the values revealed by the last reveal
+    opened: uint256
+    pre_root: bytes32  # the opened op's agreed pre-state root
+    desc_hash: bytes32  # sha256 of the opened op's descriptor
+    node: bytes32  # current node of the output tensor's chunk tree
+
+
+struct Turn:
+    phase: uint8
+    seq: uint256  # moves so far; every move names it (reorg and front-run protection)
+    trainer_clock: uint256  # seconds left
+    challenger_clock: uint256
+    last_move: uint256  # timestamp
+
+
+struct GameView:
+    job_id: uint256
+    challenger: address
+    phase: uint8
+    seq: uint256
+    interval: uint256
+    lo: uint256
+    hi: uint256
+    v_lo: bytes32
+    v_hi: bytes32
+    pending: bytes32
+    step: uint256
+    op: uint256
+    pre_root: bytes32
+    desc_hash: bytes32
+    numel: uint256
+    node: bytes32
+    node_lo: uint256
+    node_hi: uint256
+    element: uint256
+    trainer_clock: uint256
+    challenger_clock: uint256
+    last_move: uint256
+    settled: bool
+
+
+struct OperandWitness:
+    slot_value: bytes32  # the operand slot's tensor_root in the pre-state
+    slot_proof: DynArray[bytes32, merkle.MAX_DEPTH]  # ... proven against the pre-state root
+    numel: uint64  # the tensor_root's fields
+    data_root: bytes32
+    chunk: Bytes[commitments.CHUNK_BYTES]  # the chunk holding the element read
+    chunk_proof: DynArray[bytes32, merkle.MAX_DEPTH]
+
+
+# ---------------------------------------------------------------- events
+
+
+event JobRegistered:
+    job_id: indexed(uint256)
+    job_hash: indexed(bytes32)
+    requester: indexed(address)
+    spec: JobSpec
+    reward: uint256
+
+
+event JobAccepted:
+    job_id: indexed(uint256)
+    trainer: indexed(address)
+    stake: uint256
+    commit_deadline: uint256
+
+
+event RunCommitted:
+    job_id: indexed(uint256)
+    trainer: indexed(address)
+    run_root: bytes32
+    checkpoint_roots: DynArray[bytes32, MAX_CHECKPOINTS]
+    challenge_deadline: uint256
+
+
+event JobClosed:
+    job_id: indexed(uint256)
+    status: uint8
+
+
+event DisputeOpened:
+    game_id: indexed(uint256)
+    job_id: indexed(uint256)
+    challenger: indexed(address)
+    interval: uint256
+    bond: uint256
+
+
+event Moved:
+    game_id: indexed(uint256)
+    seq: uint256
+    phase: uint8  # the phase the game is in after this move
+    lo: uint256
+    hi: uint256
+    values: DynArray[bytes32, 16]  # revealed roots / partials / children, when any
+
+
+event ChunkOpened:
+    game_id: indexed(uint256)
+    seq: uint256
+    chunk_index: uint256
+    chunk: Bytes[commitments.CHUNK_BYTES]
+
+
+event GameResolved:
+    game_id: indexed(uint256)
+    job_id: indexed(uint256)
+    trainer_won: bool
+    reason: String[32]
+
+
+event Credited:
+    account: indexed(address)
+    amount: uint256
+    reason: String[32]
+
+
+event Withdrawn:
+    account: indexed(address)
+    amount: uint256
+
+
+# ---------------------------------------------------------------- storage
+
+# @notice The executor that computes one-step verdicts.
+EXECUTOR: public(immutable(IExecutor))
+
+# @notice Jobs by id (ids start at 1).
+jobs: public(HashMap[uint256, Job])
+# @notice Number of jobs registered.
+job_count: public(uint256)
+# @notice Games by id (ids start at 1), packed; `game(id)` unpacks.
+games: public(HashMap[uint256, Game])
+# @notice Whether a finished game's stakes and bonds have been paid out (`settle`).
+settled: public(HashMap[uint256, bool])
+# @notice Number of games opened.
+game_count: public(uint256)
+# @notice Wei each account may withdraw.
+credits: public(HashMap[address, uint256])
+# @notice Wei locked forever by slashing.
+burned: public(uint256)
+# @notice Wei held for jobs (rewards, stakes), games (bonds) and credits: with `burned`,
+#         always exactly this contract's balance.
+held: public(uint256)
+
+
+@deploy
+def __init__(executor: IExecutor):
+    """
+    @notice Deploy with the one-step executor the games use.
+    @param executor The Executor contract.
+    """
+    EXECUTOR = executor
+
+
+# ---------------------------------------------------------------- jobs
+
+
+@external
+@payable
+def register_job(spec: JobSpec) -> uint256:
+    """
+    @notice Register a training job, escrowing `msg.value` as its reward.
+    @dev The job hash binds every field of the spec, the reward and the requester.
+    @param spec The job's commitments and parameters.
+    @return The job id.
+    """
+    assert spec.steps > 0 and spec.every > 0  # dev: bad steps
+    assert spec.steps % spec.every == 0  # dev: k must divide N
+    assert convert(spec.steps // spec.every, uint256) <= MAX_CHECKPOINTS  # dev: too many checkpoints
+    assert spec.program_len > 0 and spec.slots > 0  # dev: empty program
+    assert spec.clock > 0 and spec.window > 0 and spec.train_time > 0  # dev: zero duration
+    job_id: uint256 = self.job_count + 1
+    self.job_count = job_id
+    job_hash: bytes32 = sha256(abi_encode(spec, msg.value, msg.sender))
+    self.jobs[job_id] = Job(
+        spec=spec,
+        job_hash=job_hash,
+        requester=msg.sender,
+        trainer=empty(address),
+        reward=msg.value,
+        status=OPEN,
+        accepted_at=0,
+        committed_at=0,
+        run_root=empty(bytes32),
+        open_games=0,
+    )
+    self.held += msg.value
+    log JobRegistered(job_id=job_id, job_hash=job_hash, requester=msg.sender, spec=spec, reward=msg.value)
+    return job_id
+
+
+@external
+@payable
+def accept_job(job_id: uint256):
+    """
+    @notice Become the job's trainer by staking exactly the required stake.
+    @param job_id The job.
+    """
+    job: Job = self.jobs[job_id]
+    assert job.status == OPEN  # dev: job not open
+    assert msg.value == job.spec.stake  # dev: wrong stake
+    self.jobs[job_id].trainer = msg.sender
+    self.jobs[job_id].status = ACCEPTED
+    self.jobs[job_id].accepted_at = convert(block.timestamp, uint64)
+    self.held += msg.value
+    log JobAccepted(job_id=job_id, trainer=msg.sender, stake=msg.value, commit_deadline=block.timestamp + convert(job.spec.train_time, uint256))
+
+
+@external
+def cancel_job(job_id: uint256):
+    """
+    @notice The requester withdraws a job no trainer has accepted; the reward is credited back.
+    @param job_id The job.
+    """
+    job: Job = self.jobs[job_id]
+    assert job.status == OPEN  # dev: job not open
+    assert msg.sender == job.requester  # dev: not the requester
+    self.jobs[job_id].status = CANCELLED
+    self._credit(job.requester, job.reward, "reward refund")
+    log JobClosed(job_id=job_id, status=CANCELLED)
+
+
+@external
+def expire_job(job_id: uint256):
+    """
+    @notice Anyone closes a job whose trainer did not commit in time: the reward goes back
+            to the requester, with the stake as compensation.
+    @param job_id The job.
+    """
+    job: Job = self.jobs[job_id]
+    assert job.status == ACCEPTED  # dev: not accepted
+    assert block.timestamp > convert(job.accepted_at + job.spec.train_time, uint256)  # dev: deadline not passed
+    self.jobs[job_id].status = EXPIRED
+    self._credit(job.requester, job.reward + job.spec.stake, "expired job")
+    log JobClosed(job_id=job_id, status=EXPIRED)
+
+
+@external
+def commit_run(job_id: uint256, checkpoint_roots: DynArray[bytes32, MAX_CHECKPOINTS]) -> bytes32:
+    """
+    @notice The trainer commits its run: the state roots C_k, C_2k, ..., C_N.
+    @dev The contract computes run_root = MTH(C_0, C_k, ..., C_N) itself, so the stored root
+         always matches the list, which stays recoverable from this call's calldata and
+         from the RunCommitted event.
+    @param job_id The job.
+    @param checkpoint_roots The N/k checkpoint state roots after C_0, in order.
+    @return The run root.
+    """
+    job: Job = self.jobs[job_id]
+    assert job.status == ACCEPTED  # dev: not accepted
+    assert msg.sender == job.trainer  # dev: not the trainer
+    assert block.timestamp <= convert(job.accepted_at + job.spec.train_time, uint256)  # dev: commit deadline passed
+    assert len(checkpoint_roots) == convert(job.spec.steps // job.spec.every, uint256)  # dev: wrong checkpoint count
+    # RFC 9162 root over [C_0] + checkpoint_roots: pair neighbours bottom-up, in place,
+    # promoting an unpaired last node
+    level: DynArray[bytes32, MAX_CHECKPOINTS + 1] = [merkle._leaf_hash32(job.spec.initial_root)]
+    for r: bytes32 in checkpoint_roots:
+        level.append(merkle._leaf_hash32(r))
+    n: uint256 = len(level)
+    for _: uint256 in range(11):  # ceil(log2(MAX_CHECKPOINTS + 1)) levels
+        if n == 1:
+            break
+        for i: uint256 in range(n // 2, bound=(MAX_CHECKPOINTS + 2) // 2):
+            level[i] = merkle._node_hash(level[2 * i], level[2 * i + 1])
+        if n % 2 == 1:
+            level[n // 2] = level[n - 1]
+        n = (n + 1) // 2
+    run_root: bytes32 = level[0]
+    self.jobs[job_id].run_root = run_root
+    self.jobs[job_id].status = COMMITTED
+    self.jobs[job_id].committed_at = convert(block.timestamp, uint64)
+    log RunCommitted(job_id=job_id, trainer=msg.sender, run_root=run_root, checkpoint_roots=checkpoint_roots, challenge_deadline=block.timestamp + convert(job.spec.window, uint256))
+    return run_root
+
+
+@external
+def finalize(job_id: uint256):
+    """
+    @notice Anyone finalises a commitment whose window has passed with no open dispute:
+            the trainer is credited its stake and the reward.
+    @param job_id The job.
+    """
+    job: Job = self.jobs[job_id]
+    assert job.status == COMMITTED  # dev: not committed
+    assert block.timestamp > convert(job.committed_at + job.spec.window, uint256)  # dev: window open
+    assert job.open_games == 0  # dev: dispute open
+    self.jobs[job_id].status = FINALIZED
+    self._credit(job.trainer, job.reward + job.spec.stake, "reward and stake")
+    log JobClosed(job_id=job_id, status=FINALIZED)
+
+
+@external
+@nonreentrant
+def withdraw():
+    """
+    @notice Withdraw everything credited to the caller.
+    @dev Checks-effects-interactions and a reentrancy lock; the full gas is forwarded so
+         contract wallets can receive.
+    """
+    amount: uint256 = self.credits[msg.sender]
+    assert amount > 0  # dev: nothing to withdraw
+    self.credits[msg.sender] = 0
+    self.held -= amount
+    raw_call(msg.sender, b"", value=amount)
+    log Withdrawn(account=msg.sender, amount=amount)
+
+
+@external
+@view
+def liabilities() -> uint256:
+    """
+    @notice Everything this contract owes or has burned; equals its balance at all times.
+    @return held + burned, in wei.
+    """
+    return self.held + self.burned
+
+
+# ---------------------------------------------------------------- disputes
+
+
+@external
+@payable
+def open_dispute(
+    job_id: uint256,
+    interval: uint256,
+    root_lo: bytes32,
+    proof_lo: DynArray[bytes32, merkle.MAX_DEPTH],
+    root_hi: bytes32,
+    proof_hi: DynArray[bytes32, merkle.MAX_DEPTH],
+) -> uint256:
+    """
+    @notice Dispute checkpoint interval `interval`: the caller agrees with C_c and says
+            C_{c+1} is not what k steps from C_c give. Posts the job's bond.
+    @param job_id The job.
+    @param interval c, 0 <= c < N/k.
+    @param root_lo C_c, as committed.
+    @param proof_lo Its inclusion proof in the run tree (leaf c of N/k + 1).
+    @param root_hi C_{c+1}, as committed.
+    @param proof_hi Its inclusion proof (leaf c + 1).
+    @return The game id.
+    """
+    job: Job = self.jobs[job_id]
+    assert job.status == COMMITTED  # dev: not committed
+    assert block.timestamp <= convert(job.committed_at + job.spec.window, uint256)  # dev: window closed
+    assert msg.value == job.spec.bond  # dev: wrong bond
+    n_roots: uint256 = convert(job.spec.steps // job.spec.every, uint256) + 1
+    assert interval + 1 < n_roots  # dev: no such interval
+    assert merkle._verify(job.run_root, merkle._leaf_hash32(root_lo), interval, n_roots, proof_lo)  # dev: bad proof of C_c
+    assert merkle._verify(job.run_root, merkle._leaf_hash32(root_hi), interval + 1, n_roots, proof_hi)  # dev: bad proof of C_c+1
+    game_id: uint256 = self.game_count + 1
+    self.game_count = game_id
+    span: uint256 = convert(job.spec.every * job.spec.program_len, uint256)
+    clock: uint256 = convert(job.spec.clock, uint256)
+    turn: Turn = Turn(
+        phase=TRACE_REVEAL if span > 1 else OPEN_OP,
+        seq=0,
+        trainer_clock=clock,
+        challenger_clock=clock,
+        last_move=block.timestamp,
+    )
+    self.games[game_id] = Game(
+        who=(convert(msg.sender, uint256) << 96) | job_id,
+        turn=self._pack(turn),
+        bounds=self._bounds(interval, 0, span, 0),
+        v_lo=root_lo,
+        v_hi=root_hi,
+        pending=_UNSET,
+        opened=1,
+        pre_root=_UNSET,
+        desc_hash=_UNSET,
+        node=_UNSET,
+    )
+    self.jobs[job_id].open_games = job.open_games + 1
+    self.held += msg.value
+    log DisputeOpened(game_id=game_id, job_id=job_id, challenger=msg.sender, interval=interval, bond=msg.value)
+    return game_id
+
+
+@external
+def reveal(game_id: uint256, seq: uint256, values: DynArray[bytes32, 16]):
+    """
+    @notice Trainer: reveal the values inside the current bisection range — the op-level
+            state roots (trace) or the partial values (partial) at the cut points.
+    @dev With n = min(ARITY, hi - lo) parts, the cut points are lo + (hi - lo) * i // n for
+         i = 1 .. n - 1; exactly n - 1 values. Partial values are float32 bit patterns.
+    @param game_id The game.
+    @param seq The game's move count this move answers.
+    @param values The trainer's values at the cut points, in order.
+    """
+    t: Turn = self._begin(game_id, seq, True)
+    arity: uint256 = TRACE_ARITY
+    if t.phase == PARTIAL_REVEAL:
+        arity = PARTIAL_ARITY
+        for v: bytes32 in values:
+            assert convert(v, uint256) < 2**32  # dev: partial not float32
+    else:
+        assert t.phase == TRACE_REVEAL  # dev: wrong phase
+    bounds: uint256 = self.games[game_id].bounds
+    lo: uint256 = (bounds >> 128) & _M64
+    hi: uint256 = (bounds >> 64) & _M64
+    assert len(values) == min(arity, hi - lo) - 1  # dev: wrong number of values
+    self.games[game_id].pending = sha256(abi_encode(values))
+    self._end(game_id, t, t.phase + 1)  # TRACE_PICK / PARTIAL_PICK
+    log Moved(game_id=game_id, seq=seq, phase=t.phase + 1, lo=lo, hi=hi, values=values)
+
+
+@external
+def pick(game_id: uint256, seq: uint256, values: DynArray[bytes32, 16], part: uint256):
+    """
+    @notice Challenger: choose the part of the last reveal whose start it agrees with and
+            whose end it disputes.
+    @param game_id The game.
+    @param seq The game's move count this move answers.
+    @param values The values the trainer revealed (checked against their hash).
+    @param part The part, 0 .. n - 1 (part i runs from cut point i to cut point i + 1).
+    """
+    t: Turn = self._begin(game_id, seq, False)
+    assert t.phase == TRACE_PICK or t.phase == PARTIAL_PICK  # dev: wrong phase
+    assert sha256(abi_encode(values)) == self.games[game_id].pending  # dev: values differ from the reveal
+    n: uint256 = len(values) + 1
+    assert part < n  # dev: no such part
+    bounds: uint256 = self.games[game_id].bounds
+    lo: uint256 = (bounds >> 128) & _M64
+    span: uint256 = ((bounds >> 64) & _M64) - lo
+    hi: uint256 = lo + span * (part + 1) // n
+    lo = lo + span * part // n
+    if part > 0:
+        self.games[game_id].v_lo = values[part - 1]
+    if part + 1 < n:
+        self.games[game_id].v_hi = values[part]
+    self.games[game_id].bounds = self._bounds(bounds >> 192, lo, hi, bounds & _M64)
+    phase: uint8 = t.phase - 1  # back to the reveal phase
+    if hi - lo == 1:
+        phase = OPEN_OP if t.phase == TRACE_PICK else ONE_STEP
+    self._end(game_id, t, phase)
+    log Moved(game_id=game_id, seq=seq, phase=phase, lo=lo, hi=hi, values=[])
+
+
+@external
+def open_op(
+    game_id: uint256,
+    seq: uint256,
+    desc: Bytes[descriptor.DESCRIPTOR_BYTES],
+    desc_proof: DynArray[bytes32, merkle.MAX_DEPTH],
+    old_value: bytes32,
+    new_value: bytes32,
+    slot_proof: DynArray[bytes32, merkle.MAX_DEPTH],
+    numel: uint64,
+    data_root: bytes32,
+    batch_leaf: Bytes[64],
+    batch_proof: DynArray[bytes32, merkle.MAX_DEPTH],
+):
+    """
+    @notice Trainer: open the disputed op. Shows its descriptor (proven in the program) and
+            that the post-state is the pre-state with only the output slot replaced (one
+            Merkle path for both). LOAD_BATCH (with the step's dataset leaf) and FREE are
+            decided here; for any other op the new tensor_root's fields start the chunk
+            descent.
+    @param game_id The game.
+    @param seq The game's move count this move answers.
+    @param desc The op's 128-byte descriptor.
+    @param desc_proof Its inclusion proof in the program tree (leaf j of L).
+    @param old_value The output slot's value in the pre-state.
+    @param new_value Its value in the post-state.
+    @param slot_proof The slot's path in the state tree, valid for both states.
+    @param numel The new value's element count (tensor ops; else 0).
+    @param data_root The new value's data root (tensor ops; else zero).
+    @param batch_leaf LOAD_BATCH: the step's dataset leaf x_root || y_root (else empty).
+    @param batch_proof LOAD_BATCH: its proof in the dataset tree (leaf t of N).
+    """
+    t: Turn = self._begin(game_id, seq, True)
+    assert t.phase == OPEN_OP  # dev: wrong phase
+    spec: JobSpec = self.jobs[self.games[game_id].who & _M64].spec
+    bounds: uint256 = self.games[game_id].bounds
+    position: uint256 = (bounds >> 128) & _M64
+    L: uint256 = convert(spec.program_len, uint256)
+    j: uint256 = position % L
+    step: uint256 = (bounds >> 192) * convert(spec.every, uint256) + position // L
+    v_lo: bytes32 = self.games[game_id].v_lo
+    assert merkle._verify(spec.program_root, merkle._leaf_hash(desc), j, L, desc_proof)  # dev: bad descriptor proof
+    out: uint256 = descriptor._out_slot(desc)
+    S: uint256 = convert(spec.slots, uint256)
+    assert merkle._root_from_path(merkle._leaf_hash32(old_value), out, S, slot_proof) == v_lo  # dev: pre-state mismatch
+    assert merkle._root_from_path(merkle._leaf_hash32(new_value), out, S, slot_proof) == self.games[game_id].v_hi  # dev: post-state mismatch
+    op: uint256 = descriptor._opcode(desc)
+    if op == descriptor.LOAD_BATCH:
+        assert merkle._verify(spec.dataset_root, merkle._leaf_hash(batch_leaf), step, convert(spec.steps, uint256), batch_proof)  # dev: bad dataset proof
+        assert new_value == extract32(batch_leaf, 32 * descriptor._imm(desc))  # dev: wrong batch
+        self._resolve(game_id, t, True, "load_batch correct")
+        return
+    if op == descriptor.FREE:
+        assert new_value == empty(bytes32)  # dev: free left a value
+        self._resolve(game_id, t, True, "free correct")
+        return
+    assert numel == convert(descriptor._numel(desc), uint64)  # dev: wrong numel
+    assert commitments._tensor_root(commitments.DTYPE_FLOAT32, numel, data_root) == new_value  # dev: tensor fields mismatch
+    chunks: uint256 = commitments._chunk_count(numel)
+    if chunks == 0:
+        self._resolve(game_id, t, True, "empty output")
+        return
+    self.games[game_id].opened = self._opened(step, j, convert(numel, uint256), 0, chunks)
+    self.games[game_id].pre_root = v_lo
+    self.games[game_id].desc_hash = sha256(desc)
+    self.games[game_id].node = data_root
+    phase: uint8 = CHUNK_OPEN if chunks == 1 else CHUNK_REVEAL
+    self._end(game_id, t, phase)
+    log Moved(game_id=game_id, seq=seq, phase=phase, lo=0, hi=chunks, values=[old_value, new_value])
+
+
+@external
+def reveal_children(game_id: uint256, seq: uint256, left: bytes32, right: bytes32):
+    """
+    @notice Trainer: reveal the two children of the current chunk-tree node.
+    @param game_id The game.
+    @param seq The game's move count this move answers.
+    @param left The left child hash.
+    @param right The right child hash.
+    """
+    t: Turn = self._begin(game_id, seq, True)
+    assert t.phase == CHUNK_REVEAL  # dev: wrong phase
+    assert merkle._node_hash(left, right) == self.games[game_id].node  # dev: children mismatch
+    self._end(game_id, t, CHUNK_PICK)
+    opened: uint256 = self.games[game_id].opened
+    log Moved(game_id=game_id, seq=seq, phase=CHUNK_PICK, lo=(opened >> 64) & _M64, hi=opened & _M64, values=[left, right])
+
+
+@external
+def pick_child(game_id: uint256, seq: uint256, left: bytes32, right: bytes32, go_right: bool):
+    """
+    @notice Challenger: descend into the child it disputes.
+    @param game_id The game.
+    @param seq The game's move count this move answers.
+    @param left The revealed left child.
+    @param right The revealed right child.
+    @param go_right True for the right child, False for the left.
+    """
+    t: Turn = self._begin(game_id, seq, False)
+    assert t.phase == CHUNK_PICK  # dev: wrong phase
+    assert merkle._node_hash(left, right) == self.games[game_id].node  # dev: children mismatch
+    opened: uint256 = self.games[game_id].opened
+    lo: uint256 = (opened >> 64) & _M64
+    hi: uint256 = opened & _M64
+    split: uint256 = lo + merkle._split_point(hi - lo)
+    if go_right:
+        self.games[game_id].node = right
+        lo = split
+    else:
+        self.games[game_id].node = left
+        hi = split
+    self.games[game_id].opened = ((opened >> 128) << 128) | (lo << 64) | hi
+    phase: uint8 = CHUNK_OPEN if hi - lo == 1 else CHUNK_REVEAL
+    self._end(game_id, t, phase)
+    log Moved(game_id=game_id, seq=seq, phase=phase, lo=lo, hi=hi, values=[])
+
+
+@external
+def open_chunk(game_id: uint256, seq: uint256, chunk: Bytes[commitments.CHUNK_BYTES]):
+    """
+    @notice Trainer: reveal the disputed chunk's bytes (checked against its leaf hash).
+    @param game_id The game.
+    @param seq The game's move count this move answers.
+    @param chunk The CHUNK_BYTES bytes of the chunk.
+    """
+    t: Turn = self._begin(game_id, seq, True)
+    assert t.phase == CHUNK_OPEN  # dev: wrong phase
+    assert len(chunk) == commitments.CHUNK_BYTES and merkle._leaf_hash(chunk) == self.games[game_id].node  # dev: chunk mismatch
+    self._end(game_id, t, ELEMENT_PICK)
+    log ChunkOpened(game_id=game_id, seq=seq, chunk_index=(self.games[game_id].opened >> 64) & _M64, chunk=chunk)
+
+
+@external
+def pick_element(
+    game_id: uint256,
+    seq: uint256,
+    chunk: Bytes[commitments.CHUNK_BYTES],
+    index: uint256,
+    desc: Bytes[descriptor.DESCRIPTOR_BYTES],
+):
+    """
+    @notice Challenger: name the element of the opened chunk it disputes. Padding past
+            numel must be zero; a FILL element or an empty reduction is decided here; an
+            element op goes to the one-step, a reduction to the partial bisection.
+    @param game_id The game.
+    @param seq The game's move count this move answers.
+    @param chunk The opened chunk (checked against its leaf hash).
+    @param index The element within the chunk, 0 .. 255.
+    @param desc The opened op's descriptor (checked against its hash).
+    """
+    t: Turn = self._begin(game_id, seq, False)
+    assert t.phase == ELEMENT_PICK  # dev: wrong phase
+    assert merkle._leaf_hash(chunk) == self.games[game_id].node  # dev: chunk mismatch
+    assert sha256(desc) == self.games[game_id].desc_hash  # dev: descriptor differs
+    assert index < ELEMENTS_PER_CHUNK  # dev: no such element
+    opened: uint256 = self.games[game_id].opened
+    f: uint256 = ((opened >> 64) & _M64) * ELEMENTS_PER_CHUNK + index
+    claimed: uint256 = self._element_at(chunk, index)
+    interval: uint256 = self.games[game_id].bounds >> 192
+    if f >= (opened >> 128) & 4294967295:
+        # zero padding past the last element is part of the commitment
+        self._resolve(game_id, t, claimed == 0, "padding")
+        return
+    op: uint256 = descriptor._opcode(desc)
+    if op == descriptor.FILL:
+        self._resolve(game_id, t, claimed == descriptor._imm(desc), "fill")
+        return
+    hi: uint256 = 1
+    phase: uint8 = ONE_STEP
+    if op == descriptor.REDUCE_SUM or op == descriptor.REDUCE_MAX or op == descriptor.MATMUL:
+        hi = descriptor._reduce_len(desc)
+        acc0: uint256 = convert(staticcall EXECUTOR.initial_acc(desc), uint256)
+        if hi == 0:
+            self._resolve(game_id, t, claimed == acc0, "empty reduction")
+            return
+        self.games[game_id].v_lo = convert(acc0, bytes32)
+        if hi > 1:
+            phase = PARTIAL_REVEAL
+    self.games[game_id].bounds = self._bounds(interval, 0, hi, f)
+    self.games[game_id].v_hi = convert(claimed, bytes32)
+    self._end(game_id, t, phase)
+    log Moved(game_id=game_id, seq=seq, phase=phase, lo=0, hi=hi, values=[convert(f, bytes32), convert(claimed, bytes32)])
+
+
+@external
+def one_step(
+    game_id: uint256,
+    seq: uint256,
+    desc: Bytes[descriptor.DESCRIPTOR_BYTES],
+    operands: DynArray[OperandWitness, 3],
+):
+    """
+    @notice The verdict: prove the operand elements against the agreed pre-state, let the
+            executor compute the element (or the partial step acc_lo -> acc_lo+1), compare
+            with the trainer's claim. Anyone may send it; the loser is whoever was wrong.
+    @param game_id The game.
+    @param seq The game's move count this move answers.
+    @param desc The opened op's descriptor (checked against its hash).
+    @param operands One witness per operand the op reads, in operand order.
+    """
+    t: Turn = self._begin_any(game_id, seq)
+    assert t.phase == ONE_STEP  # dev: wrong phase
+    assert sha256(desc) == self.games[game_id].desc_hash  # dev: descriptor differs
+    slots: uint256 = convert(self.jobs[self.games[game_id].who & _M64].spec.slots, uint256)
+    bounds: uint256 = self.games[game_id].bounds
+    f: uint256 = bounds & _M64
+    op: uint256 = descriptor._opcode(desc)
+    is_reduction: bool = op == descriptor.REDUCE_SUM or op == descriptor.REDUCE_MAX or op == descriptor.MATMUL
+    r: uint256 = (bounds >> 128) & _M64 if is_reduction else 0
+    pre_root: bytes32 = self.games[game_id].pre_root
+    x: uint32[3] = empty(uint32[3])
+    a: uint256 = 0
+    for w: OperandWitness in operands:
+        x[a] = self._operand_element(pre_root, slots, desc, a, f, r, w)
+        a += 1
+    assert a == self._arity(op)  # dev: wrong operand count
+    computed: uint32 = 0
+    if is_reduction:
+        computed = staticcall EXECUTOR.partial_step(desc, convert(convert(self.games[game_id].v_lo, uint256), uint32), x[0], x[1])
+    else:
+        computed = staticcall EXECUTOR.element(desc, x[0], x[1], x[2])
+    self._resolve(game_id, t, convert(computed, uint256) == convert(self.games[game_id].v_hi, uint256), "one-step")
+
+
+@external
+def timeout(game_id: uint256):
+    """
+    @notice Anyone: end a game whose party on turn has run out of clock; that party loses.
+    @param game_id The game.
+    """
+    t: Turn = self._unpack(self.games[game_id].turn)
+    assert t.phase != 0 and t.phase < TRAINER_WON  # dev: game not running
+    assert self.jobs[self.games[game_id].who & _M64].status == COMMITTED  # dev: job not committed
+    elapsed: uint256 = block.timestamp - t.last_move
+    if self._trainer_to_move(t.phase):
+        assert elapsed > t.trainer_clock  # dev: trainer has time
+        self._resolve(game_id, t, False, "trainer timeout")
+    else:
+        assert elapsed > t.challenger_clock  # dev: challenger has time
+        self._resolve(game_id, t, True, "challenger timeout")
+
+
+@external
+def abandon(game_id: uint256):
+    """
+    @notice Anyone: close a running game of a job already rejected by another game; the
+            challenger gets its bond back at `settle` (the commitment is void anyway).
+    @param game_id The game.
+    """
+    t: Turn = self._unpack(self.games[game_id].turn)
+    assert t.phase != 0 and t.phase < TRAINER_WON  # dev: game not running
+    job_id: uint256 = self.games[game_id].who & _M64
+    assert self.jobs[job_id].status == REJECTED  # dev: job not rejected
+    self._end(game_id, t, ABANDONED)
+    self.jobs[job_id].open_games -= 1
+    log GameResolved(game_id=game_id, job_id=job_id, trainer_won=False, reason="abandoned")
+
+
+@external
+def settle(game_id: uint256):
+    """
+    @notice Anyone: pay out a finished game, once. Trainer won: the bond goes to the
+            trainer, BOND_BURN_BPS of it burned. Challenger won: bond back plus
+            WINNER_SHARE_BPS of the stake to the challenger, the rest of the stake burned,
+            the reward back to the requester. Abandoned: bond back.
+    @param game_id The game.
+    """
+    phase: uint8 = self._unpack(self.games[game_id].turn).phase
+    assert phase >= TRAINER_WON  # dev: game not over
+    assert not self.settled[game_id]  # dev: already settled
+    self.settled[game_id] = True
+    who: uint256 = self.games[game_id].who
+    challenger: address = convert(who >> 96, address)
+    job: Job = self.jobs[who & _M64]
+    bond: uint256 = job.spec.bond
+    if phase == TRAINER_WON:
+        burn: uint256 = bond * BOND_BURN_BPS // BPS
+        self._burn(burn)
+        self._credit(job.trainer, bond - burn, "challenger bond")
+    elif phase == CHALLENGER_WON:
+        share: uint256 = job.spec.stake * WINNER_SHARE_BPS // BPS
+        self._burn(job.spec.stake - share)
+        self._credit(challenger, bond + share, "bond and stake share")
+        self._credit(job.requester, job.reward, "reward refund")
+    else:
+        self._credit(challenger, bond, "bond refund")
+
+
+@external
+@view
+def game(game_id: uint256) -> GameView:
+    """
+    @notice A game, unpacked.
+    @param game_id The game.
+    @return Every field of the game.
+    """
+    g: Game = self.games[game_id]
+    t: Turn = self._unpack(g.turn)
+    return GameView(
+        job_id=g.who & _M64,
+        challenger=convert(g.who >> 96, address),
+        phase=t.phase,
+        seq=t.seq,
+        interval=g.bounds >> 192,
+        lo=(g.bounds >> 128) & _M64,
+        hi=(g.bounds >> 64) & _M64,
+        v_lo=g.v_lo,
+        v_hi=g.v_hi,
+        pending=g.pending,
+        step=g.opened >> 192,
+        op=(g.opened >> 160) & 4294967295,
+        pre_root=g.pre_root,
+        desc_hash=g.desc_hash,
+        numel=(g.opened >> 128) & 4294967295,
+        node=g.node,
+        node_lo=(g.opened >> 64) & _M64,
+        node_hi=g.opened & _M64,
+        element=g.bounds & _M64,
+        trainer_clock=t.trainer_clock,
+        challenger_clock=t.challenger_clock,
+        last_move=t.last_move,
+        settled=self.settled[game_id],
+    )
+
+
+@external
+@view
+def to_move(game_id: uint256) -> address:
+    """
+    @notice Who must move next in a running game (empty address once it is over).
+    @param game_id The game.
+    @return The trainer or the challenger.
+    """
+    phase: uint8 = self._unpack(self.games[game_id].turn).phase
+    if phase == 0 or phase >= TRAINER_WON:
+        return empty(address)
+    who: uint256 = self.games[game_id].who
+    if self._trainer_to_move(phase):
+        return self.jobs[who & _M64].trainer
+    return convert(who >> 96, address)
+
+
+# ---------------------------------------------------------------- internals
+
+
+@internal
+@pure
+def _pack(t: Turn) -> uint256:
+    return (convert(t.phase, uint256) << 224) | (t.seq << 192) | (t.trainer_clock << 128) | (t.challenger_clock << 64) | t.last_move
+
+
+@internal
+@pure
+def _unpack(word: uint256) -> Turn:
+    return Turn(
+        phase=convert(word >> 224, uint8),
+        seq=(word >> 192) & 4294967295,
+        trainer_clock=(word >> 128) & _M64,
+        challenger_clock=(word >> 64) & _M64,
+        last_move=word & _M64,
+    )
+
+
+@internal
+@pure
+def _bounds(interval: uint256, lo: uint256, hi: uint256, element: uint256) -> uint256:
+    return (interval << 192) | (lo << 128) | (hi << 64) | element
+
+
+@internal
+@pure
+def _opened(step: uint256, op: uint256, numel: uint256, node_lo: uint256, node_hi: uint256) -> uint256:
+    return (step << 192) | (op << 160) | (numel << 128) | (node_lo << 64) | node_hi
+
+
+@internal
+@pure
+def _trainer_to_move(phase: uint8) -> bool:
+    return phase == TRACE_REVEAL or phase == OPEN_OP or phase == CHUNK_REVEAL or phase == CHUNK_OPEN or phase == PARTIAL_REVEAL
+
+
+@internal
+@pure
+def _arity(op: uint256) -> uint256:
+    if op == descriptor.SELECT:
+        return 3
+    if op <= descriptor.LDEXP or op == descriptor.MATMUL:
+        return 2
+    if op < descriptor.FILL:
+        return 1
+    return 0
+
+
+@internal
+@pure
+def _element_at(chunk: Bytes[commitments.CHUNK_BYTES], index: uint256) -> uint256:
+    """float32 element `index` of a chunk: 4 bytes, little-endian."""
+    be: uint256 = convert(slice(chunk, 4 * index, 4), uint256)  # the 4 bytes, big-endian
+    return ((be & 255) << 24) | (((be >> 8) & 255) << 16) | (((be >> 16) & 255) << 8) | (be >> 24)
+
+
+@internal
+@pure
+def _operand_element(
+    pre_root: bytes32,
+    slots: uint256,
+    desc: Bytes[descriptor.DESCRIPTOR_BYTES],
+    a: uint256,
+    f: uint256,
+    r: uint256,
+    w: OperandWitness,
+) -> uint32:
+    """Operand `a`'s element for output `f`, term `r`, proven against the pre-state."""
+    slot: uint256 = descriptor._operand_slot(desc, a)
+    assert merkle._verify(pre_root, merkle._leaf_hash32(w.slot_value), slot, slots, w.slot_proof)  # dev: bad operand slot proof
+    assert commitments._tensor_root(commitments.DTYPE_FLOAT32, w.numel, w.data_root) == w.slot_value  # dev: operand fields mismatch
+    idx: uint256 = descriptor._operand_index(desc, a, f, r)
+    assert idx < convert(w.numel, uint256)  # dev: operand index out of range
+    assert commitments._check_chunk(w.data_root, w.numel, idx // ELEMENTS_PER_CHUNK, w.chunk, w.chunk_proof)  # dev: bad operand chunk proof
+    return convert(self._element_at(w.chunk, idx % ELEMENTS_PER_CHUNK), uint32)
+
+
+@internal
+def _begin(game_id: uint256, seq: uint256, by_trainer: bool) -> Turn:
+    """A move by the party on turn: checks it is that party, see `_begin_any`."""
+    t: Turn = self._begin_any(game_id, seq)
+    assert by_trainer == self._trainer_to_move(t.phase)  # dev: not this party's turn
+    who: uint256 = self.games[game_id].who
+    if by_trainer:
+        assert msg.sender == self.jobs[who & _M64].trainer  # dev: not the trainer
+    else:
+        assert msg.sender == convert(who >> 96, address)  # dev: not the challenger
+    return t
+
+
+@internal
+@view
+def _begin_any(game_id: uint256, seq: uint256) -> Turn:
+    """Checks the game runs, the move names the current move count, and the clock of the
+    party on turn has not run out; returns the turn with that clock charged and `seq`
+    advanced. The caller stores it with the new phase (`_end` or `_resolve`)."""
+    t: Turn = self._unpack(self.games[game_id].turn)
+    assert t.phase != 0 and t.phase < TRAINER_WON  # dev: game not running
+    assert self.jobs[self.games[game_id].who & _M64].status == COMMITTED  # dev: job not committed
+    assert seq == t.seq  # dev: stale move
+    elapsed: uint256 = block.timestamp - t.last_move
+    if self._trainer_to_move(t.phase):
+        assert elapsed <= t.trainer_clock  # dev: clock expired
+        t.trainer_clock -= elapsed
+    else:
+        assert elapsed <= t.challenger_clock  # dev: clock expired
+        t.challenger_clock -= elapsed
+    t.last_move = block.timestamp
+    t.seq = seq + 1
+    return t
+
+
+@internal
+def _end(game_id: uint256, t: Turn, phase: uint8):
+    """Stores the turn after a move, in its new phase."""
+    t.phase = phase
+    self.games[game_id].turn = self._pack(t)
+
+
+@internal
+def _resolve(game_id: uint256, t: Turn, trainer_won: bool, reason: String[32]):
+    """Ends a game with a verdict; a trainer loss rejects the commitment. Payouts: `settle`."""
+    job_id: uint256 = self.games[game_id].who & _M64
+    self.jobs[job_id].open_games -= 1
+    if trainer_won:
+        self._end(game_id, t, TRAINER_WON)
+    else:
+        self._end(game_id, t, CHALLENGER_WON)
+        self.jobs[job_id].status = REJECTED
+        log JobClosed(job_id=job_id, status=REJECTED)
+    log GameResolved(game_id=game_id, job_id=job_id, trainer_won=trainer_won, reason=reason)
+
+
+@internal
+def _credit(account: address, amount: uint256, reason: String[32]):
+    """Moves `amount` of held wei into `account`'s withdrawable credit (held is unchanged)."""
+    if amount == 0:
+        return
+    self.credits[account] += amount
+    log Credited(account=account, amount=amount, reason=reason)
+
+
+@internal
+def _burn(amount: uint256):
+    """Moves `amount` of held wei to `burned`, locked forever."""
+    self.held -= amount
+    self.burned += amount

@@ -1,0 +1,189 @@
+"""What both sides of a dispute share: the job spec, game phases, bisection arithmetic, and
+a client for the TrainProof contract (contracts/TrainProof.vy, docs/protocol.md §4).
+
+Every number here mirrors a constant of the contract; tests read the deployed constants
+and compare.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+#: Parts per trace bisection move (the trainer reveals TRACE_ARITY - 1 roots).
+TRACE_ARITY = 8
+#: Parts per partial-value bisection move.
+PARTIAL_ARITY = 16
+#: Elements of float32 per chunk (CHUNK_BYTES / 4).
+ELEMENTS_PER_CHUNK = 256
+
+
+class JobStatus(IntEnum):
+    OPEN = 1
+    ACCEPTED = 2
+    COMMITTED = 3
+    FINALIZED = 4
+    REJECTED = 5
+    CANCELLED = 6
+    EXPIRED = 7
+
+
+class Phase(IntEnum):
+    """Game phases; the party to move is :attr:`trainer_moves`."""
+
+    TRACE_REVEAL = 1
+    TRACE_PICK = 2
+    OPEN_OP = 3
+    CHUNK_REVEAL = 4
+    CHUNK_PICK = 5
+    CHUNK_OPEN = 6
+    ELEMENT_PICK = 7
+    PARTIAL_REVEAL = 8
+    PARTIAL_PICK = 9
+    ONE_STEP = 10
+    TRAINER_WON = 11
+    CHALLENGER_WON = 12
+    ABANDONED = 13
+
+    @property
+    def trainer_moves(self) -> bool:
+        return self in _TRAINER_PHASES
+
+    @property
+    def over(self) -> bool:
+        return self >= Phase.TRAINER_WON
+
+    @property
+    def level(self) -> str:
+        """The dispute level of DESIGN §4.4 this phase belongs to (for status displays)."""
+        return _LEVELS[self]
+
+
+_TRAINER_PHASES = frozenset(
+    {Phase.TRACE_REVEAL, Phase.OPEN_OP, Phase.CHUNK_REVEAL, Phase.CHUNK_OPEN, Phase.PARTIAL_REVEAL}
+)
+_LEVELS = {
+    Phase.TRACE_REVEAL: "trace",
+    Phase.TRACE_PICK: "trace",
+    Phase.OPEN_OP: "op",
+    Phase.CHUNK_REVEAL: "chunk",
+    Phase.CHUNK_PICK: "chunk",
+    Phase.CHUNK_OPEN: "chunk",
+    Phase.ELEMENT_PICK: "element",
+    Phase.PARTIAL_REVEAL: "partial",
+    Phase.PARTIAL_PICK: "partial",
+    Phase.ONE_STEP: "one-step",
+    Phase.TRAINER_WON: "resolved",
+    Phase.CHALLENGER_WON: "resolved",
+    Phase.ABANDONED: "resolved",
+}
+
+
+class JobSpec(BaseModel):
+    """Everything a job binds (the contract's JobSpec struct, field for field)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    program_root: bytes = Field(min_length=32, max_length=32)
+    program_len: int = Field(gt=0, lt=2**64)
+    dataset_root: bytes = Field(min_length=32, max_length=32)
+    initial_root: bytes = Field(min_length=32, max_length=32)
+    steps: int = Field(gt=0, lt=2**64)
+    every: int = Field(gt=0, lt=2**64)
+    slots: int = Field(gt=0, lt=2**64)
+    stake: int = Field(ge=0)
+    bond: int = Field(ge=0)
+    clock: int = Field(gt=0, lt=2**64, description="seconds per party per game")
+    window: int = Field(gt=0, lt=2**64, description="challenge window after the commitment, s")
+    train_time: int = Field(gt=0, lt=2**64, description="seconds from acceptance to commit")
+
+    @property
+    def intervals(self) -> int:
+        return self.steps // self.every
+
+    def as_tuple(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, f) for f in type(self).model_fields)
+
+
+class GameState(BaseModel):
+    """A game, as the contract's `game(id)` view unpacks it."""
+
+    job_id: int
+    challenger: str
+    phase: Phase
+    seq: int
+    interval: int
+    lo: int
+    hi: int
+    v_lo: bytes
+    v_hi: bytes
+    pending: bytes
+    step: int
+    op: int
+    pre_root: bytes
+    desc_hash: bytes
+    numel: int
+    node: bytes
+    node_lo: int
+    node_hi: int
+    element: int
+    trainer_clock: int
+    challenger_clock: int
+    last_move: int
+    settled: bool
+
+    @classmethod
+    def from_chain(cls, raw: Any) -> GameState:
+        values = list(raw)
+        return cls(**{name: _plain(v) for name, v in zip(cls.model_fields, values, strict=True)})
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, bytes | bytearray):
+        return bytes(v)
+    if hasattr(v, "hex") and not isinstance(v, int | str):
+        return bytes(v)
+    return v
+
+
+def cut_points(lo: int, hi: int, arity: int) -> list[int]:
+    """Positions strictly inside (lo, hi) at which a reveal gives values: n - 1 of them,
+    n = min(arity, hi - lo), at lo + (hi - lo) * i // n."""
+    n = min(arity, hi - lo)
+    return [lo + (hi - lo) * i // n for i in range(1, n)]
+
+
+def part_range(lo: int, hi: int, n: int, part: int) -> tuple[int, int]:
+    """Bounds of part ``part`` of (lo, hi) cut in ``n`` parts."""
+    return lo + (hi - lo) * part // n, lo + (hi - lo) * (part + 1) // n
+
+
+def split_point(n: int) -> int:
+    """Largest power of two strictly below n (n >= 2): RFC 9162's left-subtree size."""
+    return 1 << ((n - 1).bit_length() - 1)
+
+
+def trace_position(position: int, ops_per_step: int) -> tuple[int, int]:
+    """(step within the interval, op boundary) of a trace position p in [0, k*L].
+
+    Position s*L + j is the state after j ops of step s; the interval's end k*L is reported
+    as (k - 1, L), the end of its last step.
+    """
+    if position == 0:
+        return 0, 0
+    s, j = divmod(position, ops_per_step)
+    if j == 0:
+        return s - 1, ops_per_step
+    return s, j
+
+
+def element_bits(chunk: bytes, index: int) -> int:
+    """The float32 bit pattern of element ``index`` of a chunk (little-endian)."""
+    return int.from_bytes(chunk[4 * index : 4 * index + 4], "little")
+
+
+def as_word(bits: int) -> bytes:
+    """A float32 bit pattern (or any small integer) as a 32-byte big-endian word."""
+    return bits.to_bytes(32, "big")

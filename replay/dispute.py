@@ -1,0 +1,462 @@
+"""Reference players of the dispute game (docs/protocol.md §4), on top of the trace recorder.
+
+A :class:`Computation` is one party's version of a job's run: the honest one, or one with an
+injected :class:`Fault`. A :class:`TrainerPlayer` commits its computation's checkpoints and
+answers every trainer move from it; a :class:`ChallengerPlayer` compares a commitment with
+its own computation, disputes the first interval that differs and answers every challenger
+move. A party whose computation is wrong loses, at whichever level the disagreement is
+settled; playing a *lie* is therefore playing with a faulty computation.
+
+Prover and challenger services (and the tests) drive these players; neither side has code
+of its own for the game.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from protocol.commitments import chunk, chunk_tree, data_root, slot_value
+from protocol.game import (
+    PARTIAL_ARITY,
+    TRACE_ARITY,
+    GameState,
+    JobSpec,
+    Phase,
+    as_word,
+    cut_points,
+    split_point,
+    trace_position,
+)
+from protocol.ir import REDUCTION_OPS, Opcode, Program, operand_index
+from protocol.merkle import MerkleTree, leaf_hash, root_of_leaf_hashes
+from replay.backends import Batch, Executor
+from replay.dataset import Dataset
+from replay.numpy_backend import named_from_slots
+from replay.state import as_committed
+from replay.trace import StepTrace, Tamper
+
+
+def perturbed(x: np.float32) -> np.float32:
+    """A clearly different float32: 2x + 1, or 1.0 where that is not finite or not different
+    (a one-ulp flip can vanish in later roundings and change nothing committed)."""
+    with np.errstate(all="ignore"):
+        y = np.float32(np.float32(2) * x + np.float32(1))
+    if not np.isfinite(y) or y == x:
+        y = np.float32(1.0) if x != 1 else np.float32(3.0)
+    return y
+
+
+class Fault(BaseModel):
+    """A deliberate error in a computation (tests and demos).
+
+    - ``element``: output element ``element`` of op ``op`` in step ``step`` becomes
+      :func:`perturbed` of itself;
+    - ``second-slot``: op ``op`` of step ``step`` also changes another slot (slot 0, or 1
+      when the op writes slot 0);
+    - ``wrong-batch``: LOAD_BATCH op ``op`` of step ``step`` loads the next step's batch.
+    """
+
+    kind: Literal["element", "second-slot", "wrong-batch"]
+    step: int = Field(ge=0)
+    op: int = Field(ge=0)
+    element: int = Field(0, ge=0)
+
+    def tamper(self, program: Program, dataset: Dataset) -> Tamper:
+        target = program.ops[self.op]
+
+        def hook(j: int, ex: Executor, batch: Batch | None) -> dict[int, np.ndarray | None]:
+            if j != self.op:
+                return {}
+            if self.kind == "wrong-batch":
+                if target.opcode != Opcode.LOAD_BATCH:
+                    raise ValueError(f"op {self.op} is {target.opcode.name}, not LOAD_BATCH")
+                return {target.out: dataset.batch(self.step + 1)[target.imm]}
+            slot = target.out if self.kind == "element" else (1 if target.out == 0 else 0)
+            value = ex.slot_array(slot)
+            if value is None:
+                raise ValueError(f"slot {slot} is empty after op {self.op}: nothing to perturb")
+            changed = np.array(value, dtype=np.float32).reshape(-1).copy()
+            index = self.element if self.kind == "element" else 0
+            changed[index] = perturbed(changed[index])
+            return {slot: changed.reshape(np.shape(value))}
+
+        return hook
+
+
+class Computation:
+    """One party's run of a job, step by step, with any op-level detail on demand."""
+
+    def __init__(
+        self,
+        program: Program,
+        dataset: Dataset,
+        initial: Mapping[str, np.ndarray],
+        steps: int,
+        every: int,
+        fault: Fault | None = None,
+        cache: int = 16,
+    ) -> None:
+        self.program = program
+        self.dataset = dataset
+        self.steps = steps
+        self.every = every
+        self.fault = fault
+        self._states: dict[int, dict[str, np.ndarray]] = {0: dict(initial)}
+        self._traces: OrderedDict[int, StepTrace] = OrderedDict()
+        self._cache = cache
+        self._program_tree = MerkleTree.from_leaves(program.encoded())
+        self._dataset_tree: MerkleTree | None = None
+
+    @property
+    def ops(self) -> int:
+        return len(self.program.ops)
+
+    def trace(self, t: int) -> StepTrace:
+        """The op-level trace of step ``t`` (cached)."""
+        if t in self._traces:
+            self._traces.move_to_end(t)
+            return self._traces[t]
+        tamper = None
+        if self.fault is not None and self.fault.step == t:
+            tamper = self.fault.tamper(self.program, self.dataset)
+        trace = StepTrace(
+            self.program, self.state_before(t), self.dataset.batch(t), "numpy", tamper=tamper
+        )
+        self._traces[t] = trace
+        if len(self._traces) > self._cache:
+            self._traces.popitem(last=False)
+        return trace
+
+    def state_before(self, t: int) -> dict[str, np.ndarray]:
+        """Persistent state at the start of step ``t``."""
+        if t not in self._states:
+            start = max(s for s in self._states if s < t)
+            for s in range(start, t):
+                tr = self.trace(s)
+                values = [tr.slot_value(tr.length, i) for i in range(len(self.program.slots))]
+                self._states[s + 1] = named_from_slots(self.program, values)
+        return self._states[t]
+
+    def step_root(self, t: int) -> bytes:
+        """State root at the start of step ``t`` (``t = N`` is the end of the run)."""
+        if t == self.steps:
+            tr = self.trace(t - 1)
+            return tr.op_roots[tr.length]
+        return self.trace(t).op_roots[0]
+
+    def checkpoint_roots(self) -> list[bytes]:
+        """``C_0, C_k, ..., C_N``."""
+        return [self.step_root(c * self.every) for c in range(self.steps // self.every + 1)]
+
+    def position_root(self, interval: int, position: int) -> bytes:
+        """The op-level state root at trace position ``position`` of interval ``interval``."""
+        s, j = trace_position(position, self.ops)
+        return self.trace(interval * self.every + s).op_roots[j]
+
+    def program_proof(self, j: int) -> list[bytes]:
+        return list(self._program_tree.prove(j).path)
+
+    def dataset_proof(self, t: int) -> list[bytes]:
+        if self._dataset_tree is None:
+            leaves = [self.dataset.leaf(s) for s in range(self.steps)]
+            self._dataset_tree = MerkleTree.from_leaves(leaves)
+        return list(self._dataset_tree.prove(t).path)
+
+
+def job_spec_for(comp: Computation, **params: Any) -> JobSpec:
+    """The JobSpec binding an honest computation's program, data and C_0."""
+    return JobSpec(
+        program_root=comp.program.root(),
+        program_len=comp.ops,
+        dataset_root=comp.dataset.root(comp.steps),
+        initial_root=comp.step_root(0),
+        steps=comp.steps,
+        every=comp.every,
+        slots=len(comp.program.slots),
+        **params,
+    )
+
+
+# ---------------------------------------------------------------- what the chain shows
+
+
+def game_state(contract: Any, game_id: int) -> GameState:
+    return GameState.from_chain(contract.game(game_id))
+
+
+def last_move_values(contract: Any, game_id: int, seq: int) -> list[bytes]:
+    """The values logged by move ``seq`` of a game (reveals, children)."""
+    for log in contract.Moved.range(0, _head(contract) + 1, search_topics={"game_id": game_id}):
+        if log.seq == seq:
+            return [bytes(v) for v in log.values]
+    raise LookupError(f"no Moved log for move {seq} of game {game_id}")
+
+
+def opened_chunk(contract: Any, game_id: int, seq: int) -> bytes:
+    """The chunk revealed by move ``seq`` (CHUNK_OPEN) of a game."""
+    for log in contract.ChunkOpened.range(
+        0, _head(contract) + 1, search_topics={"game_id": game_id}
+    ):
+        if log.seq == seq:
+            return bytes(log.chunk)
+    raise LookupError(f"no ChunkOpened log for move {seq} of game {game_id}")
+
+
+def _head(contract: Any) -> int:
+    from ape import chain
+
+    return int(chain.blocks.height)
+
+
+def _subtree_root(tree: MerkleTree, lo: int, hi: int) -> bytes:
+    return root_of_leaf_hashes([tree.leaf(i) for i in range(lo, hi)])
+
+
+def _opened_op(comp: Computation, g: GameState) -> tuple[int, int]:
+    """(step, op) of the disputed transition: from the trace position until it is opened,
+    then as the contract recorded it."""
+    if g.phase <= Phase.OPEN_OP:
+        return g.interval * comp.every + g.lo // comp.ops, g.lo % comp.ops
+    return g.step, g.op
+
+
+# ---------------------------------------------------------------- players
+
+
+@dataclass
+class Move:
+    """A move a player sent: its phase before the move, and the gas it used."""
+
+    game_id: int
+    phase: Phase
+    gas: int
+    party: str
+
+
+@dataclass
+class Player:
+    contract: Any
+    account: Any
+    comp: Computation
+    job_id: int
+    moves: list[Move] = field(default_factory=list)
+
+    def _send(self, g: GameState, game_id: int, fn: Callable[..., Any], *args: Any) -> Any:
+        receipt = fn(game_id, g.seq, *args, sender=self.account)
+        self.moves.append(Move(game_id, g.phase, int(receipt.gas_used), type(self).__name__))
+        return receipt
+
+
+@dataclass
+class TrainerPlayer(Player):
+    """Commits its computation and answers the trainer's moves of every game from it."""
+
+    def commit(self) -> Any:
+        return self.contract.commit_run(
+            self.job_id, self.comp.checkpoint_roots()[1:], sender=self.account
+        )
+
+    def move(self, game_id: int) -> Any | None:
+        """Send this trainer's move in ``game_id`` if it is its turn; None if it has none."""
+        g = game_state(self.contract, game_id)
+        if g.phase.over or not g.phase.trainer_moves:
+            return None
+        c = self.contract
+        if g.phase == Phase.TRACE_REVEAL:
+            roots = [
+                self.comp.position_root(g.interval, p) for p in cut_points(g.lo, g.hi, TRACE_ARITY)
+            ]
+            return self._send(g, game_id, c.reveal, roots)
+        if g.phase == Phase.OPEN_OP:
+            return self._open_op(g, game_id)
+        t, j = _opened_op(self.comp, g)
+        trace = self.comp.trace(t)
+        out = self.comp.program.ops[j].out
+        if g.phase == Phase.CHUNK_REVEAL:
+            tree = trace.chunk_tree(j + 1, out)
+            split = g.node_lo + split_point(g.node_hi - g.node_lo)
+            left = _subtree_root(tree, g.node_lo, split)
+            right = _subtree_root(tree, split, g.node_hi)
+            return self._send(g, game_id, c.reveal_children, left, right)
+        if g.phase == Phase.CHUNK_OPEN:
+            value = trace.slot_value(j + 1, out)
+            assert value is not None
+            return self._send(
+                g, game_id, c.open_chunk, chunk(as_committed(value).reshape(-1), g.node_lo)
+            )
+        if g.phase == Phase.PARTIAL_REVEAL:
+            partials = trace.partials(j, g.element).view(np.uint32)
+            values = [as_word(int(partials[r])) for r in cut_points(g.lo, g.hi, PARTIAL_ARITY)]
+            return self._send(g, game_id, c.reveal, values)
+        raise AssertionError(f"unhandled trainer phase {g.phase}")
+
+    def _open_op(self, g: GameState, game_id: int) -> Any | None:
+        comp = self.comp
+        t, j = _opened_op(comp, g)
+        trace = comp.trace(t)
+        op = comp.program.ops[j]
+        before, after = trace.slot_roots(j), trace.slot_roots(j + 1)
+        path = list(trace.state_tree(j).prove(op.out).path)
+        if list(trace.state_tree(j + 1).prove(op.out).path) != path:
+            return None  # the transition changed another slot too: it cannot be opened
+        old, new = slot_value(before[op.out]), slot_value(after[op.out])
+        desc = op.encode()
+        batch_leaf, batch_proof = b"", []
+        numel, droot = 0, b"\x00" * 32
+        if op.opcode == Opcode.LOAD_BATCH:
+            batch_leaf, batch_proof = comp.dataset.leaf(t), comp.dataset_proof(t)
+        elif op.opcode != Opcode.FREE:
+            value = trace.slot_value(j + 1, op.out)
+            assert value is not None
+            raw = as_committed(value).reshape(-1)
+            numel, droot = raw.size, data_root(memoryview(raw).cast("B"))
+        return self._send(
+            g, game_id, self.contract.open_op, desc, comp.program_proof(j), old, new, path,
+            numel, droot, batch_leaf, batch_proof,
+        )  # fmt: skip
+
+
+@dataclass
+class ChallengerPlayer(Player):
+    """Checks a commitment against its computation; disputes and plays on the first difference."""
+
+    def first_bad_interval(self, committed: list[bytes]) -> int | None:
+        """The first interval whose end root differs from this computation's (C_0 is agreed)."""
+        mine = self.comp.checkpoint_roots()
+        for c in range(len(committed) - 1):
+            if committed[c + 1] != mine[c + 1]:
+                return c
+        return None
+
+    def open(self, committed: list[bytes], interval: int, bond: int) -> int:
+        tree = MerkleTree([leaf_hash(r) for r in committed])
+        receipt = self.contract.open_dispute(
+            self.job_id, interval,
+            committed[interval], list(tree.prove(interval).path),
+            committed[interval + 1], list(tree.prove(interval + 1).path),
+            sender=self.account, value=bond,
+        )  # fmt: skip
+        game_id = int(receipt.events[-1].game_id)
+        self.moves.append(Move(game_id, Phase.TRACE_REVEAL, int(receipt.gas_used), "open"))
+        return game_id
+
+    def move(self, game_id: int) -> Any | None:
+        g = game_state(self.contract, game_id)
+        if g.phase.over or g.phase.trainer_moves:
+            return None
+        c, comp = self.contract, self.comp
+        if g.phase == Phase.TRACE_PICK:
+            values = last_move_values(c, game_id, g.seq - 1)
+            mine = [comp.position_root(g.interval, p) for p in cut_points(g.lo, g.hi, TRACE_ARITY)]
+            return self._send(g, game_id, c.pick, values, _first_disputed(values, mine))
+        t, j = _opened_op(comp, g)
+        trace, op = comp.trace(t), comp.program.ops[j]
+        if g.phase == Phase.CHUNK_PICK:
+            left, right = last_move_values(c, game_id, g.seq - 1)
+            tree = trace.chunk_tree(j + 1, op.out)
+            split = g.node_lo + split_point(g.node_hi - g.node_lo)
+            go_right = left == _subtree_root(tree, g.node_lo, split)
+            return self._send(g, game_id, c.pick_child, left, right, go_right)
+        if g.phase == Phase.ELEMENT_PICK:
+            theirs = opened_chunk(c, game_id, g.seq - 1)
+            value = trace.slot_value(j + 1, op.out)
+            assert value is not None
+            ours = chunk(as_committed(value).reshape(-1), g.node_lo)
+            index = next(
+                i for i in range(256) if theirs[4 * i : 4 * i + 4] != ours[4 * i : 4 * i + 4]
+            )
+            return self._send(g, game_id, c.pick_element, theirs, index, op.encode())
+        if g.phase == Phase.PARTIAL_PICK:
+            values = last_move_values(c, game_id, g.seq - 1)
+            partials = trace.partials(j, g.element).view(np.uint32)
+            mine = [as_word(int(partials[r])) for r in cut_points(g.lo, g.hi, PARTIAL_ARITY)]
+            return self._send(g, game_id, c.pick, values, _first_disputed(values, mine))
+        if g.phase == Phase.ONE_STEP:
+            r = g.lo if op.opcode in REDUCTION_OPS else 0
+            return self._send(
+                g, game_id, c.one_step, op.encode(), operand_witnesses(trace, j, g.element, r)
+            )
+        raise AssertionError(f"unhandled challenger phase {g.phase}")
+
+
+def _first_disputed(values: list[bytes], mine: list[bytes]) -> int:
+    """The first part whose end this party disputes (the last part's end is disputed by
+    construction: it is the current disputed value)."""
+    for i, (v, m) in enumerate(zip(values, mine, strict=True)):
+        if v != m:
+            return i
+    return len(values)
+
+
+def operand_witnesses(trace: StepTrace, j: int, f: int, r: int) -> list[tuple[Any, ...]]:
+    """What `one_step` needs per operand of op ``j``: the slot's value and proof in the
+    pre-state, its tensor fields, and the chunk holding element idx(f, r) with its proof."""
+    op = trace.program.ops[j]
+    roots = trace.slot_roots(j)
+    state = trace.state_tree(j)
+    out = []
+    for k, o in enumerate(op.operands):
+        value = trace.slot_value(j, o.slot)
+        if value is None:
+            raise ValueError(f"op {j} reads empty slot {o.slot}")
+        raw = as_committed(value).reshape(-1)
+        idx = operand_index(op, k, f, r)
+        tree = chunk_tree(raw)
+        c = idx // 256
+        out.append((
+            slot_value(roots[o.slot]), list(state.prove(o.slot).path), raw.size,
+            data_root(memoryview(raw).cast("B")), chunk(raw, c), list(tree.prove(c).path),
+        ))  # fmt: skip
+    return out
+
+
+def element_value(comp: Computation, t: int, j: int, f: int) -> int:
+    """Bits of output element ``f`` of op ``j`` of step ``t`` in this computation."""
+    value = comp.trace(t).slot_value(j + 1, comp.program.ops[j].out)
+    assert value is not None
+    return int(as_committed(value).reshape(-1).view(np.uint32)[f])
+
+
+# ---------------------------------------------------------------- playing a whole game
+
+
+@dataclass
+class GameResult:
+    game_id: int
+    trainer_won: bool
+    moves: list[Move]
+    timeouts: int
+
+
+def play(
+    contract: Any,
+    trainer: TrainerPlayer,
+    challenger: ChallengerPlayer,
+    game_id: int,
+    advance_time: Callable[[int], None],
+    max_moves: int = 200,
+) -> GameResult:
+    """Alternate the two players until the game ends; a player with no move lets its clock
+    run out (``advance_time`` moves the chain's clock) and anyone calls ``timeout``."""
+    timeouts = 0
+    for _ in range(max_moves):
+        g = game_state(contract, game_id)
+        if g.phase.over:
+            break
+        player: Player = trainer if g.phase.trainer_moves else challenger
+        if player.move(game_id) is None:
+            clock = g.trainer_clock if g.phase.trainer_moves else g.challenger_clock
+            advance_time(clock + 1)
+            contract.timeout(game_id, sender=challenger.account)
+            timeouts += 1
+    g = game_state(contract, game_id)
+    if not g.phase.over:
+        raise RuntimeError(f"game {game_id} did not end within {max_moves} moves")
+    moves = [m for m in trainer.moves + challenger.moves if m.game_id == game_id]
+    return GameResult(game_id, g.phase == Phase.TRAINER_WON, moves, timeouts)
