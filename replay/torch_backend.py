@@ -9,8 +9,9 @@ Each op is compiled once into a closure (``replay/torch_kernels.py`` holds the k
   ``[R, M·N]`` table (inner dimension the longer of M, N) and sums its rows sequentially in r
   (:class:`RowSummer`); REDUCE_SUM does the same over its terms; REDUCE_MAX is ``amax`` plus a
   zero-sign fix;
-- :meth:`TorchExecutor.run_step_tensors` runs a plan without FILL and FREE ops (their effect
-  is static), and canonicalises NaNs only when a slot is exported.
+- :meth:`TorchExecutor.run_step_tensors` runs the step as one generated Python function (the
+  same kernels and operands as the per-op closures, element ops inlined), without FILL and
+  FREE ops (their effect is static), and canonicalises NaNs only when a slot is exported.
 
 Invariant: every tensor held in a slot is C-contiguous and owns its storage from offset 0, so
 ``as_strided`` (whose offset is absolute) reads exactly the IR's flat element index.
@@ -49,6 +50,9 @@ Slots = list[Tensor | None]
 BatchTensors = tuple[Tensor, Tensor]
 OpFn = Callable[[Slots, "BatchTensors | None"], None]
 Getter = Callable[[Slots], Tensor]
+#: how an element op gets an operand: ("slot", i) | ("const", tensor) |
+#: ("strided", slot, size, stride, offset)
+OperandSpec = tuple
 
 
 def _is_identity(shape: tuple[int, ...], o: Operand, slot_shape: tuple[int, ...]) -> bool:
@@ -100,9 +104,10 @@ class TorchExecutor:
         self._batch_cache: tuple[object, BatchTensors] | None = None
         self._persistent = program.persistent_slots
         self._fns: list[OpFn] = []
-        self._plan: list[OpFn] = []
+        self._parts: dict[int, tuple[Callable[..., Tensor], list[OperandSpec], bool]] = {}
+        plan: list[int] = []
         constants: dict[int, Tensor] = {}  # slot -> value of a FILL earlier in this step
-        for op in program.ops:
+        for j, op in enumerate(program.ops):
             fn = self._compile(op, constants)
             self._fns.append(fn)
             # FILL of an ephemeral slot is static (readers captured it); FREE only drops scratch
@@ -110,7 +115,7 @@ class TorchExecutor:
                 op.opcode == Opcode.FILL and not program.slots[op.out].persistent
             )
             if not static:
-                self._plan.append(fn)
+                plan.append(j)
             if op.opcode == Opcode.FILL:
                 constants[op.out] = self._fill_value(op)
             else:
@@ -118,6 +123,7 @@ class TorchExecutor:
         self._writes_compute = {
             op.out for op in program.ops if op.opcode not in (Opcode.LOAD_BATCH, Opcode.FREE)
         }
+        self._step = self._generate_step(plan)
 
     # ------------------------------------------------------------------ state
     def set_state(self, values: dict[str, np.ndarray]) -> None:
@@ -167,8 +173,7 @@ class TorchExecutor:
         """One whole step: the plan skips ephemeral FILLs (captured) and FREEs (scratch slots are
         dropped at the end, only persistent slots are kept)."""
         s = list(self.state)
-        for fn in self._plan:
-            fn(s, batch)
+        self._step(s, batch)
         for i in self._persistent:
             self.state[i] = s[i]
         self._computed |= self._writes_compute
@@ -177,24 +182,6 @@ class TorchExecutor:
     def _fill_value(self, op: OpDescriptor) -> Tensor:
         bits = np.full(op.shape, op.imm, dtype=np.uint32)
         return torch.from_numpy(bits.view(np.float32)).to(self.device)
-
-    def _getter(
-        self, shape: tuple[int, ...], o: Operand, constants: dict[int, Tensor], force_full: bool
-    ) -> tuple[Getter, bool]:
-        """How to hand operand ``o`` to torch: (getter, is it a full-shape, strided view?)."""
-        slot, slot_shape = o.slot, self.program.slots[o.slot].shape
-        size, stride, offset = shape, tuple(o.strides), o.offset
-        const = constants.get(slot)
-        if _is_identity(shape, o, slot_shape) or (
-            not force_full and _is_broadcast(shape, o, slot_shape)
-        ):
-            if const is not None:
-                return (lambda _s: const), False
-            return (lambda s: s[slot]), False  # type: ignore[return-value]
-        if const is not None:
-            view = torch.as_strided(const, size, stride, offset)
-            return (lambda _s: view), True
-        return (lambda s: torch.as_strided(s[slot], size, stride, offset)), True  # type: ignore[arg-type]
 
     def _compile(self, op: OpDescriptor, constants: dict[int, Tensor]) -> OpFn:
         out = op.out
@@ -237,8 +224,11 @@ class TorchExecutor:
             return free
         raise ExecutionError(f"unknown opcode {code!r}")  # pragma: no cover
 
-    def _compile_elementwise(self, op: OpDescriptor, constants: dict[int, Tensor]) -> OpFn:
-        out, shape, kernel = op.out, tuple(op.shape), ELEMENT_KERNELS[op.opcode]
+    def _elementwise_parts(
+        self, op: OpDescriptor, constants: dict[int, Tensor]
+    ) -> tuple[Callable[..., Tensor], list[OperandSpec], bool]:
+        """(kernel, how to pass each operand, whether any operand is a strided view)."""
+        shape, kernel = tuple(op.shape), ELEMENT_KERNELS[op.opcode]
         if op.opcode in (Opcode.GT, Opcode.GE, Opcode.EQ):
             kernel = compare_kernel(op.opcode, shape, self.device)
         slots = self.program.slots
@@ -248,36 +238,82 @@ class TorchExecutor:
             or not _is_broadcast(shape, o, slots[o.slot].shape)
             for o in op.operands
         ]
-        force_first = not any(full)
-        getters, strided = [], False
+        specs: list[OperandSpec] = []
+        strided = False
         for k, o in enumerate(op.operands):
-            g, is_strided = self._getter(shape, o, constants, force_full=force_first and k == 0)
-            getters.append(g)
-            strided |= is_strided
+            slot_shape = slots[o.slot].shape
+            const = constants.get(o.slot)
+            force_full = not any(full) and k == 0
+            if _is_identity(shape, o, slot_shape) or (
+                not force_full and _is_broadcast(shape, o, slot_shape)
+            ):
+                specs.append(("slot", o.slot) if const is None else ("const", const))
+            elif const is not None:
+                specs.append(("const", torch.as_strided(const, shape, tuple(o.strides), o.offset)))
+                strided = True
+            else:
+                specs.append(("strided", o.slot, shape, tuple(o.strides), o.offset))
+                strided = True
+        return kernel, specs, strided
+
+    def _compile_elementwise(self, op: OpDescriptor, constants: dict[int, Tensor]) -> OpFn:
+        kernel, specs, strided = self._elementwise_parts(op, constants)
+        self._parts[id(op)] = (kernel, specs, strided)
+        out = op.out
+
+        def getter(spec: OperandSpec) -> Getter:
+            if spec[0] == "slot":
+                slot = spec[1]
+                return lambda s: s[slot]  # type: ignore[return-value]
+            if spec[0] == "const":
+                value = spec[1]
+                return lambda _s: value
+            _, slot, size, stride, offset = spec
+            return lambda s: torch.as_strided(s[slot], size, stride, offset)  # type: ignore[arg-type]
+
+        getters = [getter(spec) for spec in specs]
         # outputs follow an identity operand's (C) layout; after strided views, make it so
-        finish: Callable[[Tensor], Tensor] = (
-            (lambda t: t.contiguous()) if strided else (lambda t: t)
-        )
-        if len(getters) == 1:
-            (g0,) = getters
 
-            def unary(s: Slots, _b: object) -> None:
-                s[out] = finish(kernel(g0(s)))
+        def elementwise(s: Slots, _b: object) -> None:
+            r = kernel(*(g(s) for g in getters))
+            s[out] = r.contiguous() if strided else r
 
-            return unary
-        if len(getters) == 2:
-            g0, g1 = getters
+        return elementwise
 
-            def binary(s: Slots, _b: object) -> None:
-                s[out] = finish(kernel(g0(s), g1(s)))
+    def _generate_step(self, plan: list[int]) -> Callable[[Slots, BatchTensors | None], None]:
+        """The step as one generated function: element ops inline, the others called.
 
-            return binary
-        g0, g1, g2 = getters
-
-        def ternary(s: Slots, _b: object) -> None:
-            s[out] = finish(kernel(g0(s), g1(s), g2(s)))
-
-        return ternary
+        Same kernels and operands as the per-op closures, without their call layers.
+        """
+        ns: dict[str, object] = {"as_strided": torch.as_strided}
+        lines = ["def step(s, b):"]
+        for j in plan:
+            op = self.program.ops[j]
+            parts = self._parts.get(id(op))
+            if parts is None:
+                ns[f"f{j}"] = self._fns[j]
+                lines.append(f"    f{j}(s, b)")
+                continue
+            kernel, specs, strided = parts
+            ns[f"k{j}"] = kernel
+            args = []
+            for k, spec in enumerate(specs):
+                if spec[0] == "slot":
+                    args.append(f"s[{int(spec[1])}]")
+                elif spec[0] == "const":
+                    ns[f"c{j}_{k}"] = spec[1]
+                    args.append(f"c{j}_{k}")
+                else:
+                    _, slot, size, stride, offset = spec
+                    args.append(
+                        f"as_strided(s[{int(slot)}], {tuple(map(int, size))!r}, "
+                        f"{tuple(map(int, stride))!r}, {int(offset)})"
+                    )
+            call = f"k{j}({', '.join(args)})" + (".contiguous()" if strided else "")
+            lines.append(f"    s[{int(op.out)}] = {call}")
+        lines.append("    return None")
+        exec(compile("\n".join(lines), "<canonical step>", "exec"), ns)
+        return ns["step"]  # type: ignore[return-value]
 
     def _terms(self, op: OpDescriptor, o: Operand, constants: dict[int, Tensor]) -> Getter:
         """All R terms of a reduction operand as a [R, *shape] view."""
