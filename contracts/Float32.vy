@@ -38,6 +38,7 @@ BATCH_MAX: constant(uint256) = 512
 def add(a: uint32, b: uint32) -> uint32:
     """
     @notice a + b, correctly rounded (round to nearest, ties to even).
+    @dev NaN in -> NaN; inf + -inf -> NaN; exact zero sums are +0 except (-0) + (-0) = -0.
     @param a Bit pattern of the first operand.
     @param b Bit pattern of the second operand.
     @return Bit pattern of the sum (canonical NaN for any NaN result).
@@ -50,6 +51,7 @@ def add(a: uint32, b: uint32) -> uint32:
 def sub(a: uint32, b: uint32) -> uint32:
     """
     @notice a - b, correctly rounded (round to nearest, ties to even).
+    @dev add(a, -b): x - x = +0, (-0) - (+0) = -0, inf - inf -> NaN.
     @param a Bit pattern of the minuend.
     @param b Bit pattern of the subtrahend.
     @return Bit pattern of the difference (canonical NaN for any NaN result).
@@ -62,6 +64,7 @@ def sub(a: uint32, b: uint32) -> uint32:
 def mul(a: uint32, b: uint32) -> uint32:
     """
     @notice a * b, correctly rounded (round to nearest, ties to even).
+    @dev inf * 0 -> NaN; the sign is the XOR of the operand signs, also for zero results.
     @param a Bit pattern of the first factor.
     @param b Bit pattern of the second factor.
     @return Bit pattern of the product (canonical NaN for any NaN result).
@@ -74,6 +77,7 @@ def mul(a: uint32, b: uint32) -> uint32:
 def div(a: uint32, b: uint32) -> uint32:
     """
     @notice a / b, correctly rounded (round to nearest, ties to even).
+    @dev 0/0 and inf/inf -> NaN; x/±0 -> ±inf with the XOR sign; finite/inf -> signed zero.
     @param a Bit pattern of the dividend.
     @param b Bit pattern of the divisor.
     @return Bit pattern of the quotient (canonical NaN for any NaN result).
@@ -86,6 +90,7 @@ def div(a: uint32, b: uint32) -> uint32:
 def sqrt(a: uint32) -> uint32:
     """
     @notice Square root, correctly rounded; sqrt(-0) = -0, sqrt(negative) = NaN.
+    @dev +inf -> +inf; every other negative input (including -inf) -> NaN.
     @param a Bit pattern of the operand.
     @return Bit pattern of the square root (canonical NaN for any NaN result).
     """
@@ -97,6 +102,7 @@ def sqrt(a: uint32) -> uint32:
 def neg(a: uint32) -> uint32:
     """
     @notice -a (sign flip); a NaN gives the canonical NaN.
+    @dev Pure sign-bit flip for every non-NaN input (including ±0 and ±inf).
     @param a Bit pattern of the operand.
     @return Bit pattern of -a.
     """
@@ -108,6 +114,7 @@ def neg(a: uint32) -> uint32:
 def abs(a: uint32) -> uint32:
     """
     @notice |a| (sign clear); a NaN gives the canonical NaN.
+    @dev Pure sign-bit clear for every non-NaN input (including -0 and -inf).
     @param a Bit pattern of the operand.
     @return Bit pattern of |a|.
     """
@@ -119,6 +126,7 @@ def abs(a: uint32) -> uint32:
 def maximum(a: uint32, b: uint32) -> uint32:
     """
     @notice IEEE 754-2019 maximum: NaN-propagating, -0 < +0.
+    @dev maximum(-0, +0) = +0; any NaN operand -> NaN; otherwise one operand's bits.
     @param a Bit pattern of the first operand.
     @param b Bit pattern of the second operand.
     @return Bit pattern of the maximum.
@@ -131,6 +139,7 @@ def maximum(a: uint32, b: uint32) -> uint32:
 def minimum(a: uint32, b: uint32) -> uint32:
     """
     @notice IEEE 754-2019 minimum: NaN-propagating, -0 < +0.
+    @dev minimum(-0, +0) = -0; any NaN operand -> NaN; otherwise one operand's bits.
     @param a Bit pattern of the first operand.
     @param b Bit pattern of the second operand.
     @return Bit pattern of the minimum.
@@ -143,6 +152,7 @@ def minimum(a: uint32, b: uint32) -> uint32:
 def gt(a: uint32, b: uint32) -> uint32:
     """
     @notice a > b as 1.0 (0x3F800000) or 0.0; NaN compares false.
+    @dev gt(+0, -0) = 0.0; gt with a NaN operand = 0.0.
     @param a Bit pattern of the left operand.
     @param b Bit pattern of the right operand.
     @return 0x3F800000 or 0.
@@ -155,6 +165,7 @@ def gt(a: uint32, b: uint32) -> uint32:
 def ge(a: uint32, b: uint32) -> uint32:
     """
     @notice a >= b as 1.0 (0x3F800000) or 0.0; NaN compares false.
+    @dev ge(-0, +0) = 1.0; ge with a NaN operand = 0.0.
     @param a Bit pattern of the left operand.
     @param b Bit pattern of the right operand.
     @return 0x3F800000 or 0.
@@ -167,6 +178,7 @@ def ge(a: uint32, b: uint32) -> uint32:
 def eq(a: uint32, b: uint32) -> uint32:
     """
     @notice a == b as 1.0 (0x3F800000) or 0.0; NaN compares false, -0 == +0.
+    @dev eq(-0, +0) = 1.0; eq(NaN, NaN) = 0.0.
     @param a Bit pattern of the left operand.
     @param b Bit pattern of the right operand.
     @return 0x3F800000 or 0.
@@ -179,6 +191,7 @@ def eq(a: uint32, b: uint32) -> uint32:
 def select(c: uint32, a: uint32, b: uint32) -> uint32:
     """
     @notice `a` if `c` is not ±0 (a NaN `c` selects `a`), else `b`; NaN canonicalised.
+    @dev The chosen operand's bits are returned as is, except that a NaN is canonical.
     @param c Bit pattern of the condition.
     @param a Bit pattern chosen when `c` is not ±0.
     @param b Bit pattern chosen when `c` is ±0.
@@ -192,6 +205,7 @@ def select(c: uint32, a: uint32, b: uint32) -> uint32:
 def round_even(a: uint32) -> uint32:
     """
     @notice Round to integral, ties to even (numpy.rint); keeps the sign of zero results.
+    @dev round_even(-0.4) = -0.0, round_even(2.5) = 2.0; ±inf unchanged; NaN -> NaN.
     @param a Bit pattern of the operand.
     @return Bit pattern of the rounded value.
     """
@@ -204,6 +218,8 @@ def ldexp(a: uint32, n: uint32) -> uint32:
     """
     @notice a * 2**n correctly rounded; `n` must be a float32 holding a finite integer, else
             the result is NaN.
+    @dev NaN if a is NaN or n is NaN, ±inf or fractional; ±0, ±inf returned unchanged; one
+         rounding (gradual underflow, overflow to inf); |n| saturates at 512.
     @param a Bit pattern of the value.
     @param n Bit pattern of the integral exponent.
     @return Bit pattern of a * 2**n.
@@ -216,6 +232,7 @@ def ldexp(a: uint32, n: uint32) -> uint32:
 def frexp_exp(a: uint32) -> uint32:
     """
     @notice Exponent of numpy.frexp(a) as a float32 (0.0 for ±0, ±inf, NaN).
+    @dev For finite nonzero a, the exponent is in [-148, 128] (exact in float32).
     @param a Bit pattern of the operand.
     @return Bit pattern of the exponent.
     """
@@ -227,57 +244,10 @@ def frexp_exp(a: uint32) -> uint32:
 def frexp_mant(a: uint32) -> uint32:
     """
     @notice Mantissa of numpy.frexp(a), 0.5 <= |m| < 1 (±0, ±inf kept; NaN canonical).
+    @dev Subnormal inputs are normalised exactly; the mantissa keeps a's sign.
     @param a Bit pattern of the operand.
     @return Bit pattern of the mantissa.
     """
-    return float32.frexp_mant(a)
-
-
-@internal
-@pure
-def _eval(op: uint256, a: uint32, b: uint32, c: uint32) -> uint32:
-    """
-    @notice Evaluate primitive `op` (an OP_* code) on operands; unused operands are ignored.
-    @dev select uses (a, b, c) as (condition, taken-if-nonzero, taken-if-zero).
-    @param op The OP_* code.
-    @param a First operand.
-    @param b Second operand.
-    @param c Third operand.
-    @return The primitive's result.
-    """
-    if op == OP_ADD:
-        return float32.add(a, b)
-    if op == OP_SUB:
-        return float32.sub(a, b)
-    if op == OP_MUL:
-        return float32.mul(a, b)
-    if op == OP_DIV:
-        return float32.div(a, b)
-    if op == OP_SQRT:
-        return float32.sqrt(a)
-    if op == OP_NEG:
-        return float32.neg(a)
-    if op == OP_ABS:
-        return float32.abs(a)
-    if op == OP_MAXIMUM:
-        return float32.maximum(a, b)
-    if op == OP_MINIMUM:
-        return float32.minimum(a, b)
-    if op == OP_GT:
-        return float32.gt(a, b)
-    if op == OP_GE:
-        return float32.ge(a, b)
-    if op == OP_EQ:
-        return float32.eq(a, b)
-    if op == OP_SELECT:
-        return float32.select(a, b, c)
-    if op == OP_ROUND_EVEN:
-        return float32.round_even(a)
-    if op == OP_LDEXP:
-        return float32.ldexp(a, b)
-    if op == OP_FREXP_EXP:
-        return float32.frexp_exp(a)
-    assert op == OP_FREXP_MANT, "unknown op"
     return float32.frexp_mant(a)
 
 
@@ -293,26 +263,61 @@ def batch(
     @notice Evaluate one primitive elementwise over arrays (testing and off-chain cross-checks).
     @dev `op` is an OP_* code (0 add, 1 sub, 2 mul, 3 div, 4 sqrt, 5 neg, 6 abs, 7 maximum,
          8 minimum, 9 gt, 10 ge, 11 eq, 12 select, 13 round_even, 14 ldexp, 15 frexp_exp,
-         16 frexp_mant). Operand arrays a program does not use may be empty; the used ones must
-         have the same length as `a` (select reads a as condition, b and c as the choices).
+         16 frexp_mant). Operands a primitive does not use are ignored and may be empty; the
+         used ones must be as long as `a` (select reads `a` as the condition, `b` and `c` as
+         the choices). Reverts with "unknown op" or "length of b"/"length of c".
     @param op The primitive's OP_* code.
     @param a First operands.
-    @param b Second operands (or empty for unary primitives).
-    @param c Third operands (select only; otherwise may be empty).
+    @param b Second operands (ignored by unary primitives).
+    @param c Third operands (select only).
     @return The results, one per element of `a`.
     """
     n: uint256 = len(a)
-    nb: uint256 = len(b)
-    nc: uint256 = len(c)
-    assert nb == 0 or nb == n, "length of b"
-    assert nc == 0 or nc == n, "length of c"
     out: DynArray[uint32, BATCH_MAX] = []
+    if op == OP_SQRT or op == OP_NEG or op == OP_ABS or op >= OP_ROUND_EVEN and op != OP_LDEXP:
+        assert op <= OP_FREXP_MANT, "unknown op"
+        for i: uint256 in range(n, bound=BATCH_MAX):
+            x: uint32 = a[i]
+            if op == OP_SQRT:
+                out.append(float32.sqrt(x))
+            elif op == OP_NEG:
+                out.append(float32.neg(x))
+            elif op == OP_ABS:
+                out.append(float32.abs(x))
+            elif op == OP_ROUND_EVEN:
+                out.append(float32.round_even(x))
+            elif op == OP_FREXP_EXP:
+                out.append(float32.frexp_exp(x))
+            else:
+                out.append(float32.frexp_mant(x))
+        return out
+    assert len(b) == n, "length of b"
+    if op == OP_SELECT:
+        assert len(c) == n, "length of c"
+        for i: uint256 in range(n, bound=BATCH_MAX):
+            out.append(float32.select(a[i], b[i], c[i]))
+        return out
     for i: uint256 in range(n, bound=BATCH_MAX):
-        x: uint32 = 0
-        y: uint32 = 0
-        if nb != 0:
-            y = b[i]
-        if nc != 0:
-            x = c[i]
-        out.append(self._eval(op, a[i], y, x))
+        x: uint32 = a[i]
+        y: uint32 = b[i]
+        if op == OP_ADD:
+            out.append(float32.add(x, y))
+        elif op == OP_SUB:
+            out.append(float32.sub(x, y))
+        elif op == OP_MUL:
+            out.append(float32.mul(x, y))
+        elif op == OP_DIV:
+            out.append(float32.div(x, y))
+        elif op == OP_MAXIMUM:
+            out.append(float32.maximum(x, y))
+        elif op == OP_MINIMUM:
+            out.append(float32.minimum(x, y))
+        elif op == OP_GT:
+            out.append(float32.gt(x, y))
+        elif op == OP_GE:
+            out.append(float32.ge(x, y))
+        elif op == OP_EQ:
+            out.append(float32.eq(x, y))
+        else:
+            out.append(float32.ldexp(x, y))
     return out

@@ -181,20 +181,10 @@ def _pack(s: uint256, e: int256, m: uint256) -> uint32:
 
 @internal
 @pure
-def _is_nan(x: uint256) -> bool:
-    """
-    @notice Whether a bit pattern is a NaN (any sign, any payload).
-    @param x A binary32 bit pattern.
-    @return True iff the exponent field is all ones and the fraction is non-zero.
-    """
-    return x & ABS_MASK > INF_BITS
-
-
-@internal
-@pure
 def _canon(x: uint32) -> uint32:
     """
     @notice Return `x` unchanged unless it is a NaN, in which case the canonical NaN.
+    @dev NaN test: exponent field all ones and fraction non-zero, i.e. `|x| > 0x7F800000`.
     @param x A binary32 bit pattern.
     @return `x`, or `0x7FC00000` if `x` is any NaN.
     """
@@ -208,6 +198,8 @@ def _canon(x: uint32) -> uint32:
 def _key(x: uint256) -> int256:
     """
     @notice An integer that orders non-NaN floats by value, with -0 == +0.
+    @dev Sign-magnitude to two's complement: the magnitude bits order non-negative floats, so
+         negating them for negative floats orders the whole line (used by gt/ge).
     @param x A binary32 bit pattern that is not a NaN.
     @return `|x|`'s bit pattern, negated for a negative sign (so both zeros map to 0).
     """
@@ -222,6 +214,8 @@ def _key(x: uint256) -> int256:
 def _total_key(x: uint256) -> int256:
     """
     @notice An integer that orders non-NaN floats by value, with -0 < +0.
+    @dev Like `_key` but negative floats map to `-|x| - 1`, so -0 (-1) sorts below +0 (0);
+         this is the IEEE 754-2019 maximum/minimum order (used by maximum/minimum).
     @param x A binary32 bit pattern that is not a NaN.
     @return `|x|`'s bit pattern, or `-|x| - 1` for a negative sign (-0 maps to -1).
     """
@@ -276,7 +270,8 @@ def add(a: uint32, b: uint32) -> uint32:
     sy, ey, my = self._unpack(y)
     d: int256 = unsafe_sub(ex, ey)
     if d > ADD_ALIGN_MAX:
-        # |x| is normal (ex > -109) and |y| < 2**(ex - 17): a sticky bit is enough
+        # |x| is normal (ex > -109) and |y| < 2**(ex - 17), far below a quarter ulp of any
+        # result: a sticky bit stands for it (for round-to-nearest it could even be dropped)
         d = ADD_ALIGN_MAX
         if my != 0:
             my = 1
@@ -378,7 +373,7 @@ def div(a: uint32, b: uint32) -> uint32:
     quo: uint256 = unsafe_div(num, my)
     if unsafe_mul(quo, my) != num:
         quo = quo | 1
-    return self._pack(s, unsafe_sub(unsafe_sub(ex, ey), 64), quo)
+    return self._pack(s, unsafe_sub(unsafe_sub(ex, ey), convert(DIV_SHIFT, int256)), quo)
 
 
 @internal
@@ -414,7 +409,8 @@ def sqrt(a: uint32) -> uint32:
     r: uint256 = isqrt(n)
     if unsafe_mul(r, r) != n:
         r = r | 1
-    return self._pack(0, unsafe_sub(e, 64) >> 1, r)
+    # e - SQRT_SHIFT is even: halve it exactly (arithmetic shift)
+    return self._pack(0, unsafe_sub(e, convert(SQRT_SHIFT, int256)) >> 1, r)
 
 
 # ---------------------------------------------------------------------------------------------

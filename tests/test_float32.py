@@ -18,7 +18,7 @@ import struct
 import boa
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 try:  # pytest's default rootdir-relative import: tests/ itself is on sys.path
@@ -58,9 +58,12 @@ MAX_SUB = 0x007FFFFF
 MIN_NORMAL = 0x00800000
 MAX_FINITE = 0x7F7FFFFF
 
+# No shrinking: one example is a 512-case batch, and a failure message already lists the
+# exact failing inputs (assert_bits), so shrinking would only cost minutes.
 PROPERTY = settings(
     max_examples=EXAMPLES,
     deadline=None,
+    phases=(Phase.explicit, Phase.reuse, Phase.generate),
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
@@ -277,8 +280,13 @@ def structured_mul(rng, n):
 
 
 def structured_div(rng, n):
-    k1, k2, k3, k4, k5 = _split(rng, n, 5)
+    k0, k1, k2, k3, k4, k5 = _split(rng, n, 6)
     out_a, out_b = [], []
+    # quotients within 2**-25 ulp of a midpoint (the sticky bit decides)
+    a, b_ = _div_hard_pairs(rng, k0)
+    shift = rng.integers(-120, 100, k0)
+    out_a.append(_scaled(a, shift + rng.integers(-20, 20, k0)))
+    out_b.append(_scaled(b_, shift) | (rng.integers(0, 2, k0, dtype=np.uint64) << np.uint64(31)))
     # division by powers of two (and 3 * 2**k) into the subnormal range: exact ties there
     a = _finite(rng, k1, 0, 30)
     kk = rng.integers(-5, 40, k1)
@@ -310,8 +318,55 @@ def structured_div(rng, n):
     return np.concatenate(out_a), np.concatenate(out_b)
 
 
+def _sqrt_mod_pow2(w: int, n: int) -> int:
+    """r with r*r = w (mod 2**n), for w = 1 (mod 8) and n >= 3 (Hensel lifting)."""
+    r = 1
+    for i in range(3, n):
+        if (r * r - w) % (1 << (i + 1)):
+            r += 1 << (i - 1)
+    return r % (1 << n)
+
+
+def _sqrt_hard_radicands(cmax: int) -> np.ndarray:
+    """Integers x = t*t + t + c (24 significant bits) with sqrt(x) within ~c/2**25 ulp of the
+    midpoint t + 1/2, above it for c > 0 and below for c < 0. No radicand hits a midpoint
+    exactly; for |c| < ~20 the root is closer to one than the ~20 bits the contract keeps
+    below the result's last bit, so the sticky bit alone decides the rounding."""
+    out = set()
+    for ulp_log in (23, 24):  # x in [2**46, 2**47) has ulp 2**23, [2**47, 2**48) has 2**24
+        n = ulp_log + 2
+        for c in [*range(2, cmax + 1, 2), *range(-cmax, 0, 2)]:
+            r = _sqrt_mod_pow2((1 - 4 * c) % (1 << n), n)  # (2t+1)**2 = 1 - 4c (mod 2**n)
+            for u in (r, -r, r + (1 << (n - 1)), -r + (1 << (n - 1))):
+                t0 = ((u % (1 << n)) - 1) // 2 % (1 << ulp_log)
+                for t in (t0, t0 + (1 << ulp_log), t0 + (2 << ulp_log)):
+                    x = t * t + t + c
+                    in_binade = x.bit_length() == ulp_log + 24
+                    if 2**23 <= t < 2**24 and in_binade and x % (1 << ulp_log) == 0:
+                        out.add(x)
+    assert len(out) > cmax // 2
+    return np.array([math.ldexp(float(v), -46) for v in sorted(out)])  # [1, 4), exact
+
+
+SQRT_CLOSE = _sqrt_hard_radicands(20)  # the sticky bit decides
+SQRT_NEAR = _sqrt_hard_radicands(200)
+
+
+def _div_hard_pairs(rng, k):
+    """a/b just above or below a midpoint: a*2**24 = b*(2t+1) + d with small odd d, b odd."""
+    b_ = rng.integers(2**21, 2**22, k) * 2 + 1  # odd, in [2**22, 2**23)
+    d = rng.choice([1, -1, 3, -3, 5, -5], k)
+    a = np.zeros(k, dtype=np.int64)
+    for i in range(k):
+        u = (-int(d[i]) * pow(int(b_[i]), -1, 2**24)) % 2**24  # 2t+1 = u (mod 2**24), odd
+        a[i] = (int(b_[i]) * (u + 2**24) + int(d[i])) // 2**24  # a/b in [1, 2)
+    return a, b_
+
+
 def structured_sqrt(rng, n):
-    k1, k2, k3, k4 = _split(rng, n, 4)
+    k0, k1, k2, k3, k4 = _split(rng, n, 5)
+    pool = np.concatenate([rng.choice(SQRT_CLOSE, k0 - k0 // 2), rng.choice(SQRT_NEAR, k0 // 2)])
+    hard = _from_f64(np.ldexp(pool, 2 * rng.integers(-73, 62, k0)))
     # exact squares, scaled by even powers (into subnormals too)
     m = rng.integers(1, 2**12, k1)
     sq = _scaled(m * m, 2 * rng.integers(-80, 40, k1))
@@ -329,7 +384,7 @@ def structured_sqrt(rng, n):
             rng.integers(0, 2**32, k4 - k4 // 2, dtype=np.uint64),
         ]
     )
-    return np.concatenate([sq, near, sq24 & np.uint64(0xFFFFFFFF), anyv]), None
+    return np.concatenate([hard, sq, near, sq24 & np.uint64(0xFFFFFFFF), anyv]), None
 
 
 def structured_round(rng, n):
@@ -774,3 +829,28 @@ def test_edge_cases(c, op, args, want):
     if want is None:  # no closed form: the exact oracle decides
         want = {"sqrt": orc.exact_sqrt}[op](*args)
     assert got == want, f"{op}({', '.join(hex(x) for x in args)}) = {got:#010x}, want {want:#010x}"
+
+
+# ---------------------------------------------------------------------------------------------
+# the contract agrees with the replay reference semantics (replay/semantics.py), when present
+# ---------------------------------------------------------------------------------------------
+
+REPLAY_NAMES = {"maximum": "MAX", "minimum": "MIN", "round_even": "ROUND", "abs": "ABS"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("op", OPS)
+def test_matches_replay_semantics(c, op):
+    semantics = pytest.importorskip("replay.semantics")
+    ir = pytest.importorskip("protocol.ir")
+    fn = semantics.ELEMENTWISE[ir.Opcode[REPLAY_NAMES.get(op, op.upper())]]
+    rng = np.random.default_rng(OP[op])
+    mags = np.array(SPECIAL_MAGS, dtype=np.uint64)
+    pool = np.concatenate([mags, mags | np.uint64(SIGN), _finite(rng, 64, 0, 254)])
+    arity = 3 if op == "select" else 1 if op in UNARY_STRUCTURED else 2
+    ins = [rng.choice(pool, BATCH) for _ in range(arity)]
+    ins[0][:256] = rng.integers(0, 2**32, 256, dtype=np.uint64)
+    got = run(c, op, *ins)
+    with np.errstate(all="ignore"):
+        want = fn(*[orc.f32(x.astype(np.uint32)) for x in ins])
+    assert_bits(op + " (replay.semantics)", tuple(ins), got, orc.bits_of(want))

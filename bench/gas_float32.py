@@ -1,0 +1,225 @@
+"""Gas of the binary32 primitives of contracts/Float32.vy (the one-step verdict), titanoboa.
+
+    .venv/bin/python bench/gas_float32.py [--random 200] [--seed 0]
+
+Writes bench/results/gas_float32.json and prints a table.
+
+Each primitive is called as an external function of Float32.vy on a set of inputs: every
+special class (±0, smallest/largest subnormal, smallest normal, max finite, ±inf, NaNs),
+hard cases (subnormal and overflowing results, exact ties, far-apart and cancelling adds,
+long square roots of subnormals, huge and fractional ldexp exponents) and ``--random`` random
+bit patterns. Gas is titanoboa's execution gas of the message (``computation.get_gas_used()``
+after the call): what the EVM charges for running the code, which excludes the 21,000
+transaction base and calldata gas (titanoboa runs the message without a transaction). The
+baseline, measured in the same run and harness, is a trivial contract
+``identity(x: uint32) -> uint32`` (and ``identity2(a, b)``): it is the dispatch + ABI
+overhead that any external call pays. Target: every primitive <= 5,000 gas (median and max).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import statistics
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import boa  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+TARGET = 5000
+CONTRACT = ROOT / "contracts" / "Float32.vy"
+RESULT = ROOT / "bench" / "results" / "gas_float32.json"
+IDENTITY = """
+# pragma version ~=0.4.3
+@external
+@pure
+def identity(x: uint32) -> uint32:
+    return x
+
+@external
+@pure
+def identity2(a: uint32, b: uint32) -> uint32:
+    return a ^ b
+"""
+
+SIGN = 0x80000000
+POS_INF = 0x7F800000
+NAN = 0x7FC00000
+MAX_FINITE = 0x7F7FFFFF
+MIN_SUB, MAX_SUB, MIN_NORMAL = 0x1, 0x7FFFFF, 0x800000
+
+UNARY = ["sqrt", "neg", "abs", "round_even", "frexp_exp", "frexp_mant"]
+BINARY = ["add", "sub", "mul", "div", "maximum", "minimum", "gt", "ge", "eq", "ldexp"]
+TERNARY = ["select"]
+ORDER = ["add", "sub", "mul", "div", "sqrt", "neg", "abs", "maximum", "minimum", "gt", "ge"]
+ORDER += ["eq", "select", "round_even", "ldexp", "frexp_exp", "frexp_mant"]
+
+
+def f(x: float) -> int:
+    return struct.unpack("<I", struct.pack("<f", x))[0]
+
+
+def specials() -> list[int]:
+    mags = [0, MIN_SUB, 3, 0x400000, MAX_SUB, MIN_NORMAL, 0x00FFFFFF, f(0.5), f(1.0)]
+    mags += [f(1.0) + 1, f(1.5), f(2.5), f(1.0 / 3.0), 0x4B000000, 0x4AFFFFFF, 0x7F000000]
+    mags += [MAX_FINITE, POS_INF, NAN, POS_INF + 1, 0x7FFFFFFF]
+    return mags + [m | SIGN for m in mags]
+
+
+def hard_pairs(op: str) -> list[tuple[int, int]]:
+    """Inputs that exercise the long paths of each binary primitive."""
+    one = f(1.0)
+    if op in ("add", "sub"):
+        return [
+            (one, f(2.0**-24)),  # tie
+            (f(1.0 + 2.0**-23), f(2.0**-24)),  # tie, rounds up
+            (MAX_FINITE, f(2.0**103)),  # rounds to inf
+            (one, f(-(2.0**-40))),  # far apart, sticky
+            (one, f(2.0**-30)),  # within the alignment window
+            (f(1.0 + 2.0**-23), f(-1.0)),  # cancellation
+            (MAX_SUB, MIN_SUB),  # subnormal carry
+            (f(3.0), f(-(2.0**-149 * 7))),
+        ]
+    if op == "mul":
+        return [
+            (MIN_SUB, f(0.5)),  # 2**-150: tie to 0
+            (f(2.0**-75), f(1.5 * 2.0**-75)),
+            (MAX_FINITE, f(2.0)),
+            (f(1.0 / 3.0), f(3.0)),
+            (MAX_SUB, f(1.0 - 2.0**-24)),
+            (f(0x1FFF * 2.0**-12), f(0x0801 * 2.0**-11)),
+        ]
+    if op == "div":
+        return [
+            (MIN_SUB, f(2.0)),
+            (3, f(2.0)),
+            (one, f(3.0)),
+            (MIN_SUB, MAX_SUB),
+            (MAX_SUB, MIN_SUB),
+            (MIN_NORMAL, f(2.0**24)),
+            (MAX_FINITE, f(0.5)),
+            (f(2.0**-126 * 0.75), MAX_FINITE),
+        ]
+    if op == "ldexp":
+        return [
+            (f(1.0), f(-149.0)),
+            (f(3.0), f(-150.0)),
+            (MAX_SUB, f(1.0)),
+            (f(1.0), f(128.0)),
+            (f(1.0), f(1e30)),
+            (MAX_FINITE, f(-1e30)),
+            (f(1.0), f(8388607.5)),
+            (f(1.0), MIN_SUB),
+            (f(1.5), f(-(2.0**22))),
+        ]
+    return []
+
+
+def hard_unary(op: str) -> list[int]:
+    if op == "sqrt":
+        return [MIN_SUB, 2, 3, MAX_SUB, MIN_NORMAL, MAX_FINITE, f(2.0), f(0.5), 0x3F7FFFFF]
+    if op == "round_even":
+        return [f(0.5), f(-0.4), f(2.5), f(8388607.5), f(4194303.75), MIN_SUB | SIGN]
+    return [MIN_SUB, 3, MAX_SUB, MIN_NORMAL]
+
+
+def inputs(op: str, rng: np.random.Generator, n_random: int) -> list[tuple[int, ...]]:
+    sp = specials()
+    rand = [int(x) for x in rng.integers(0, 2**32, 3 * n_random, dtype=np.uint64)]
+    r1, r2, r3 = rand[:n_random], rand[n_random : 2 * n_random], rand[2 * n_random :]
+    if op == "sqrt":  # random operands of the long path: positive, finite
+        r1 = [x & 0x7F7FFFFF for x in r1]
+    if op in UNARY:
+        return [(x,) for x in sp + hard_unary(op) + r1]
+    if op in BINARY:
+        pairs = list(itertools.product(sp, sp)) + hard_pairs(op)
+        return pairs + list(zip(r1, r2, strict=True))
+    conds = [0, SIGN, f(1.0), NAN, MIN_SUB | SIGN, POS_INF]
+    triples = [(c, a, b) for c in conds for a, b in zip(sp, reversed(sp), strict=True)]
+    return triples + list(zip(r1, r2, r3, strict=True))
+
+
+def gas_of(contract, fn: str, args: tuple[int, ...]) -> int:
+    getattr(contract, fn)(*args)
+    return contract._computation.get_gas_used()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--random", type=int, default=200, help="random bit patterns per primitive")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    rng = np.random.default_rng(args.seed)
+
+    c = boa.load(str(CONTRACT))
+    ident = boa.loads(IDENTITY)
+    base1 = [gas_of(ident, "identity", (x,)) for x in specials()]
+    base2 = [gas_of(ident, "identity2", (x, x)) for x in specials()]
+    baseline = {
+        "identity": {"median": statistics.median(base1), "max": max(base1), "n": len(base1)},
+        "identity2": {"median": statistics.median(base2), "max": max(base2), "n": len(base2)},
+    }
+
+    result: dict[str, object] = {}
+    rows = []
+    for op in ORDER:
+        samples = [(gas_of(c, op, a), a) for a in inputs(op, rng, args.random)]
+        gas = [g for g, _ in samples]
+        worst_gas, worst_args = max(samples)
+        med = statistics.median(gas)
+        base = baseline["identity"]["median"] if op in UNARY else baseline["identity2"]["median"]
+        result[op] = {
+            "median": med,
+            "max": worst_gas,
+            "n": len(gas),
+            "worst_input": [f"0x{x:08x}" for x in worst_args],
+            "median_ratio_vs_identity": round(med / base, 2),
+        }
+        ok = "yes" if worst_gas <= TARGET else "NO"
+        worst = ", ".join(f"0x{x:08x}" for x in worst_args)
+        rows.append([op, str(len(gas)), f"{med:g}", str(worst_gas), f"{med / base:.2f}", ok, worst])
+
+    result["target_per_primitive"] = TARGET
+    result["baseline"] = baseline
+    result["measured"] = (
+        "titanoboa execution gas of one external call to contracts/Float32.vy "
+        "(computation.get_gas_used(): excludes the 21,000 base and calldata gas); "
+        "ratio = median / median of a trivial identity call (1 or 2 uint32 arguments)"
+    )
+    result["versions"] = {"vyper": _version("vyper"), "titanoboa": _version("titanoboa")}
+    result["machine"] = {"python": platform.python_version(), "cores": os.cpu_count()}
+    RESULT.parent.mkdir(parents=True, exist_ok=True)
+    RESULT.write_text(json.dumps(result, indent=2) + "\n")
+    b1, b2 = baseline["identity"], baseline["identity2"]
+    rows.append(["identity (baseline)", str(b1["n"]), f"{b1['median']:g}", str(b1["max"])])
+    rows[-1] += ["1.00", "", ""]
+    rows.append(["identity2 (baseline)", str(b2["n"]), f"{b2['median']:g}", str(b2["max"])])
+    rows[-1] += ["1.00", "", ""]
+    t = Table(title=f"float32 primitives: execution gas per external call (target <= {TARGET})")
+    for col in ["primitive", "n", "median", "max", "median / identity", "<= target", "worst"]:
+        t.add_column(col)
+    for row in rows:
+        t.add_row(*row)
+    Console().print(t)
+    print(f"wrote {RESULT.relative_to(ROOT)}")
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import version
+
+    return version(dist)
+
+
+if __name__ == "__main__":
+    main()
