@@ -22,6 +22,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from protocol.commitments import chunk, chunk_tree, data_root, slot_value
+from protocol.constants import EMPTY_SLOT
 from protocol.game import (
     PARTIAL_ARITY,
     TRACE_ARITY,
@@ -234,6 +235,7 @@ class Move:
     """A move a player sent: its phase before the move, and the gas it used."""
 
     game_id: int
+    seq: int  # the game's move count the move answered (-1: opening the dispute)
     phase: Phase
     gas: int
     party: str
@@ -249,7 +251,7 @@ class Player:
 
     def _send(self, g: GameState, game_id: int, fn: Callable[..., Any], *args: Any) -> Any:
         receipt = fn(game_id, g.seq, *args, sender=self.account)
-        self.moves.append(Move(game_id, g.phase, int(receipt.gas_used), type(self).__name__))
+        self.moves.append(Move(game_id, g.seq, g.phase, int(receipt.gas_used), type(self).__name__))
         return receipt
 
 
@@ -311,7 +313,12 @@ class TrainerPlayer(Player):
         numel, droot = 0, b"\x00" * 32
         if op.opcode == Opcode.LOAD_BATCH:
             batch_leaf, batch_proof = comp.dataset.leaf(t), comp.dataset_proof(t)
-        elif op.opcode != Opcode.FREE:
+            if new != batch_leaf[32 * op.imm : 32 * op.imm + 32]:
+                return None  # this computation loaded another batch: no valid opening
+        elif op.opcode == Opcode.FREE:
+            if new != EMPTY_SLOT:
+                return None
+        else:
             value = trace.slot_value(j + 1, op.out)
             assert value is not None
             raw = as_committed(value).reshape(-1)
@@ -343,7 +350,7 @@ class ChallengerPlayer(Player):
             sender=self.account, value=bond,
         )  # fmt: skip
         game_id = int(receipt.events[-1].game_id)
-        self.moves.append(Move(game_id, Phase.TRACE_REVEAL, int(receipt.gas_used), "open"))
+        self.moves.append(Move(game_id, -1, Phase.TRACE_REVEAL, int(receipt.gas_used), "open"))
         return game_id
 
     def move(self, game_id: int) -> Any | None:
@@ -458,5 +465,7 @@ def play(
     g = game_state(contract, game_id)
     if not g.phase.over:
         raise RuntimeError(f"game {game_id} did not end within {max_moves} moves")
-    moves = [m for m in trainer.moves + challenger.moves if m.game_id == game_id]
+    moves = sorted(
+        (m for m in trainer.moves + challenger.moves if m.game_id == game_id), key=lambda m: m.seq
+    )
     return GameResult(game_id, g.phase == Phase.TRAINER_WON, moves, timeouts)
