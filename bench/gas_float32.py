@@ -14,6 +14,15 @@ transaction base and calldata gas (titanoboa runs the message without a transact
 baseline, measured in the same run and harness, is a trivial contract
 ``identity(x: uint32) -> uint32`` (and ``identity2(a, b)``): it is the dispatch + ABI
 overhead that any external call pays. Target: every primitive <= 5,000 gas (median and max).
+
+The same run measures the one-step executor, contracts/Executor.vy (key ``"executor"`` of the
+JSON, one row per opcode): ``element(desc, x, y, c)`` for every element op and FILL, and
+``partial_step(desc, acc, x, y)`` for REDUCE_SUM / REDUCE_MAX / MATMUL (plus ``initial_acc``),
+each with a realistic 128-byte descriptor of its opcode ([64, 128] output; R = 64) and the
+same input sets as the primitive it dispatches to (reductions also get ``--random`` triples of
+N(0, 1) values, the long paths of both roundings). Its baseline is a Venom-compiled
+``identity_desc(desc: Bytes[128], x, y, c) -> uint32`` (the ABI cost of the 128-byte
+descriptor). Targets: a MATMUL partial step <= 15,000 gas, every other call <= 5,000.
 """
 
 from __future__ import annotations
@@ -37,7 +46,20 @@ import boa  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from protocol.ir import REDUCTION_OPS, Opcode, OpDescriptor, Operand, arity  # noqa: E402
+
 TARGET = 5000
+#: The issue's target for one MATMUL partial step (excluding proofs).
+MATMUL_TARGET = 15000
+EXECUTOR = ROOT / "contracts" / "Executor.vy"
+IDENTITY_DESC = """
+# pragma version ~=0.4.3
+# pragma experimental-codegen
+@external
+@pure
+def identity_desc(desc: Bytes[128], x: uint32, y: uint32, c: uint32) -> uint32:
+    return x
+"""
 CONTRACT = ROOT / "contracts" / "Float32.vy"
 RESULT = ROOT / "bench" / "results" / "gas_float32.json"
 IDENTITY = """
@@ -150,9 +172,113 @@ def inputs(op: str, rng: np.random.Generator, n_random: int) -> list[tuple[int, 
     return triples + list(zip(r1, r2, r3, strict=True))
 
 
-def gas_of(contract, fn: str, args: tuple[int, ...]) -> int:
+def gas_of(contract, fn: str, args: tuple) -> int:
     getattr(contract, fn)(*args)
     return contract._computation.get_gas_used()
+
+
+#: The float32 primitive each opcode dispatches to (whose input set it is measured on).
+PRIMITIVE = {
+    Opcode.ADD: "add",
+    Opcode.SUB: "sub",
+    Opcode.MUL: "mul",
+    Opcode.DIV: "div",
+    Opcode.MAX: "maximum",
+    Opcode.MIN: "minimum",
+    Opcode.GT: "gt",
+    Opcode.GE: "ge",
+    Opcode.EQ: "eq",
+    Opcode.LDEXP: "ldexp",
+    Opcode.NEG: "neg",
+    Opcode.ABS: "abs",
+    Opcode.SQRT: "sqrt",
+    Opcode.ROUND: "round_even",
+    Opcode.FREXP_EXP: "frexp_exp",
+    Opcode.FREXP_MANT: "frexp_mant",
+    Opcode.COPY: "neg",  # the specials and random patterns of a unary op
+    Opcode.SELECT: "select",
+    Opcode.REDUCE_SUM: "add",
+    Opcode.REDUCE_MAX: "maximum",
+    Opcode.MATMUL: "mul",
+}
+#: Element-level opcodes in protocol order; LOAD_BATCH and FREE are never executed here.
+EXECUTOR_OPS = [op for op in Opcode if op not in (Opcode.LOAD_BATCH, Opcode.FREE)]
+
+
+def executor_descriptor(op: Opcode) -> bytes:
+    """A realistic descriptor of ``op``: output [64, 128], C-order operands, R = 64."""
+    reduction = op in REDUCTION_OPS
+    operands = tuple(
+        Operand(slot=1 + k, strides=(128, 1), reduce_stride=1 if reduction else 0)
+        for k in range(arity(op))
+    )
+    return OpDescriptor(
+        opcode=op,
+        out=7,
+        shape=(64, 128),
+        operands=operands,
+        reduce_len=64 if reduction else 0,
+        imm=f(1.0) if op == Opcode.FILL else 0,
+    ).encode()
+
+
+def executor_inputs(op: Opcode, rng: np.random.Generator, n_random: int) -> list[tuple]:
+    """(x, y, c) for ``element``, (acc, x, y) for ``partial_step``."""
+    if op == Opcode.FILL:
+        return [(x, 0, 0) for x in specials()]
+    base = inputs(PRIMITIVE[op], rng, n_random)
+    if op not in REDUCTION_OPS:
+        return [tuple(a) + (0,) * (3 - len(a)) for a in base]
+    normal = [int(v) for v in rng.standard_normal(3 * n_random).astype(np.float32).view(np.uint32)]
+    typical = [tuple(normal[3 * i : 3 * i + 3]) for i in range(n_random)]
+    if op == Opcode.MATMUL:  # (x, y) from mul's set, acc from add's
+        accs = [a for a, _ in inputs("add", rng, n_random)]
+        return [(accs[i % len(accs)], x, y) for i, (x, y) in enumerate(base)] + typical
+    return [(acc, x, 0) for acc, x in base] + [(a, x, 0) for a, x, _ in typical]
+
+
+def measure_executor(rng: np.random.Generator, n_random: int) -> tuple[dict, list[list[str]]]:
+    """Gas of every executor entry point by opcode: the JSON section and the table rows."""
+    ex = boa.load(str(EXECUTOR))
+    ident = boa.loads(IDENTITY_DESC)
+    base = [gas_of(ident, "identity_desc", (bytes(128), x, x, x)) for x in specials()]
+    base_med = statistics.median(base)
+    section: dict[str, object] = {}
+    rows = []
+    for op in EXECUTOR_OPS:
+        desc = executor_descriptor(op)
+        fn = "partial_step" if op in REDUCTION_OPS else "element"
+        samples = [(gas_of(ex, fn, (desc, *a)), a) for a in executor_inputs(op, rng, n_random)]
+        gas = [g for g, _ in samples]
+        worst_gas, worst_args = max(samples)
+        med = statistics.median(gas)
+        target = MATMUL_TARGET if op == Opcode.MATMUL else TARGET
+        entry: dict[str, object] = {
+            "call": fn,
+            "median": med,
+            "max": worst_gas,
+            "n": len(gas),
+            "worst_input": [f"0x{x:08x}" for x in worst_args],
+            "target": target,
+            "median_minus_baseline": med - base_med,
+        }
+        if op in REDUCTION_OPS:
+            entry["initial_acc"] = gas_of(ex, "initial_acc", (desc,))
+        section[op.name] = entry
+        ok = "yes" if worst_gas <= target else "NO"
+        worst = ", ".join(f"0x{x:08x}" for x in worst_args)
+        rows.append([op.name, fn, str(len(gas)), f"{med:g}", str(worst_gas), str(target)])
+        rows[-1] += [ok, worst]
+    section["baseline_identity_desc"] = {"median": base_med, "max": max(base), "n": len(base)}
+    section["measured"] = (
+        "titanoboa execution gas of one external call to contracts/Executor.vy (Venom), "
+        "excluding the 21,000 base and calldata gas; descriptor: [64, 128] output, R = 64; "
+        "inputs: the primitive's set above (x, y, c) resp. (acc, x, y), reductions plus "
+        "N(0, 1) triples; baseline: identity_desc(Bytes[128], uint32 x3) -> uint32 (Venom)"
+    )
+    rows.append(["identity_desc (baseline)", "", str(len(base)), f"{base_med:g}", str(max(base))])
+    rows[-1] += ["", "", ""]
+    return section, rows
 
 
 def main() -> None:
@@ -190,6 +316,7 @@ def main() -> None:
         worst = ", ".join(f"0x{x:08x}" for x in worst_args)
         rows.append([op, str(len(gas)), f"{med:g}", str(worst_gas), f"{med / base:.2f}", ok, worst])
 
+    result["executor"], executor_rows = measure_executor(rng, args.random)
     result["target_per_primitive"] = TARGET
     result["baseline"] = baseline
     result["measured"] = (
@@ -210,6 +337,15 @@ def main() -> None:
     for col in ["primitive", "n", "median", "max", "median / identity", "<= target", "worst"]:
         t.add_column(col)
     for row in rows:
+        t.add_row(*row)
+    Console().print(t)
+    t = Table(
+        title="one-step executor (contracts/Executor.vy): execution gas per external call "
+        f"(targets: MATMUL partial step <= {MATMUL_TARGET}, others <= {TARGET})"
+    )
+    for col in ["opcode", "call", "n", "median", "max", "target", "<= target", "worst"]:
+        t.add_column(col)
+    for row in executor_rows:
         t.add_row(*row)
     Console().print(t)
     print(f"wrote {RESULT.relative_to(ROOT)}")

@@ -1,0 +1,484 @@
+"""The one-step executor (contracts/Executor.vy) against the Python reference, under titanoboa.
+
+- Decoding and index maps: ``opcode``/``out_slot``/``numel``/``reduce_len``/``operand_slot``/
+  ``imm`` and ``operand_index`` equal protocol/ir.py's on random valid descriptors (every
+  opcode, rank 0..4, dims and strides up to 2**32 - 1, offsets, reduce_len / reduce_stride).
+- Semantics: on random descriptors of every op kind over random slot values rich in special
+  values (±0, subnormals, ±inf, NaNs with random payloads and signs, ties, integral and
+  fractional exponents), ``element`` equals the numpy backend (replay/numpy_backend.py, whose
+  element semantics are replay/semantics.py) on every output element, with the operands the
+  op does not read filled with junk; ``initial_acc`` and ``partial_step`` reproduce the
+  reference partials ``acc_0 .. acc_R`` (``reduce_partials``) one step at a time.
+- Special values exhaustively: every element op on the cross product of 17 special values,
+  through a broadcasting descriptor; every reduction's partial step on all (acc, x) pairs.
+- End to end: every element of every element op and every partial of every reduction of a
+  compiled training step (a small GELU MLP with AdamW), read through replay.trace.StepTrace
+  (``operand_reads``, ``partials``), exactly what an honest party submits in a dispute.
+- Reverts: wrong op class, unknown opcode, wrong descriptor length, operand out of range.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import boa
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from protocol.ir import (
+    CANONICAL_NAN_BITS,
+    ELEMENTWISE_OPS,
+    MAX_SLOT,
+    NO_SLOT,
+    REDUCTION_OPS,
+    U32_MAX,
+    Opcode,
+    OpDescriptor,
+    Operand,
+    arity,
+    decode_descriptor,
+    encode_descriptor,
+    is_nan_bits,
+    operand_index,
+)
+from replay import semantics
+from replay.compiler import compile_train, initial_state
+from replay.numpy_backend import execute_op, reduce_partials
+from replay.spec import GELU, AdamW, Linear, MLPSpec
+from replay.trace import StepTrace
+
+CONTRACT = "contracts/Executor.vy"
+
+SIGN = 0x80000000
+POS_INF, NEG_INF = 0x7F800000, 0xFF800000
+MIN_SUB, MAX_SUB, MIN_NORMAL, MAX_FINITE = 0x1, 0x7FFFFF, 0x800000, 0x7F7FFFFF
+
+# No shrinking: a failure message already names the descriptor, the element and its inputs.
+PROPERTY = settings(
+    deadline=None,
+    phases=(Phase.explicit, Phase.reuse, Phase.generate),
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+ELEMENT_OPS = [*sorted(ELEMENTWISE_OPS), Opcode.FILL]
+REDUCE_OPS = sorted(REDUCTION_OPS)
+u32 = st.integers(0, U32_MAX)
+
+
+def fbits(x: float) -> int:
+    return struct.unpack("<I", struct.pack("<f", x))[0]
+
+
+def as_bits(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32).reshape(-1).view(np.uint32)
+
+
+def as_f32(bits: np.ndarray) -> np.ndarray:
+    return np.asarray(bits, dtype=np.uint32).view(np.float32)
+
+
+SPECIALS = [
+    0,
+    SIGN,  # -0
+    MIN_SUB,
+    MAX_SUB | SIGN,
+    MIN_NORMAL,
+    fbits(1.0),
+    fbits(-1.5),
+    fbits(2.5),  # a tie for ROUND, fractional for LDEXP
+    fbits(3.0),
+    fbits(-150.0),  # LDEXP to below the smallest subnormal
+    fbits(128.0),
+    MAX_FINITE,
+    MAX_FINITE | SIGN,
+    POS_INF,
+    NEG_INF,
+    0xFFC00001,  # negative quiet NaN with a payload
+    0x7F800001,  # signalling NaN
+]
+
+
+@pytest.fixture(scope="module")
+def ex():
+    return boa.load(CONTRACT)
+
+
+# --------------------------------------------------------------------------- values
+
+
+def random_bits(rng: np.random.Generator, n: int) -> np.ndarray:
+    """``n`` float32 bit patterns, a mix of every special class and random values."""
+    kind = rng.integers(0, 8, n)
+    sign = rng.integers(0, 2, n, dtype=np.uint64) << 31
+    frac = rng.integers(0, 1 << 23, n, dtype=np.uint64)
+    out = rng.integers(0, 1 << 32, n, dtype=np.uint64)  # kind 0: any bit pattern
+    special = np.array(SPECIALS, dtype=np.uint64)[rng.integers(0, len(SPECIALS), n)]
+    near_one = (rng.integers(125, 130, n, dtype=np.uint64) << 23) | frac | sign
+    subnormal = frac | sign
+    nan = (0xFF << 23) | np.maximum(frac, 1) | sign
+    ints = rng.integers(-160, 161, n).astype(np.float32)
+    ints = ints + np.where(rng.integers(0, 4, n) == 0, np.float32(0.5), np.float32(0))
+    integral = ints.view(np.uint32).astype(np.uint64)
+    huge = (rng.integers(250, 255, n, dtype=np.uint64) << 23) | frac | sign
+    zero = sign
+    for k, values in enumerate([special, near_one, subnormal, nan, integral, huge, zero], 1):
+        out = np.where(kind == k, values, out)
+    return out.astype(np.uint32)
+
+
+# --------------------------------------------------------------------------- descriptors
+
+
+def _dims(draw: st.DrawFn, rank: int, allow_zero: bool) -> tuple[int, ...]:
+    lo = 0 if allow_zero else 1
+    dims: list[int] = []
+    budget = U32_MAX
+    for _ in range(rank):
+        d = draw(st.one_of(st.integers(lo, min(8, budget)), st.integers(lo, budget)))
+        dims.append(d)
+        budget = budget // max(d, 1)
+    return tuple(dims)
+
+
+@st.composite
+def descriptors(draw: st.DrawFn, allow_zero: bool = True) -> OpDescriptor:
+    """Any valid descriptor: every opcode, rank 0..4, fields anywhere in their uint32 range."""
+    opcode = draw(st.sampled_from(list(Opcode)))
+    rank = draw(st.integers(0, 4))
+    shape = _dims(draw, rank, allow_zero)
+    reduction = opcode in REDUCTION_OPS
+    small = st.integers(0, 16)
+    operands = tuple(
+        Operand(
+            slot=draw(st.integers(0, MAX_SLOT)),
+            offset=draw(st.one_of(small, u32)),
+            strides=tuple(draw(st.one_of(small, u32)) for _ in range(rank)),
+            reduce_stride=draw(st.one_of(small, u32)) if reduction else 0,
+        )
+        for _ in range(arity(opcode))
+    )
+    imm = 0
+    if opcode == Opcode.FILL:
+        imm = draw(st.one_of(u32, st.sampled_from(SPECIALS)))
+        imm = CANONICAL_NAN_BITS if is_nan_bits(imm) else imm
+    elif opcode == Opcode.LOAD_BATCH:
+        imm = draw(st.integers(0, 1))
+    return OpDescriptor(
+        opcode=opcode,
+        out=draw(st.integers(0, MAX_SLOT)),
+        shape=shape,
+        operands=operands,
+        reduce_len=draw(st.one_of(small, u32)) if reduction else 0,
+        imm=imm,
+    )
+
+
+@settings(PROPERTY, max_examples=300)
+@given(op=descriptors(), data=st.data())
+def test_decoding_and_operand_index_match_protocol_ir(ex, op: OpDescriptor, data) -> None:
+    d = encode_descriptor(op)
+    assert decode_descriptor(d) == op
+    assert ex.opcode(d) == int(op.opcode)
+    assert ex.out_slot(d) == op.out
+    assert ex.numel(d) == op.numel
+    assert ex.reduce_len(d) == op.reduce_len
+    assert ex.imm(d) == op.imm
+    for a in range(3):
+        want = op.operands[a].slot if a < len(op.operands) else NO_SLOT
+        assert ex.operand_slot(d, a) == want, a
+    if op.numel == 0:
+        return
+    flats = {0, op.numel - 1, data.draw(st.integers(0, op.numel - 1), label="flat")}
+    for a in range(len(op.operands)):
+        for f in sorted(flats):
+            r = 0
+            if op.reduce_len:
+                r = data.draw(st.sampled_from([0, op.reduce_len - 1, op.reduce_len // 2]))
+            assert ex.operand_index(d, a, f, r) == operand_index(op, a, f, r), (a, f, r)
+
+
+# --------------------------------------------------------------------------- random ops
+
+
+@st.composite
+def small_ops(draw: st.DrawFn, opcode: Opcode) -> tuple[OpDescriptor, list[np.ndarray]]:
+    """A small op of ``opcode`` over slots 0..2 (output slot 3) and slot values covering it."""
+    rank = draw(st.integers(0, 3))
+    shape = tuple(draw(st.lists(st.integers(1, 3), min_size=rank, max_size=rank)))
+    reduction = opcode in REDUCTION_OPS
+    reduce_len = draw(st.integers(0, 6)) if reduction else 0
+    operands = []
+    for _ in range(arity(opcode)):
+        operands.append(
+            Operand(
+                slot=draw(st.integers(0, 2)),
+                offset=draw(st.integers(0, 5)),
+                strides=tuple(draw(st.integers(0, 4)) for _ in range(rank)),
+                reduce_stride=draw(st.integers(0, 4)) if reduction else 0,
+            )
+        )
+    imm = 0
+    if opcode == Opcode.FILL:
+        imm = draw(st.one_of(u32, st.sampled_from(SPECIALS)))
+        imm = CANONICAL_NAN_BITS if is_nan_bits(imm) else imm
+    op = OpDescriptor(
+        opcode=opcode,
+        out=3,
+        shape=shape,
+        operands=tuple(operands),
+        reduce_len=reduce_len,
+        imm=imm,
+    )
+    sizes = [1, 1, 1]
+    for o in operands:
+        top = o.offset + sum((d - 1) * s for d, s in zip(shape, o.strides, strict=True))
+        top += max(reduce_len - 1, 0) * o.reduce_stride
+        sizes[o.slot] = max(sizes[o.slot], top + 1)
+    rng = np.random.default_rng(draw(st.integers(0, 2**64 - 1), label="seed"))
+    slots = [as_f32(random_bits(rng, n)) for n in sizes]
+    return op, slots
+
+
+def operand_bits(op: OpDescriptor, slots: list[np.ndarray], f: int, r: int, junk) -> list[int]:
+    """The values operands 0..2 read for element ``f`` / term ``r``; junk where unused."""
+    vals = [int(j) for j in junk]
+    for a, o in enumerate(op.operands):
+        vals[a] = int(as_bits(slots[o.slot])[operand_index(op, a, f, r)])
+    return vals
+
+
+@pytest.mark.parametrize("opcode", ELEMENT_OPS, ids=lambda o: o.name)
+@settings(PROPERTY, max_examples=25)
+@given(data=st.data())
+def test_element_equals_numpy_backend(ex, opcode: Opcode, data) -> None:
+    op, slots = data.draw(small_ops(opcode), label="op")
+    d = op.encode()
+    with np.errstate(all="ignore"):
+        out = as_bits(execute_op(op, [*slots, None], None))
+    junk = np.random.default_rng(op.numel).integers(0, 1 << 32, 3 * op.numel)
+    for f in range(op.numel):
+        x, y, c = operand_bits(op, slots, f, 0, junk[3 * f : 3 * f + 3])
+        got = ex.element(d, x, y, c)
+        assert got == out[f], (
+            f"{opcode.name} element {f}: inputs 0x{x:08x} 0x{y:08x} 0x{c:08x}: "
+            f"executor 0x{got:08x}, reference 0x{int(out[f]):08x}"
+        )
+
+
+@pytest.mark.parametrize("opcode", REDUCE_OPS, ids=lambda o: o.name)
+@settings(PROPERTY, max_examples=30)
+@given(data=st.data())
+def test_partial_steps_equal_numpy_backend(ex, opcode: Opcode, data) -> None:
+    op, slots = data.draw(small_ops(opcode), label="op")
+    d = op.encode()
+    state = [*slots, None]
+    with np.errstate(all="ignore"):
+        out = as_bits(execute_op(op, state, None))
+    acc0 = ex.initial_acc(d)
+    junk = np.random.default_rng(op.numel).integers(0, 1 << 32, 3 * max(op.reduce_len, 1))
+    for f in range(op.numel):
+        with np.errstate(all="ignore"):
+            partials = [int(as_bits(p)[0]) for p in reduce_partials(op, state, f)]
+        assert len(partials) == op.reduce_len + 1
+        assert acc0 == partials[0]
+        for r in range(op.reduce_len):
+            x, y, _ = operand_bits(op, slots, f, r, junk[3 * r : 3 * r + 3])
+            got = ex.partial_step(d, partials[r], x, y)
+            assert got == partials[r + 1], (
+                f"{opcode.name} element {f} term {r}: acc 0x{partials[r]:08x}, "
+                f"x 0x{x:08x}, y 0x{y:08x}: executor 0x{got:08x}, "
+                f"reference 0x{partials[r + 1]:08x}"
+            )
+        assert partials[-1] == out[f]
+
+
+# --------------------------------------------------------------------------- special values
+
+
+def _cross_op(opcode: Opcode) -> OpDescriptor:
+    """Output [S, S] (binary, SELECT) or [S, 1]: x reads slot 0 along rows, y slot 0 along
+    columns, c slot 1 (the specials reversed) along columns."""
+    s = len(SPECIALS)
+    operands = [Operand(slot=0, strides=(1, 0)), Operand(slot=0, strides=(0, 1))]
+    operands += [Operand(slot=1, strides=(0, 1))]
+    return OpDescriptor(
+        opcode=opcode,
+        out=3,
+        shape=(s, s if arity(opcode) >= 2 else 1),
+        operands=tuple(operands[: arity(opcode)]),
+        imm=fbits(-2.5) if opcode == Opcode.FILL else 0,
+    )
+
+
+@pytest.mark.parametrize("opcode", ELEMENT_OPS, ids=lambda o: o.name)
+def test_element_on_all_special_pairs(ex, opcode: Opcode) -> None:
+    op = _cross_op(opcode)
+    slots = [as_f32(np.array(SPECIALS)), as_f32(np.array(SPECIALS[::-1]))]
+    with np.errstate(all="ignore"):
+        out = as_bits(execute_op(op, [*slots, None, None], None))
+    d = op.encode()
+    for f in range(op.numel):
+        x, y, c = operand_bits(op, slots, f, 0, [0x12345678, 0x7F800001, 0xFFFFFFFF])
+        assert ex.element(d, x, y, c) == out[f], (opcode.name, hex(x), hex(y), hex(c))
+
+
+@pytest.mark.parametrize("opcode", REDUCE_OPS, ids=lambda o: o.name)
+def test_partial_step_on_all_special_pairs(ex, opcode: Opcode) -> None:
+    op = OpDescriptor(
+        opcode=opcode,
+        out=1,
+        shape=(),
+        operands=tuple(Operand(slot=0) for _ in range(arity(opcode))),
+        reduce_len=1,
+    )
+    d = op.encode()
+    s = len(SPECIALS)
+    for i, acc in enumerate(SPECIALS):
+        for j, x in enumerate(SPECIALS):
+            y = SPECIALS[(i + j) % s]
+            terms = [as_f32(np.array([x])), as_f32(np.array([y]))][: arity(opcode)]
+            with np.errstate(all="ignore"):
+                term = semantics.reduce_term(opcode, terms)
+                want = int(as_bits(semantics.REDUCE_STEP[opcode](as_f32(np.array([acc])), term))[0])
+            assert ex.partial_step(d, acc, x, y) == want, (opcode.name, hex(acc), hex(x), hex(y))
+
+
+def test_initial_acc(ex) -> None:
+    for opcode in REDUCE_OPS:
+        op = OpDescriptor(
+            opcode=opcode,
+            out=1,
+            shape=(2,),
+            operands=tuple(Operand(slot=0, strides=(1,)) for _ in range(arity(opcode))),
+        )
+        want = int(np.float32(semantics.REDUCE_INIT[opcode]).view(np.uint32))
+        assert want == (NEG_INF if opcode == Opcode.REDUCE_MAX else 0)
+        assert ex.initial_acc(op.encode()) == want
+
+
+def test_matmul_rounds_twice(ex) -> None:
+    """acc + round(x*y): x = y = 1 + 2**-23, x*y = 1 + 2**-22 + 2**-46 rounds to 1 + 2**-22,
+    so with acc = -(1 + 2**-22) the two-rounding result is +0.0 (fused: 2**-46)."""
+    x = fbits(1.0 + 2.0**-23)
+    acc = fbits(-(1.0 + 2.0**-22))
+    op = OpDescriptor(
+        opcode=Opcode.MATMUL,
+        out=1,
+        shape=(),
+        operands=(Operand(slot=0), Operand(slot=0)),
+        reduce_len=1,
+    )
+    assert ex.partial_step(op.encode(), acc, x, x) == 0
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def tiny_step():
+    spec = MLPSpec(
+        input_dim=3,
+        num_classes=2,
+        layers=(Linear(out_features=3), GELU(), Linear(out_features=2)),
+        optimizer=AdamW(lr=1e-2),
+        batch_size=2,
+        init_seed=7,
+    )
+    program = compile_train(spec)
+    start = initial_state(spec, program)
+    rng = np.random.default_rng(1)
+    batch = (rng.normal(size=(2, 3)).astype(np.float32), np.array([0, 1], dtype=np.float32))
+    return program, StepTrace(program, start, batch)
+
+
+def test_every_element_and_partial_of_a_compiled_step(ex, tiny_step) -> None:
+    program, trace = tiny_step
+    seen: set[Opcode] = set()
+    for j, op in enumerate(program.ops):
+        d = op.encode()
+        if op.opcode in (Opcode.LOAD_BATCH, Opcode.FREE):
+            continue
+        seen.add(op.opcode)
+        if op.opcode in REDUCTION_OPS:
+            acc0 = ex.initial_acc(d)
+            for f in range(op.numel):
+                partials = [int(v) for v in trace.partials(j, f).view(np.uint32)]
+                assert acc0 == partials[0]
+                for r in range(op.reduce_len):
+                    reads = trace.operand_reads(j, f, r)
+                    x = int(reads[0].value.view(np.uint32))
+                    y = int(reads[1].value.view(np.uint32)) if len(reads) > 1 else 0
+                    assert ex.partial_step(d, partials[r], x, y) == partials[r + 1], (j, f, r)
+            continue
+        out = as_bits(trace.slot_value(j + 1, op.out))
+        for f in range(op.numel):
+            vals = [int(rd.value.view(np.uint32)) for rd in trace.operand_reads(j, f)]
+            vals += [0] * (3 - len(vals))
+            assert ex.element(d, *vals) == out[f], (j, op.opcode.name, f)
+    assert {Opcode.MATMUL, Opcode.REDUCE_SUM, Opcode.REDUCE_MAX, Opcode.SELECT} <= seen
+    assert {Opcode.LDEXP, Opcode.FREXP_MANT, Opcode.SQRT, Opcode.FILL} <= seen
+
+
+# --------------------------------------------------------------------------- reverts
+
+
+def _op(opcode: Opcode) -> bytes:
+    imm = 1 if opcode == Opcode.LOAD_BATCH else 0
+    n = arity(opcode)
+    reduce = opcode in REDUCTION_OPS
+    return OpDescriptor(
+        opcode=opcode,
+        out=0,
+        shape=(2,),
+        operands=tuple(Operand(slot=1, strides=(1,)) for _ in range(n)),
+        reduce_len=3 if reduce else 0,
+        imm=imm,
+    ).encode()
+
+
+@pytest.mark.parametrize("opcode", sorted(REDUCTION_OPS | {Opcode.LOAD_BATCH, Opcode.FREE}))
+def test_element_reverts_for_non_element_ops(ex, opcode: Opcode) -> None:
+    with boa.reverts("executor: not an element op"):
+        ex.element(_op(opcode), 1, 2, 3)
+
+
+@pytest.mark.parametrize("opcode", sorted(set(Opcode) - REDUCTION_OPS))
+def test_partial_step_and_initial_acc_revert_for_non_reductions(ex, opcode: Opcode) -> None:
+    with boa.reverts("executor: not a reduction"):
+        ex.partial_step(_op(opcode), 1, 2, 3)
+    with boa.reverts("executor: not a reduction"):
+        ex.initial_acc(_op(opcode))
+
+
+@pytest.mark.parametrize("code", [0x00, 0x0B, 0x17, 0x21, 0x33, 0x43, 0xFF])
+def test_unknown_opcodes_revert(ex, code: int) -> None:
+    d = bytes([code]) + _op(Opcode.ADD)[1:]
+    with boa.reverts("executor: not an element op"):
+        ex.element(d, 1, 2, 3)
+    with boa.reverts("executor: not a reduction"):
+        ex.partial_step(d, 1, 2, 3)
+
+
+@pytest.mark.parametrize("length", [0, 32, 127])
+def test_short_descriptors_revert(ex, length: int) -> None:
+    d = _op(Opcode.MATMUL)[:length]
+    for call in (
+        lambda: ex.element(d, 1, 2, 3),
+        lambda: ex.partial_step(d, 1, 2, 3),
+        lambda: ex.initial_acc(d),
+        lambda: ex.operand_index(d, 0, 0, 0),
+        lambda: ex.numel(d),
+    ):
+        with boa.reverts("executor: descriptor is not 128 bytes"):
+            call()
+
+
+def test_operand_out_of_range_reverts(ex) -> None:
+    d = _op(Opcode.SELECT)
+    assert ex.operand_index(d, 2, 1, 0) == 1
+    with boa.reverts("executor: operand out of range"):
+        ex.operand_index(d, 3, 0, 0)
+    with boa.reverts("executor: operand out of range"):
+        ex.operand_slot(d, 3)
