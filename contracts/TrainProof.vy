@@ -32,9 +32,10 @@ import descriptor
 MAX_CHECKPOINTS: constant(uint256) = 1024
 # @dev Values the trainer reveals per trace bisection move: the interval is cut in
 #      TRACE_ARITY parts (TRACE_ARITY - 1 roots). 8 minimises total gas (bench/gas_game.py).
-TRACE_ARITY: constant(uint256) = 8
-# @dev Parts per partial-value bisection move; partials are 4-byte values, so cheap.
-PARTIAL_ARITY: constant(uint256) = 16
+TRACE_ARITY: public(constant(uint256)) = 8
+# @dev Parts per partial-value bisection move. 8 keeps a pick under 60k gas (16 cost 68.8k)
+#      and needs the same 2 rounds for the 64-term sums of digits-mlp.
+PARTIAL_ARITY: public(constant(uint256)) = 8
 # @dev Share of a slashed stake paid to the challenger who proved the fault (basis points);
 #      the rest is burned, so a trainer challenging itself always loses money.
 WINNER_SHARE_BPS: constant(uint256) = 5000
@@ -71,6 +72,10 @@ ABANDONED: constant(uint8) = 13  # the job was rejected by another game: bond re
 # @dev Storage words start non-zero so that no move pays for a zero-to-non-zero write.
 _UNSET: constant(bytes32) = 0x0000000000000000000000000000000000000000000000000000000000000001
 _M64: constant(uint256) = 18446744073709551615
+_M32: constant(uint256) = 4294967295
+# @dev Partial values are stored as bits | _TAG so that the word is never zero (+0.0 is a
+#      common accumulator), and rewriting it never pays for a zero-to-non-zero store.
+_TAG: constant(uint256) = 4294967296
 
 ELEMENTS_PER_CHUNK: constant(uint256) = 256
 
@@ -546,10 +551,11 @@ def pick(game_id: uint256, seq: uint256, values: DynArray[bytes32, 16], part: ui
     span: uint256 = ((bounds >> 64) & _M64) - lo
     hi: uint256 = lo + span * (part + 1) // n
     lo = lo + span * part // n
+    tag: uint256 = _TAG if t.phase == PARTIAL_PICK else 0
     if part > 0:
-        self.games[game_id].v_lo = values[part - 1]
+        self.games[game_id].v_lo = convert(convert(values[part - 1], uint256) | tag, bytes32)
     if part + 1 < n:
-        self.games[game_id].v_hi = values[part]
+        self.games[game_id].v_hi = convert(convert(values[part], uint256) | tag, bytes32)
     self.games[game_id].bounds = self._bounds(bounds >> 192, lo, hi, bounds & _M64)
     phase: uint8 = t.phase - 1  # back to the reveal phase
     if hi - lo == 1:
@@ -717,7 +723,7 @@ def pick_element(
     f: uint256 = ((opened >> 64) & _M64) * ELEMENTS_PER_CHUNK + index
     claimed: uint256 = self._element_at(chunk, index)
     interval: uint256 = self.games[game_id].bounds >> 192
-    if f >= (opened >> 128) & 4294967295:
+    if f >= (opened >> 128) & _M32:
         # zero padding past the last element is part of the commitment
         self._resolve(game_id, t, claimed == 0, "padding")
         return
@@ -733,11 +739,11 @@ def pick_element(
         if hi == 0:
             self._resolve(game_id, t, claimed == acc0, "empty reduction")
             return
-        self.games[game_id].v_lo = convert(acc0, bytes32)
+        self.games[game_id].v_lo = convert(acc0 | _TAG, bytes32)
         if hi > 1:
             phase = PARTIAL_REVEAL
     self.games[game_id].bounds = self._bounds(interval, 0, hi, f)
-    self.games[game_id].v_hi = convert(claimed, bytes32)
+    self.games[game_id].v_hi = convert(claimed | _TAG, bytes32)
     self._end(game_id, t, phase)
     log Moved(game_id=game_id, seq=seq, phase=phase, lo=0, hi=hi, values=[convert(f, bytes32), convert(claimed, bytes32)])
 
@@ -776,10 +782,10 @@ def one_step(
     assert a == self._arity(op)  # dev: wrong operand count
     computed: uint32 = 0
     if is_reduction:
-        computed = staticcall EXECUTOR.partial_step(desc, convert(convert(self.games[game_id].v_lo, uint256), uint32), x[0], x[1])
+        computed = staticcall EXECUTOR.partial_step(desc, convert(convert(self.games[game_id].v_lo, uint256) & _M32, uint32), x[0], x[1])
     else:
         computed = staticcall EXECUTOR.element(desc, x[0], x[1], x[2])
-    self._resolve(game_id, t, convert(computed, uint256) == convert(self.games[game_id].v_hi, uint256), "one-step")
+    self._resolve(game_id, t, convert(computed, uint256) == convert(self.games[game_id].v_hi, uint256) & _M32, "one-step")
 
 
 @external
@@ -868,10 +874,10 @@ def game(game_id: uint256) -> GameView:
         v_hi=g.v_hi,
         pending=g.pending,
         step=g.opened >> 192,
-        op=(g.opened >> 160) & 4294967295,
+        op=(g.opened >> 160) & _M32,
         pre_root=g.pre_root,
         desc_hash=g.desc_hash,
-        numel=(g.opened >> 128) & 4294967295,
+        numel=(g.opened >> 128) & _M32,
         node=g.node,
         node_lo=(g.opened >> 64) & _M64,
         node_hi=g.opened & _M64,
@@ -914,7 +920,7 @@ def _pack(t: Turn) -> uint256:
 def _unpack(word: uint256) -> Turn:
     return Turn(
         phase=convert(word >> 224, uint8),
-        seq=(word >> 192) & 4294967295,
+        seq=(word >> 192) & _M32,
         trainer_clock=(word >> 128) & _M64,
         challenger_clock=(word >> 64) & _M64,
         last_move=word & _M64,

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 #: Parts per trace bisection move (the trainer reveals TRACE_ARITY - 1 roots).
 TRACE_ARITY = 8
 #: Parts per partial-value bisection move.
-PARTIAL_ARITY = 16
+PARTIAL_ARITY = 8
 #: Elements of float32 per chunk (CHUNK_BYTES / 4).
 ELEMENTS_PER_CHUNK = 256
 

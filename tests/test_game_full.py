@@ -174,3 +174,10 @@ def test_honest_commitment_finalises_and_pays(chain, market) -> None:
     fee = receipt.gas_used * receipt.gas_price
     assert chain.provider.get_balance(trainer_acct.address) == before + credit - fee
     assert chain.provider.get_balance(market.address) == market.liabilities()
+
+
+def test_python_mirrors_the_contract_constants(market) -> None:
+    from protocol.game import PARTIAL_ARITY, TRACE_ARITY
+
+    assert market.TRACE_ARITY() == TRACE_ARITY
+    assert market.PARTIAL_ARITY() == PARTIAL_ARITY
