@@ -9,6 +9,7 @@ Each command's ``--help`` explains its options.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -35,6 +36,50 @@ app.command(
     help="Re-execute a run from its stored checkpoints and report, per checkpoint, whether "
     "the replayed state root matches (or the first step that does not).",
 )(replay_command)
+
+
+blobs = typer.Typer(
+    no_args_is_help=True,
+    help="The content-addressed checkpoint store: publish a run, serve it over HTTP.",
+)
+app.add_typer(blobs, name="blobs")
+
+
+@blobs.command("publish")
+def blobs_publish(
+    run: Annotated[Path, typer.Option(help="run folder written by `trainproof train`")],
+    store: Annotated[Path, typer.Option(help="store folder (created if missing)")],
+) -> None:
+    """Put every checkpoint of a run into a store, keyed by its state root; prints one JSON
+    line per checkpoint."""
+    from protocol.blobs import FileStore
+    from replay.publish import publish_run
+
+    for pointer in publish_run(FileStore(store), run):
+        print(pointer.model_dump_json())
+
+
+@blobs.command("serve")
+def blobs_serve(
+    store: Annotated[Path, typer.Option(help="store folder to serve (read-only)")],
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on (0: any free port)")] = 8600,
+) -> None:
+    """Serve a store over HTTP: GET /blobs/<sha256> and GET /roots/<state root>. Clients
+    re-hash everything they fetch, so the server needs no trust."""
+    import logging
+
+    from protocol.blobs import FileStore, make_server
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    server = make_server(FileStore(store), host, port)
+    print(f"serving {store} at http://{host}:{server.server_address[1]}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
 
 
 @app.command()

@@ -1,0 +1,91 @@
+"""Publishing checkpoints to a blob store, and fetching them back verified.
+
+The prover publishes every checkpoint of a run (manifest + safetensors, two blobs) under a
+pointer keyed by its state root; a challenger that knows a committed state root from the
+chain fetches the two blobs (each re-hashed against its address), loads them with every
+check of ``replay.checkpoint.load_checkpoint`` and accepts the state only if its root is
+the committed one. Anything else — missing, tampered, truncated, substituted — raises, and
+the caller falls back to replaying from an earlier verified state.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from protocol.blobs import BlobError, BlobStore, CheckpointPointer
+from protocol.ir import Program
+from replay.checkpoint import (
+    CheckpointError,
+    from_hex,
+    load_checkpoint,
+    read_manifest,
+    resolve_inside,
+    save_checkpoint,
+)
+from replay.runner import read_run
+
+
+def publish_checkpoint(store: BlobStore, manifest_path: Path) -> CheckpointPointer:
+    """Put one checkpoint (a manifest and its safetensors file) into the store."""
+    manifest = read_manifest(manifest_path)
+    tensors = resolve_inside(manifest_path.parent, manifest.file, "checkpoint file")
+    pointer = CheckpointPointer(
+        state_root=from_hex(manifest.state_root).hex(),
+        step=manifest.step,
+        manifest=store.put(manifest_path.read_bytes()),
+        tensors=store.put(tensors.read_bytes()),
+    )
+    store.put_pointer(pointer)
+    return pointer
+
+
+def publish_run(store: BlobStore, run_dir: Path) -> list[CheckpointPointer]:
+    """Publish every checkpoint of a run folder written by ``trainproof train``."""
+    run = read_run(run_dir)
+    return [publish_checkpoint(store, run_dir / ref.manifest) for ref in run.checkpoints]
+
+
+def publish_state(
+    store: BlobStore, program: Program, step: int, state: Mapping[str, np.ndarray]
+) -> CheckpointPointer:
+    """Write a state as a checkpoint and publish it (for provers holding states in memory)."""
+    with tempfile.TemporaryDirectory(prefix="trainproof-publish-") as tmp:
+        manifest = save_checkpoint(Path(tmp), step, program, state)
+        return publish_checkpoint(store, Path(tmp) / f"{Path(manifest.file).stem}.json")
+
+
+def fetch_checkpoint(
+    store: BlobStore, program: Program, state_root: bytes
+) -> dict[str, np.ndarray]:
+    """The persistent state whose root is ``state_root``, fetched and verified.
+
+    Raises BlobError (missing or substituted blob) or CheckpointError (anything about the
+    checkpoint itself, including a state root other than the one asked for).
+    """
+    pointer = store.get_pointer(state_root.hex())
+    manifest_bytes = store.get(pointer.manifest)
+    tensor_bytes = store.get(pointer.tensors)
+    with tempfile.TemporaryDirectory(prefix="trainproof-fetch-") as tmp:
+        manifest_path = Path(tmp) / "checkpoint.json"
+        manifest_path.write_bytes(manifest_bytes)
+        manifest = read_manifest(manifest_path)
+        name = manifest.file
+        if Path(name).name != name or name.startswith(".") or not name.endswith(".safetensors"):
+            raise CheckpointError(f"checkpoint manifest names {name!r}: not a .safetensors file")
+        (Path(tmp) / name).write_bytes(tensor_bytes)
+        _, state = load_checkpoint(manifest_path, program, expected_root=state_root)
+    return state
+
+
+__all__ = [
+    "BlobError",
+    "CheckpointError",
+    "fetch_checkpoint",
+    "publish_checkpoint",
+    "publish_run",
+    "publish_state",
+]
