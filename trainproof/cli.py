@@ -88,10 +88,11 @@ def demo(
         str | None,
         typer.Option(help="use this EVM JSON-RPC URL instead of starting a local anvil"),
     ] = None,
-    seed: Annotated[int, typer.Option(help="seed choosing which chunk is proven")] = 7,
+    seed: Annotated[int, typer.Option(help="seed choosing where the cheat's fault is")] = 7,
 ) -> None:
-    """Start anvil on a free loopback port, deploy the commitment verifier, commit a real
-    tensor's root on-chain and verify a chunk of it against that root, then stop anvil."""
+    """Run the whole protocol on a local anvil: an honest and a cheating trainer commit
+    digits-mlp runs, a challenger replays both, disputes the cheat and plays it live down to
+    one float32 operation on-chain; the cheat is slashed, the honest job finalises."""
     from trainproof.demo import run_demo
 
     raise typer.Exit(code=run_demo(rpc_url=rpc, seed=seed))
