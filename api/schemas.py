@@ -1,0 +1,220 @@
+"""Pydantic v2 models at the API boundary (they are the OpenAPI schemas)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Address = Field(pattern=r"^0x[0-9a-fA-F]{40}$", description="20-byte hex address")
+Hex32 = Field(pattern=r"^0x[0-9a-fA-F]{64}$", description="32-byte hex word")
+
+VerificationStatus = Literal[
+    "open", "training", "committed", "disputed", "finalized", "rejected", "cancelled", "expired"
+]
+Level = Literal["trace", "op", "chunk", "element", "partial", "one-step", "resolved", "none"]
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str | None = None
+    instance: str | None = None
+    errors: list[dict[str, Any]] | None = None
+
+
+class IndexStatus(BaseModel):
+    chain_id: int | None
+    contract: str | None
+    tip: int
+    tip_timestamp: int | None
+
+
+class JobSummary(BaseModel):
+    id: int
+    job_hash: str
+    requester: str
+    trainer: str | None
+    status: VerificationStatus
+    contract_status: int = Field(description="the contract's JobStatus code")
+    reward: str = Field(description="wei, decimal")
+    stake: str
+    bond: str
+    steps: int
+    every: int
+    intervals: int
+    open_games: int
+    games_total: int
+    registered_at: int
+    committed_at: int | None
+    challenge_deadline: int | None
+    run_root: str | None
+
+
+class JobPage(BaseModel):
+    items: list[JobSummary]
+    total: int
+    limit: int
+    offset: int
+    next_offset: int | None
+
+
+class TimelineEntry(BaseModel):
+    block_number: int
+    timestamp: int
+    tx_hash: str
+    event: str
+    game_id: int | None
+    data: dict[str, Any]
+
+
+class GameSummary(BaseModel):
+    id: int
+    job_id: int
+    challenger: str
+    interval: int
+    phase: str
+    level: Level
+    seq: int
+    to_move: Literal["trainer", "challenger"] | None
+    lo: int
+    hi: int
+    step: int
+    op: int
+    element: int
+    trainer_clock: int = Field(description="seconds left at the last move")
+    challenger_clock: int
+    trainer_clock_left: int = Field(description="seconds left as of the indexed tip")
+    challenger_clock_left: int
+    last_move: int
+    opened_at: int
+    resolved_at: int | None
+    trainer_won: bool | None
+    reason: str | None
+    settled: bool
+
+
+class CheckpointOut(BaseModel):
+    index: int
+    step: int
+    root: str
+
+
+class CheckpointList(BaseModel):
+    job_id: int
+    run_root: str | None
+    every: int
+    checkpoints: list[CheckpointOut]
+
+
+class JobDetail(JobSummary):
+    program_root: str
+    program_len: int
+    dataset_root: str
+    initial_root: str
+    slots: int
+    clock: int
+    window: int
+    train_time: int
+    accepted_at: int | None
+    commit_deadline: int | None
+    closed_at: int | None
+    timeline: list[TimelineEntry]
+    games: list[GameSummary]
+
+
+class CommitmentStatus(BaseModel):
+    job_id: int
+    status: VerificationStatus
+    run_root: str | None
+    committed_at: int | None
+    challenge_deadline: int | None
+    window_open: bool = Field(description="disputes may still open (as of the indexed tip)")
+    as_of_block: int
+    as_of_timestamp: int | None
+    games: list[GameSummary]
+
+
+class MoveOut(BaseModel):
+    seq: int
+    phase: str
+    level: Level
+    lo: int
+    hi: int
+    values: list[str]
+    chunk_index: int | None
+    block_number: int
+    timestamp: int
+    tx_hash: str
+
+
+class LevelHistory(BaseModel):
+    level: Level
+    moves: list[MoveOut]
+
+
+class DisputeDetail(GameSummary):
+    levels: list[LevelHistory]
+
+
+class DisputePage(BaseModel):
+    items: list[GameSummary]
+    total: int
+    limit: int
+    offset: int
+    next_offset: int | None
+
+
+class RoleRecord(BaseModel):
+    count: int = Field(description="jobs trained / games played")
+    wins: int
+    losses: int
+    slashed: str = Field(description="wei lost: stakes of rejected jobs / bonds of lost games")
+    earned: str = Field(description="wei credited in this role")
+
+
+class AccountRecord(BaseModel):
+    address: str
+    as_trainer: RoleRecord
+    as_challenger: RoleRecord
+    credited: str
+    withdrawn: str
+
+
+class AttestationIn(BaseModel):
+    """EIP-712 ``Coverage`` message plus its signature."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: int = Field(ge=1, lt=2**96)
+    run_root: str = Hex32
+    interval: int = Field(ge=0, lt=2**32)
+    challenger: str = Address
+    timestamp: int = Field(ge=0, lt=2**63, description="unix seconds when signed")
+    nonce: str = Hex32
+    signature: str = Field(pattern=r"^0x[0-9a-fA-F]{130}$", description="65-byte r||s||v")
+
+
+class AttestationOut(BaseModel):
+    digest: str
+    job_id: int
+    interval: int
+    challenger: str
+
+
+class IntervalCoverage(BaseModel):
+    interval: int
+    challengers: int
+
+
+class Coverage(BaseModel):
+    job_id: int
+    run_root: str | None
+    intervals: int
+    attestations: int
+    covered_1: float = Field(description="fraction of intervals replayed by >= 1 challenger")
+    covered_3: float = Field(description="fraction of intervals replayed by >= 3 challengers")
+    per_interval: list[IntervalCoverage]
