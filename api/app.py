@@ -285,8 +285,6 @@ def create_app(
             raise ApiError(404, "Job not found", f"no job {job_id} in the index")
         return job
 
-    JobId = Annotated[int, Query(ge=1, lt=2**63)]
-
     @v1.get(
         "/jobs/{job_id}",
         response_model=JobDetail,
