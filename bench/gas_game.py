@@ -32,6 +32,7 @@ from protocol.anvil import AnvilNode
 from protocol.chain import ChainSettings, connect
 from protocol.game import Phase
 from protocol.ir import Opcode
+from protocol.market import ApeMarket
 from protocol.merkle import MerkleTree, leaf_hash
 from replay.compiler import compile_train, initial_state
 from replay.dataset import Dataset
@@ -104,14 +105,16 @@ def real_games(steps: int, every: int) -> dict[str, object]:
             receipt = market.register_job(spec.as_tuple(), sender=requester, value=REWARD)
             job_id = int(receipt.events[0].job_id)
             market.accept_job(job_id, sender=trainer_acct, value=STAKE)
-            trainer = TrainerPlayer(market, trainer_acct, trainer_comp, job_id)
-            challenger = ChallengerPlayer(market, challenger_acct, challenger_comp, job_id)
+            trainer = TrainerPlayer(ApeMarket(market, trainer_acct), trainer_comp, job_id)
+            challenger = ChallengerPlayer(
+                ApeMarket(market, challenger_acct), challenger_comp, job_id
+            )
             commit = trainer.commit()
             committed = trainer_comp.checkpoint_roots()
             interval = challenger.first_bad_interval(committed)
             assert interval is not None
             game_id = challenger.open(committed, interval, BOND)
-            result = play(market, trainer, challenger, game_id, advance)
+            result = play(trainer, challenger, game_id, advance)
             settle = market.settle(game_id, sender=requester)
             sides = {"trainer": 0, "challenger": 0}
             for m in result.moves:

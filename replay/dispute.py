@@ -35,7 +35,9 @@ from protocol.game import (
     trace_position,
 )
 from protocol.ir import REDUCTION_OPS, Opcode, Program, operand_index
-from protocol.merkle import MerkleTree, leaf_hash, root_of_leaf_hashes
+from protocol.market import Market
+from protocol.merkle import MerkleTree, leaf_hash, root_from_path, root_of_leaf_hashes
+from protocol.outbox import Sent
 from replay.backends import Batch, Executor
 from replay.dataset import Dataset
 from replay.numpy_backend import named_from_slots
@@ -53,6 +55,10 @@ def perturbed(x: np.float32) -> np.float32:
     return y
 
 
+#: Fault kinds that change values inside one step (the others leave steps uncomputed).
+TAMPERING = ("element", "second-slot", "wrong-batch")
+
+
 class Fault(BaseModel):
     """A deliberate error in a computation (tests and demos).
 
@@ -60,13 +66,22 @@ class Fault(BaseModel):
       :func:`perturbed` of itself;
     - ``second-slot``: op ``op`` of step ``step`` also changes another slot (slot 0, or 1
       when the op writes slot 0);
-    - ``wrong-batch``: LOAD_BATCH op ``op`` of step ``step`` loads the next step's batch.
+    - ``wrong-batch``: LOAD_BATCH op ``op`` of step ``step`` loads the next step's batch;
+    - ``skip-steps``: step ``step`` is not computed: its end state is its start state;
+    - ``lazy``: no step from ``step`` on is computed, so every later checkpoint repeats the
+      last one computed.
     """
 
-    kind: Literal["element", "second-slot", "wrong-batch"]
+    kind: Literal["element", "second-slot", "wrong-batch", "skip-steps", "lazy"]
     step: int = Field(ge=0)
     op: int = Field(ge=0)
     element: int = Field(0, ge=0)
+
+    def freezes(self, t: int) -> bool:
+        """Whether this fault leaves step ``t`` uncomputed."""
+        return (self.kind == "skip-steps" and t == self.step) or (
+            self.kind == "lazy" and t >= self.step
+        )
 
     def tamper(self, program: Program, dataset: Dataset) -> Tamper:
         target = program.ops[self.op]
@@ -90,6 +105,35 @@ class Fault(BaseModel):
         return hook
 
 
+class FrozenStep:
+    """A step that was not computed: every op-level state is the step's start state.
+
+    What a lazy or step-skipping trainer claims; it offers the StepTrace interface the
+    players use, so such a trainer plays (and loses) like any other.
+    """
+
+    def __init__(self, trace: StepTrace) -> None:
+        self._trace = trace
+        self.program = trace.program
+        self.length = trace.length
+        self.op_roots = [trace.op_roots[0]] * (trace.length + 1)
+
+    def slot_value(self, j: int, slot: int) -> np.ndarray | None:
+        return self._trace.slot_value(0, slot)
+
+    def slot_roots(self, j: int) -> list[bytes | None]:
+        return self._trace.slot_roots(0)
+
+    def state_tree(self, j: int) -> MerkleTree:
+        return self._trace.state_tree(0)
+
+    def chunk_tree(self, j: int, slot: int) -> MerkleTree:
+        return self._trace.chunk_tree(0, slot)
+
+    def partials(self, j: int, flat: int) -> np.ndarray:
+        return self._trace.partials(0, flat)
+
+
 class Computation:
     """One party's run of a job, step by step, with any op-level detail on demand."""
 
@@ -109,7 +153,7 @@ class Computation:
         self.every = every
         self.fault = fault
         self._states: dict[int, dict[str, np.ndarray]] = {0: dict(initial)}
-        self._traces: OrderedDict[int, StepTrace] = OrderedDict()
+        self._traces: OrderedDict[int, StepTrace | FrozenStep] = OrderedDict()
         self._cache = cache
         self._program_tree = MerkleTree.from_leaves(program.encoded())
         self._dataset_tree: MerkleTree | None = None
@@ -118,21 +162,33 @@ class Computation:
     def ops(self) -> int:
         return len(self.program.ops)
 
-    def trace(self, t: int) -> StepTrace:
+    def trace(self, t: int) -> StepTrace | FrozenStep:
         """The op-level trace of step ``t`` (cached)."""
         if t in self._traces:
             self._traces.move_to_end(t)
             return self._traces[t]
         tamper = None
-        if self.fault is not None and self.fault.step == t:
-            tamper = self.fault.tamper(self.program, self.dataset)
-        trace = StepTrace(
+        fault = self.fault
+        if (
+            fault is not None
+            and fault.step == t
+            and fault.kind in ("element", "second-slot", "wrong-batch")
+        ):
+            tamper = fault.tamper(self.program, self.dataset)
+        trace: StepTrace | FrozenStep = StepTrace(
             self.program, self.state_before(t), self.dataset.batch(t), "numpy", tamper=tamper
         )
+        if fault is not None and fault.freezes(t):
+            trace = FrozenStep(trace)
         self._traces[t] = trace
         if len(self._traces) > self._cache:
             self._traces.popitem(last=False)
         return trace
+
+    def seed(self, t: int, state: Mapping[str, np.ndarray]) -> None:
+        """Start from a known state at step ``t`` (a verified checkpoint) instead of
+        recomputing it from C_0. The caller vouches that it is this computation's state."""
+        self._states[t] = dict(state)
 
     def state_before(self, t: int) -> dict[str, np.ndarray]:
         """Persistent state at the start of step ``t``."""
@@ -184,35 +240,7 @@ def job_spec_for(comp: Computation, **params: Any) -> JobSpec:
     )
 
 
-# ---------------------------------------------------------------- what the chain shows
-
-
-def game_state(contract: Any, game_id: int) -> GameState:
-    return GameState.from_chain(contract.game(game_id))
-
-
-def last_move_values(contract: Any, game_id: int, seq: int) -> list[bytes]:
-    """The values logged by move ``seq`` of a game (reveals, children)."""
-    for log in contract.Moved.range(0, _head(contract) + 1, search_topics={"game_id": game_id}):
-        if log.seq == seq:
-            return [bytes(v) for v in log.values]
-    raise LookupError(f"no Moved log for move {seq} of game {game_id}")
-
-
-def opened_chunk(contract: Any, game_id: int, seq: int) -> bytes:
-    """The chunk revealed by move ``seq`` (CHUNK_OPEN) of a game."""
-    for log in contract.ChunkOpened.range(
-        0, _head(contract) + 1, search_topics={"game_id": game_id}
-    ):
-        if log.seq == seq:
-            return bytes(log.chunk)
-    raise LookupError(f"no ChunkOpened log for move {seq} of game {game_id}")
-
-
-def _head(contract: Any) -> int:
-    from ape import chain
-
-    return int(chain.blocks.height)
+# ---------------------------------------------------------------- helpers
 
 
 def _subtree_root(tree: MerkleTree, lo: int, hi: int) -> bytes:
@@ -243,88 +271,95 @@ class Move:
 
 @dataclass
 class Player:
-    contract: Any
-    account: Any
+    """A party of the game, signing through ``market``, playing from ``comp``."""
+
+    market: Market
     comp: Computation
     job_id: int
     moves: list[Move] = field(default_factory=list)
 
-    def _send(self, g: GameState, game_id: int, fn: Callable[..., Any], *args: Any) -> Any:
-        receipt = fn(game_id, g.seq, *args, sender=self.account)
-        self.moves.append(Move(game_id, g.seq, g.phase, int(receipt.gas_used), type(self).__name__))
-        return receipt
+    def _send(self, g: GameState, game_id: int, fn: str, *args: Any) -> Sent | None:
+        sent = self.market.transact(fn, game_id, g.seq, *args, key=f"move:{game_id}:{g.seq}")
+        if sent is not None:
+            self.moves.append(Move(game_id, g.seq, g.phase, sent.gas_used, type(self).__name__))
+        return sent
 
 
 @dataclass
 class TrainerPlayer(Player):
     """Commits its computation and answers the trainer's moves of every game from it."""
 
-    def commit(self) -> Any:
-        return self.contract.commit_run(
-            self.job_id, self.comp.checkpoint_roots()[1:], sender=self.account
-        )
+    def commit(self) -> Sent | None:
+        roots = self.comp.checkpoint_roots()[1:]
+        return self.market.transact("commit_run", self.job_id, roots, key=f"commit:{self.job_id}")
 
-    def move(self, game_id: int) -> Any | None:
-        """Send this trainer's move in ``game_id`` if it is its turn; None if it has none."""
-        g = game_state(self.contract, game_id)
+    def move(self, game_id: int) -> Sent | None:
+        """Send this trainer's move in ``game_id`` if it is its turn and it has a valid one."""
+        g = self.market.game(game_id)
         if g.phase.over or not g.phase.trainer_moves:
             return None
-        c = self.contract
+        comp = self.comp
         if g.phase == Phase.TRACE_REVEAL:
-            roots = [
-                self.comp.position_root(g.interval, p) for p in cut_points(g.lo, g.hi, TRACE_ARITY)
-            ]
-            return self._send(g, game_id, c.reveal, roots)
+            points = cut_points(g.lo, g.hi, TRACE_ARITY)
+            return self._send(
+                g, game_id, "reveal", [comp.position_root(g.interval, p) for p in points]
+            )
         if g.phase == Phase.OPEN_OP:
             return self._open_op(g, game_id)
-        t, j = _opened_op(self.comp, g)
-        trace = self.comp.trace(t)
-        out = self.comp.program.ops[j].out
+        t, j = _opened_op(comp, g)
+        trace = comp.trace(t)
+        out = comp.program.ops[j].out
         if g.phase == Phase.CHUNK_REVEAL:
             tree = trace.chunk_tree(j + 1, out)
             split = g.node_lo + split_point(g.node_hi - g.node_lo)
             left = _subtree_root(tree, g.node_lo, split)
             right = _subtree_root(tree, split, g.node_hi)
-            return self._send(g, game_id, c.reveal_children, left, right)
+            return self._send(g, game_id, "reveal_children", left, right)
         if g.phase == Phase.CHUNK_OPEN:
             value = trace.slot_value(j + 1, out)
             assert value is not None
-            return self._send(
-                g, game_id, c.open_chunk, chunk(as_committed(value).reshape(-1), g.node_lo)
-            )
+            piece = chunk(as_committed(value).reshape(-1), g.node_lo)
+            return self._send(g, game_id, "open_chunk", piece)
         if g.phase == Phase.PARTIAL_REVEAL:
             partials = trace.partials(j, g.element).view(np.uint32)
             values = [as_word(int(partials[r])) for r in cut_points(g.lo, g.hi, PARTIAL_ARITY)]
-            return self._send(g, game_id, c.reveal, values)
+            return self._send(g, game_id, "reveal", values)
         raise AssertionError(f"unhandled trainer phase {g.phase}")
 
-    def _open_op(self, g: GameState, game_id: int) -> Any | None:
+    def _open_op(self, g: GameState, game_id: int) -> Sent | None:
+        """Open the disputed transition — or nothing, when this computation cannot justify
+        it (another slot changed too, a wrong batch, a value that is no tensor): then the
+        trainer can only let its clock run out."""
         comp = self.comp
         t, j = _opened_op(comp, g)
         trace = comp.trace(t)
         op = comp.program.ops[j]
-        before, after = trace.slot_roots(j), trace.slot_roots(j + 1)
+        size = len(comp.program.slots)
+        old = slot_value(trace.slot_roots(j)[op.out])
+        new = slot_value(trace.slot_roots(j + 1)[op.out])
         path = list(trace.state_tree(j).prove(op.out).path)
-        if list(trace.state_tree(j + 1).prove(op.out).path) != path:
-            return None  # the transition changed another slot too: it cannot be opened
-        old, new = slot_value(before[op.out]), slot_value(after[op.out])
-        desc = op.encode()
+        if (
+            root_from_path(leaf_hash(old), op.out, size, path) != g.v_lo
+            or root_from_path(leaf_hash(new), op.out, size, path) != g.v_hi
+        ):
+            return None  # the claimed post-state is not this slot's change alone
         batch_leaf, batch_proof = b"", []
         numel, droot = 0, b"\x00" * 32
         if op.opcode == Opcode.LOAD_BATCH:
             batch_leaf, batch_proof = comp.dataset.leaf(t), comp.dataset_proof(t)
             if new != batch_leaf[32 * op.imm : 32 * op.imm + 32]:
-                return None  # this computation loaded another batch: no valid opening
+                return None  # this computation loaded another batch
         elif op.opcode == Opcode.FREE:
             if new != EMPTY_SLOT:
                 return None
         else:
             value = trace.slot_value(j + 1, op.out)
-            assert value is not None
+            if value is None or value.size != op.numel:
+                return None  # no tensor of the op's size to open
             raw = as_committed(value).reshape(-1)
             numel, droot = raw.size, data_root(memoryview(raw).cast("B"))
         return self._send(
-            g, game_id, self.contract.open_op, desc, comp.program_proof(j), old, new, path,
+            g, game_id, "open_op", op.encode(), comp.program_proof(j), old, new, path,
             numel, droot, batch_leaf, batch_proof,
         )  # fmt: skip
 
@@ -341,54 +376,58 @@ class ChallengerPlayer(Player):
                 return c
         return None
 
-    def open(self, committed: list[bytes], interval: int, bond: int) -> int:
+    def open(self, committed: list[bytes], interval: int, bond: int) -> int | None:
+        """Dispute ``interval`` of the commitment ``committed`` (C_0 .. C_N); the game id."""
         tree = MerkleTree([leaf_hash(r) for r in committed])
-        receipt = self.contract.open_dispute(
-            self.job_id, interval,
+        sent = self.market.transact(
+            "open_dispute", self.job_id, interval,
             committed[interval], list(tree.prove(interval).path),
             committed[interval + 1], list(tree.prove(interval + 1).path),
-            sender=self.account, value=bond,
+            value=bond, key=f"dispute:{self.job_id}:{interval}",
         )  # fmt: skip
-        game_id = int(receipt.events[-1].game_id)
-        self.moves.append(Move(game_id, -1, Phase.TRACE_REVEAL, int(receipt.gas_used), "open"))
-        return game_id
+        for game_id in reversed(self.market.games_of(self.job_id)):
+            g = self.market.game(game_id)
+            if g.challenger.lower() == self.market.sender.lower() and g.interval == interval:
+                if sent is not None:
+                    self.moves.append(Move(game_id, -1, Phase.TRACE_REVEAL, sent.gas_used, "open"))
+                return game_id
+        return None
 
-    def move(self, game_id: int) -> Any | None:
-        g = game_state(self.contract, game_id)
+    def move(self, game_id: int) -> Sent | None:
+        g = self.market.game(game_id)
         if g.phase.over or g.phase.trainer_moves:
             return None
-        c, comp = self.contract, self.comp
+        m, comp = self.market, self.comp
         if g.phase == Phase.TRACE_PICK:
-            values = last_move_values(c, game_id, g.seq - 1)
+            values = m.moved_values(game_id, g.seq - 1)
             mine = [comp.position_root(g.interval, p) for p in cut_points(g.lo, g.hi, TRACE_ARITY)]
-            return self._send(g, game_id, c.pick, values, _first_disputed(values, mine))
+            return self._send(g, game_id, "pick", values, _first_disputed(values, mine))
         t, j = _opened_op(comp, g)
         trace, op = comp.trace(t), comp.program.ops[j]
         if g.phase == Phase.CHUNK_PICK:
-            left, right = last_move_values(c, game_id, g.seq - 1)
+            left, right = m.moved_values(game_id, g.seq - 1)
             tree = trace.chunk_tree(j + 1, op.out)
             split = g.node_lo + split_point(g.node_hi - g.node_lo)
             go_right = left == _subtree_root(tree, g.node_lo, split)
-            return self._send(g, game_id, c.pick_child, left, right, go_right)
+            return self._send(g, game_id, "pick_child", left, right, go_right)
         if g.phase == Phase.ELEMENT_PICK:
-            theirs = opened_chunk(c, game_id, g.seq - 1)
+            theirs = m.opened_chunk(game_id, g.seq - 1)
             value = trace.slot_value(j + 1, op.out)
             assert value is not None
             ours = chunk(as_committed(value).reshape(-1), g.node_lo)
             index = next(
                 i for i in range(256) if theirs[4 * i : 4 * i + 4] != ours[4 * i : 4 * i + 4]
             )
-            return self._send(g, game_id, c.pick_element, theirs, index, op.encode())
+            return self._send(g, game_id, "pick_element", theirs, index, op.encode())
         if g.phase == Phase.PARTIAL_PICK:
-            values = last_move_values(c, game_id, g.seq - 1)
+            values = m.moved_values(game_id, g.seq - 1)
             partials = trace.partials(j, g.element).view(np.uint32)
             mine = [as_word(int(partials[r])) for r in cut_points(g.lo, g.hi, PARTIAL_ARITY)]
-            return self._send(g, game_id, c.pick, values, _first_disputed(values, mine))
+            return self._send(g, game_id, "pick", values, _first_disputed(values, mine))
         if g.phase == Phase.ONE_STEP:
             r = g.lo if op.opcode in REDUCTION_OPS else 0
-            return self._send(
-                g, game_id, c.one_step, op.encode(), operand_witnesses(trace, j, g.element, r)
-            )
+            witnesses = operand_witnesses(trace, j, g.element, r)
+            return self._send(g, game_id, "one_step", op.encode(), witnesses)
         raise AssertionError(f"unhandled challenger phase {g.phase}")
 
 
@@ -442,7 +481,6 @@ class GameResult:
 
 
 def play(
-    contract: Any,
     trainer: TrainerPlayer,
     challenger: ChallengerPlayer,
     game_id: int,
@@ -450,22 +488,30 @@ def play(
     max_moves: int = 200,
 ) -> GameResult:
     """Alternate the two players until the game ends; a player with no move lets its clock
-    run out (``advance_time`` moves the chain's clock) and anyone calls ``timeout``."""
+    run out (``advance_time`` moves the chain's clock) and the challenger calls ``timeout``."""
+    market = challenger.market
     timeouts = 0
     for _ in range(max_moves):
-        g = game_state(contract, game_id)
+        g = market.game(game_id)
         if g.phase.over:
             break
         player: Player = trainer if g.phase.trainer_moves else challenger
         if player.move(game_id) is None:
             clock = g.trainer_clock if g.phase.trainer_moves else g.challenger_clock
             advance_time(clock + 1)
-            contract.timeout(game_id, sender=challenger.account)
+            market.transact("timeout", game_id, key=f"timeout:{game_id}")
             timeouts += 1
-    g = game_state(contract, game_id)
+    g = market.game(game_id)
     if not g.phase.over:
         raise RuntimeError(f"game {game_id} did not end within {max_moves} moves")
     moves = sorted(
         (m for m in trainer.moves + challenger.moves if m.game_id == game_id), key=lambda m: m.seq
     )
     return GameResult(game_id, g.phase == Phase.TRAINER_WON, moves, timeouts)
+
+
+def _first_different_element(theirs: bytes, ours: bytes) -> int:
+    """The first float32 element (4-byte slot) where two chunks differ."""
+    return next(
+        i for i in range(len(ours) // 4) if theirs[4 * i : 4 * i + 4] != ours[4 * i : 4 * i + 4]
+    )

@@ -15,6 +15,7 @@ import pytest
 
 from protocol.game import JobStatus, Phase
 from protocol.ir import Opcode
+from protocol.market import ApeMarket
 from replay.compiler import compile_train, initial_state
 from replay.dataset import Dataset
 from replay.dispute import (
@@ -97,14 +98,14 @@ def new_job(chain, market) -> tuple[int, object, object, object]:
 
 def run_dispute(chain, market, trainer_comp: Computation, challenger_comp: Computation):
     job_id, requester, trainer_acct, challenger_acct = new_job(chain, market)
-    trainer = TrainerPlayer(market, trainer_acct, trainer_comp, job_id)
-    challenger = ChallengerPlayer(market, challenger_acct, challenger_comp, job_id)
+    trainer = TrainerPlayer(ApeMarket(market, trainer_acct), trainer_comp, job_id)
+    challenger = ChallengerPlayer(ApeMarket(market, challenger_acct), challenger_comp, job_id)
     trainer.commit()
     committed = trainer_comp.checkpoint_roots()
     interval = challenger.first_bad_interval(committed)
     assert interval is not None, "the challenger's computation must disagree somewhere"
     game_id = challenger.open(committed, interval, BOND)
-    result = play(market, trainer, challenger, game_id, advance)
+    result = play(trainer, challenger, game_id, advance)
     assert len(result.moves) <= MAX_MOVES
     before = {a: market.credits(a) for a in (trainer_acct, challenger_acct, requester)}
     market.settle(game_id, sender=requester)
@@ -163,7 +164,7 @@ def test_honest_trainer_beats_lying_challenger(chain, market, kind, opcodes) -> 
 
 def test_honest_commitment_finalises_and_pays(chain, market) -> None:
     job_id, requester, trainer_acct, _ = new_job(chain, market)
-    TrainerPlayer(market, trainer_acct, honest(), job_id).commit()
+    TrainerPlayer(ApeMarket(market, trainer_acct), honest(), job_id).commit()
     advance(7200 + 1)
     market.finalize(job_id, sender=requester)
     assert market.jobs(job_id).status == JobStatus.FINALIZED

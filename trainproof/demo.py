@@ -31,6 +31,7 @@ from protocol.anvil import AnvilNode
 from protocol.chain import ChainSettings, connect
 from protocol.game import JobStatus, Phase
 from protocol.ir import Opcode
+from protocol.market import ApeMarket
 from replay.compiler import compile_train, initial_state
 from replay.dataset import Dataset
 from replay.dispute import (
@@ -39,7 +40,6 @@ from replay.dispute import (
     Fault,
     Player,
     TrainerPlayer,
-    game_state,
     job_spec_for,
 )
 from replay.examples import get_example
@@ -109,7 +109,7 @@ def run_demo(rpc_url: str | None = None, seed: int = 7) -> int:
             receipt = market.register_job(spec.as_tuple(), sender=requester, value=REWARD)
             job_id = int(receipt.events[0].job_id)
             market.accept_job(job_id, sender=acct, value=STAKE)
-            trainer = TrainerPlayer(market, acct, comp, job_id)
+            trainer = TrainerPlayer(ApeMarket(market, acct), comp, job_id)
             commit = trainer.commit()
             jobs[name] = (job_id, trainer)
             console.print(
@@ -122,7 +122,7 @@ def run_demo(rpc_url: str | None = None, seed: int = 7) -> int:
         disputes = []
         for name, (job_id, _trainer) in jobs.items():
             committed = honest_roots if name == "honest" else cheat_roots
-            challenger = ChallengerPlayer(market, challenger_acct, honest, job_id)
+            challenger = ChallengerPlayer(ApeMarket(market, challenger_acct), honest, job_id)
             bad = challenger.first_bad_interval(committed)
             if bad is None:
                 console.print(
@@ -173,14 +173,14 @@ def play_live(
         table.add_column(col)
     with Live(table, console=console, refresh_per_second=8):
         while True:
-            g = game_state(market, game_id)
+            g = challenger.market.game(game_id)
             if g.phase.over:
                 break
             player = trainer if g.phase.trainer_moves else challenger
             before = g
             if player.move(game_id) is None:
                 advance((g.trainer_clock if g.phase.trainer_moves else g.challenger_clock) + 1)
-                market.timeout(game_id, sender=challenger.account)
+                challenger.market.transact("timeout", game_id, key=f"timeout:{game_id}")
                 table.add_row(str(before.seq), "—", before.phase.level, "timeout", "", "")
                 continue
             move = player.moves[-1]
@@ -194,7 +194,7 @@ def play_live(
                 str(before.seq), "trainer" if before.phase.trainer_moves else "challenger",
                 before.phase.level, before.phase.name, span, f"{move.gas:,}",
             )  # fmt: skip
-    g = game_state(market, game_id)
+    g = challenger.market.game(game_id)
     verdict = "the trainer was right" if g.phase == Phase.TRAINER_WON else "the trainer cheated"
     console.print(
         f"[bold]verdict of dispute {game_id}:[/] {verdict} "
