@@ -8,11 +8,11 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from pathlib import Path as FsPath
 from typing import Annotated, Any
 
 from eth_utils import to_checksum_address
-from fastapi import APIRouter, FastAPI, Header, Query, Request
+from fastapi import APIRouter, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -51,7 +51,7 @@ from api.schemas import (
 from protocol.game import JobStatus, Phase
 
 log = logging.getLogger("trainproof.api")
-STATIC = Path(__file__).resolve().parent / "static"
+STATIC = FsPath(__file__).resolve().parent / "static"
 ADDRESS_RE = r"^0x[0-9a-fA-F]{40}$"
 
 _PROBLEM_SCHEMA = {"$ref": "#/components/schemas/Problem"}
@@ -213,7 +213,9 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         title = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "HTTP error")
-        return problem(exc.status_code, title, str(exc.detail), request.url.path)
+        resp = problem(exc.status_code, title, str(exc.detail), request.url.path)
+        resp.headers.update(exc.headers or {})  # e.g. Allow on 405
+        return resp
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -430,7 +432,7 @@ def create_app(
     @v1.get("/disputes", response_model=DisputePage, summary="List dispute games")
     def list_disputes(
         request: Request,
-        job_id: Annotated[int | None, Query(ge=1, lt=2**63)] = None,
+        job_id: Annotated[int | None, Query(ge=1, lt=2**53)] = None,
         challenger: Annotated[str | None, Query(pattern=ADDRESS_RE)] = None,
         running: bool | None = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
@@ -506,7 +508,7 @@ def create_app(
         response_model=AccountRecord,
         summary="Trainer and challenger record of an address",
     )
-    def account(request: Request, address: str) -> Response:
+    def account(request: Request, address: Annotated[str, Path(pattern=ADDRESS_RE)]) -> Response:
         import re
 
         if not re.fullmatch(ADDRESS_RE, address):
@@ -674,8 +676,8 @@ def create_app(
         responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}},
     )
     async def events(
-        job_id: Annotated[int | None, Query(ge=1, lt=2**63)] = None,
-        after: Annotated[int | None, Query(ge=0, lt=2**63)] = None,
+        job_id: Annotated[int | None, Query(ge=1, lt=2**53)] = None,
+        after: Annotated[int | None, Query(ge=0, lt=2**53)] = None,
         limit: Annotated[int | None, Query(ge=1, le=10_000)] = None,
         last_event_id: Annotated[str | None, Header()] = None,
     ) -> StreamingResponse:
@@ -729,7 +731,7 @@ def create_app(
 
 
 def _check_id(value: int) -> None:
-    if not 1 <= value < 2**63:
+    if not 1 <= value < 2**53:
         raise ApiError(404, "Not found", f"id {value} is out of range")
 
 

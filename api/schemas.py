@@ -189,11 +189,11 @@ class AttestationIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    job_id: int = Field(ge=1, lt=2**96)
+    job_id: int = Field(ge=1, lt=2**53)
     run_root: str = Hex32
     interval: int = Field(ge=0, lt=2**32)
     challenger: str = Address
-    timestamp: int = Field(ge=0, lt=2**63, description="unix seconds when signed")
+    timestamp: int = Field(ge=0, lt=2**53, description="unix seconds when signed")
     nonce: str = Hex32
     signature: str = Field(pattern=r"^0x[0-9a-fA-F]{130}$", description="65-byte r||s||v")
 

@@ -98,5 +98,10 @@ def demo(
     raise typer.Exit(code=run_demo(rpc_url=rpc, seed=seed))
 
 
+from api.cli import app as api_app  # noqa: E402
+
+app.add_typer(api_app, name="api")
+
+
 if __name__ == "__main__":
     app()

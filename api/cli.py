@@ -1,0 +1,82 @@
+"""``trainproof api ...``: run the indexer and the verification-status API."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, help="Verification-status API: chain indexer + REST.")
+
+
+def _setup(db: str | None, rpc: str, contracts: Path, confirmations: int):  # noqa: ANN202
+    from web3 import Web3
+
+    from api.db import Meta, make_engine, make_sessions
+    from api.indexer import Indexer
+    from protocol.chain import Deployment
+
+    deployment = Deployment.load(contracts)
+    if "TrainProof" not in deployment.contracts:
+        raise typer.BadParameter(f"{contracts} has no TrainProof address", param_hint="--contracts")
+    w3 = Web3(Web3.HTTPProvider(rpc, request_kwargs={"timeout": 30}))
+    chain_id = int(w3.eth.chain_id)
+    if chain_id != deployment.chain_id:
+        raise typer.BadParameter(
+            f"RPC chain id {chain_id} != deployment chain id {deployment.chain_id}",
+            param_hint="--rpc",
+        )
+    sessions = make_sessions(make_engine(db))
+    address = deployment.contracts["TrainProof"]
+    with sessions.begin() as s:
+        s.merge(Meta(key="chain_id", value=str(chain_id)))
+        s.merge(Meta(key="contract", value=address))
+    indexer = Indexer(
+        w3, address, sessions, start_block=deployment.block, confirmations=confirmations
+    )
+    return sessions, indexer, chain_id, address
+
+
+@app.command()
+def serve(
+    rpc: Annotated[str, typer.Option(help="EVM JSON-RPC URL")],
+    contracts: Annotated[Path, typer.Option(help="deployment JSON (protocol.chain.Deployment)")],
+    db: Annotated[
+        str | None, typer.Option(help="database URL or SQLite path (default: $DATABASE_URL)")
+    ] = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    confirmations: Annotated[int, typer.Option(help="blocks before an event is indexed")] = 2,
+    poll: Annotated[float, typer.Option(help="seconds between chain polls")] = 1.0,
+) -> None:
+    """Index TrainProof's events in the background and serve /v1 and the dashboard."""
+    import uvicorn
+
+    from api.app import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    sessions, indexer, chain_id, address = _setup(db, rpc, contracts, confirmations)
+    stop = threading.Event()
+    worker = threading.Thread(target=indexer.run_forever, args=(poll, stop), daemon=True)
+    worker.start()
+    try:
+        uvicorn.run(create_app(sessions, chain_id=chain_id, contract=address), host=host, port=port)
+    finally:
+        stop.set()
+        worker.join(timeout=5)
+
+
+@app.command()
+def index(
+    rpc: Annotated[str, typer.Option(help="EVM JSON-RPC URL")],
+    contracts: Annotated[Path, typer.Option(help="deployment JSON (protocol.chain.Deployment)")],
+    db: Annotated[str | None, typer.Option(help="database URL or SQLite path")] = None,
+    confirmations: int = 2,
+) -> None:
+    """Index once up to the confirmed head and print the tip."""
+    _sessions, indexer, _cid, _addr = _setup(db, rpc, contracts, confirmations)
+    result = indexer.sync()
+    typer.echo(f"tip={result.tip} events={result.events} rolled_back_to={result.rolled_back_to}")
