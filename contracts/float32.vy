@@ -22,9 +22,10 @@
      significand `m` (a `uint256`) and exponent `e` (an `int256`). `_unpack` produces it from a
      bit pattern; every rounding happens in the single function `_round` (nearest-even to a
      multiple of `2**q`, `q = max(msb(m) + e - 23, qmin)`), and `_pack` turns the rounded value
-     back into bits (subnormal/normal/overflow-to-infinity). Operations that cannot represent
-     their exact result in 128 bits (div, sqrt, far-apart add) keep a sticky bit in the least
-     significant bit of `m`, strictly below the rounding position.
+     back into bits (subnormal/normal/overflow-to-infinity). Where `m` cannot hold the exact
+     result (inexact div and sqrt; add of operands more than 40 binades apart), the discarded
+     part is summarised by a sticky 1 ORed into bit 0 of `m`, strictly below the rounding
+     position. mul, ldexp, round_even, frexp and nearer adds round exact significands.
 """
 
 # ---------------------------------------------------------------------------------------------
@@ -37,6 +38,7 @@ NAN: constant(uint32) = 2143289344  # 0x7FC00000
 INF_BITS: constant(uint256) = 2139095040  # 0x7F800000
 # 1.0, the value of a true comparison
 ONE: constant(uint32) = 1065353216  # 0x3F800000
+# 1 typed as uint256, for variable shifts (`UNIT << s`)
 UNIT: constant(uint256) = 1
 SIGN_BIT: constant(uint256) = 2147483648  # 0x80000000
 ABS_MASK: constant(uint256) = 2147483647  # 0x7FFFFFFF

@@ -520,6 +520,40 @@ def numpy_binary(op: str, a, b_):
 # ---------------------------------------------------------------------------------------------
 
 
+UNARY_STRUCTURED = {
+    "sqrt": structured_sqrt,
+    "round_even": structured_round,
+    "neg": structured_unary,
+    "abs": structured_unary,
+    "frexp_exp": structured_unary,
+    "frexp_mant": structured_unary,
+}
+EXACT_UNARY = {"sqrt": orc.exact_sqrt, "round_even": orc.exact_round_even}
+
+
+def numpy_oracle(op: str, *ins) -> np.ndarray:
+    if op in UNARY_STRUCTURED:
+        (a,) = ins
+        if op in ("frexp_exp", "frexp_mant"):
+            mant, exp = orc.np_frexp(a)
+            return exp if op == "frexp_exp" else mant
+        unary = {"sqrt": orc.np_sqrt, "round_even": orc.np_round_even}
+        return {**unary, "neg": orc.np_neg, "abs": orc.np_abs}[op](a)
+    if op == "select":
+        return orc.np_select(*ins)
+    return numpy_binary(op, *ins)
+
+
+def check(op: str, ins: tuple, got) -> None:
+    """The contract's results `got` on inputs `ins` equal the numpy oracle and, for every
+    rounding primitive, the exact Fraction oracle, bit for bit."""
+    assert_bits(op, ins, got, numpy_oracle(op, *ins))
+    exact = EXACT.get(op) or EXACT_UNARY.get(op)
+    if exact is not None:
+        want = [exact(*map(int, args)) for args in zip(*ins, strict=True)]
+        assert_bits(op + " (exact)", ins, got, want)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "op", ["add", "sub", "mul", "div", "ldexp", "maximum", "minimum", "gt", "ge", "eq"]
@@ -531,21 +565,7 @@ def test_binary_property(c, op, xs, ys, seed):
     a2, b2 = STRUCTURED[op](np.random.default_rng(seed), BATCH - len(a1))
     a = np.concatenate([a1, a2]) & np.uint64(0xFFFFFFFF)
     b_ = np.concatenate([b1, b2]) & np.uint64(0xFFFFFFFF)
-    got = run(c, op, a, b_)
-    assert_bits(op, (a, b_), got, numpy_binary(op, a, b_))
-    if op in EXACT:
-        want = [EXACT[op](int(x), int(y)) for x, y in zip(a, b_, strict=True)]
-        assert_bits(op + " (exact)", (a, b_), got, want)
-
-
-UNARY_STRUCTURED = {
-    "sqrt": structured_sqrt,
-    "round_even": structured_round,
-    "neg": structured_unary,
-    "abs": structured_unary,
-    "frexp_exp": structured_unary,
-    "frexp_mant": structured_unary,
-}
+    check(op, (a, b_), run(c, op, a, b_))
 
 
 @pytest.mark.slow
@@ -555,27 +575,10 @@ UNARY_STRUCTURED = {
 def test_unary_property(c, op, xs, seed):
     a2, _ = UNARY_STRUCTURED[op](np.random.default_rng(seed), BATCH - len(xs))
     a = np.concatenate([np.array(xs, dtype=np.uint64), a2]) & np.uint64(0xFFFFFFFF)
-    got = run(c, op, a)
-    if op == "sqrt":
-        assert_bits(op, (a,), got, orc.np_sqrt(a))
-        assert_bits(op + " (exact)", (a,), got, [orc.exact_sqrt(int(x)) for x in a])
-    elif op == "round_even":
-        assert_bits(op, (a,), got, orc.np_round_even(a))
-        assert_bits(op + " (exact)", (a,), got, [orc.exact_round_even(int(x)) for x in a])
-    elif op == "neg":
-        assert_bits(op, (a,), got, orc.np_neg(a))
-    elif op == "abs":
-        assert_bits(op, (a,), got, orc.np_abs(a))
-    else:
-        mant, exp = orc.np_frexp(a)
-        assert_bits(op, (a,), got, exp if op == "frexp_exp" else mant)
+    check(op, (a,), run(c, op, a))
 
 
-@pytest.mark.slow
-@PROPERTY
-@given(cs=st.lists(f32_bits(), min_size=8, max_size=8), xs=value_lists, seed=st.integers(0, 2**63))
-def test_select_property(c, cs, xs, seed):
-    rng = np.random.default_rng(seed)
+def select_inputs(rng, cs, xs):
     conds = np.array(
         [*cs, 0, SIGN, NAN, 0xFFC00001, MIN_SUB, SIGN | MIN_SUB, ONE, POS_INF], dtype=np.uint64
     )
@@ -584,8 +587,48 @@ def test_select_property(c, cs, xs, seed):
     a = np.concatenate([a1, rng.integers(0, 2**32, BATCH - len(a1), dtype=np.uint64)])
     b_ = np.concatenate([b1, rng.integers(0, 2**32, BATCH - len(b1), dtype=np.uint64)])
     a[-32:] = POS_INF | (rng.integers(1, 2**23, 32, dtype=np.uint64))  # NaN payloads
-    got = run(c, "select", cond, a, b_)
-    assert_bits("select", (cond, a, b_), got, orc.np_select(cond, a, b_))
+    return cond, a, b_
+
+
+@pytest.mark.slow
+@PROPERTY
+@given(cs=st.lists(f32_bits(), min_size=8, max_size=8), xs=value_lists, seed=st.integers(0, 2**63))
+def test_select_property(c, cs, xs, seed):
+    ins = select_inputs(np.random.default_rng(seed), cs, xs)
+    check("select", ins, run(c, "select", *ins))
+
+
+# ---------------------------------------------------------------------------------------------
+# the same module compiled by Venom (contracts/Executor.vy, the on-chain verdict, uses
+# `# pragma experimental-codegen`): a smaller cross-check against the same oracles
+# ---------------------------------------------------------------------------------------------
+
+VENOM_BATCHES = 4  # x 512 = 2,048 cases per primitive
+
+
+@pytest.fixture(scope="module")
+def c_venom():
+    return boa.load(CONTRACT, compiler_args={"experimental_codegen": True})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("op", OPS)
+def test_venom_build_matches_oracles(c_venom, op):
+    rng = np.random.default_rng(1000 + OP[op])
+    mags = np.array(SPECIAL_MAGS, dtype=np.uint64)
+    specials = np.concatenate([mags, mags | np.uint64(SIGN)])
+    for i in range(VENOM_BATCHES):
+        if op == "select":
+            xs = [int(x) for x in rng.choice(specials, 16)]
+            ins = select_inputs(rng, [int(x) for x in rng.choice(specials, 8)], xs)
+        elif op in UNARY_STRUCTURED:
+            ins = (UNARY_STRUCTURED[op](rng, BATCH)[0],)
+        else:
+            ins = STRUCTURED.get(op, structured_compare)(rng, BATCH)
+        ins = tuple(np.asarray(x, dtype=np.uint64) & np.uint64(0xFFFFFFFF) for x in ins)
+        if i == 0 and op != "select":  # specials against specials
+            ins = tuple(rng.choice(specials, BATCH) for _ in ins)
+        check(op, ins, run(c_venom, op, *ins))
 
 
 # ---------------------------------------------------------------------------------------------
