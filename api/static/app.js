@@ -89,4 +89,5 @@ function live() {
 window.addEventListener("hashchange", render);
 $("#f-status").addEventListener("change", render);
 render();
-live();
+// ?live=0 turns the event stream off (e.g. for headless snapshots)
+if (new URLSearchParams(location.search).get("live") !== "0") live();
