@@ -159,3 +159,15 @@ def connect(settings: ChainSettings | None = None) -> Iterator[Chain]:
         yield Chain(provider, sender)
     finally:
         ctx.__exit__(*sys.exc_info())
+
+
+def deploy_market(chain: Chain) -> Deployment:
+    """Deploy the one-step Executor and the TrainProof market; the addresses to save."""
+    block = chain.block_number
+    executor = chain.deploy("Executor")
+    market = chain.deploy("TrainProof", executor.address)
+    return Deployment(
+        chain_id=chain.chain_id,
+        block=block,
+        contracts={"Executor": str(executor.address), "TrainProof": str(market.address)},
+    )

@@ -515,3 +515,57 @@ def _first_different_element(theirs: bytes, ours: bytes) -> int:
     return next(
         i for i in range(len(ours) // 4) if theirs[4 * i : 4 * i + 4] != ours[4 * i : 4 * i + 4]
     )
+
+
+# ---------------------------------------------------------------- for the services
+
+
+def example_computation(
+    example: str, steps: int, every: int, fault: Fault | None = None
+) -> Computation:
+    """A named example's computation (replay.examples) for a job of ``steps`` steps."""
+    from replay.compiler import compile_train, initial_state
+    from replay.examples import get_example
+
+    ex = get_example(example)
+    program = compile_train(ex.model)
+    return Computation(
+        program, Dataset(ex.dataset), initial_state(ex.model, program), steps, every, fault
+    )
+
+
+def spec_mismatch(spec: JobSpec, comp: Computation) -> str | None:
+    """Why a job is not this computation's (None when program, data and C_0 all match)."""
+    checks = {
+        "program_root": (spec.program_root, comp.program.root()),
+        "program_len": (spec.program_len, comp.ops),
+        "slots": (spec.slots, len(comp.program.slots)),
+        "dataset_root": (spec.dataset_root, comp.dataset.root(spec.steps)),
+        "initial_root": (spec.initial_root, comp.step_root(0)),
+    }
+    for name, (theirs, ours) in checks.items():
+        if theirs != ours:
+            return f"the job's {name} differs from this example's"
+    return None
+
+
+def parse_fault(text: str, program: Program, steps: int) -> Fault:
+    """``step=T,op=J,elem=E`` | ``lazy`` | ``wrong-batch`` | ``skip-steps`` | ``second-slot``,
+    the last four optionally followed by ``:step=T`` (default: the middle step)."""
+    kind, _, rest = text.partition(":")
+    if "=" in kind:
+        kind, rest = "element", text
+    fields = dict(kv.split("=", 1) for kv in rest.split(",") if kv)
+    unknown = set(fields) - {"step", "op", "elem"}
+    if unknown:
+        raise ValueError(f"fault {text!r}: unknown fields {sorted(unknown)} (use step, op, elem)")
+    step = int(fields.get("step", steps // 2))
+    if kind == "wrong-batch":
+        op = next(j for j, o in enumerate(program.ops) if o.opcode == Opcode.LOAD_BATCH)
+    else:
+        op = int(fields.get("op", 0))
+    if not 0 <= step < steps or not 0 <= op < len(program.ops):
+        raise ValueError(f"fault {text!r}: step must be < {steps}, op < {len(program.ops)}")
+    if kind == "element" and "op" not in fields:
+        raise ValueError(f"fault {text!r}: name the op (op=J) and element (elem=E)")
+    return Fault(kind=kind, step=step, op=op, element=int(fields.get("elem", 0)))  # type: ignore[arg-type]

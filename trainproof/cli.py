@@ -38,6 +38,19 @@ app.command(
 )(replay_command)
 
 
+from trainproof import agents  # noqa: E402
+
+app.command("deploy")(agents.deploy)
+job = typer.Typer(no_args_is_help=True, help="Requester commands.")
+job.command("register")(agents.register)
+app.add_typer(job, name="job")
+prover = typer.Typer(no_args_is_help=True, help="The trainer's service.")
+prover.command("run")(agents.prover_run)
+app.add_typer(prover, name="prover")
+challenger = typer.Typer(no_args_is_help=True, help="The watcher's service.")
+challenger.command("watch")(agents.challenger_watch)
+app.add_typer(challenger, name="challenger")
+
 blobs = typer.Typer(
     no_args_is_help=True,
     help="The content-addressed checkpoint store: publish a run, serve it over HTTP.",

@@ -1,0 +1,149 @@
+"""The prover service: ``trainproof prover run``.
+
+Accepts a job, trains it canonically, publishes every checkpoint to the blob store,
+commits, then answers every dispute move of every game until the job ends; finalises,
+settles and withdraws. Each poll derives what to do from the chain (the truth) and the
+outbox (what this prover already signed), so a restart after SIGKILL picks up exactly
+where it stopped and never sends a move twice.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from protocol.agent import Agent, AgentConfig, setup_logging
+from protocol.blobs import FileStore
+from protocol.game import JobStatus
+from replay.dispute import (
+    TrainerPlayer,
+    example_computation,
+    parse_fault,
+    spec_mismatch,
+)
+from replay.publish import publish_state
+
+log = setup_logging("prover")
+
+
+class ProverConfig(AgentConfig):
+    job: int = Field(gt=0, description="the job id to work on")
+    store: str = Field(description="blob store folder to publish checkpoints into")
+    example: str = Field("digits-mlp", description="the example the job trains")
+    fault: str | None = Field(None, description="inject a fault (demos and tests)")
+
+
+class ProverStatus(BaseModel):
+    done: bool
+    status: JobStatus
+    games: int
+
+
+class ProverService:
+    def __init__(self, cfg: ProverConfig) -> None:
+        self.cfg = cfg
+        self.agent = Agent(cfg)
+        self.market = self.agent.market
+        job = self.market.job(cfg.job)
+        honest = example_computation(cfg.example, job.spec.steps, job.spec.every)
+        problem = spec_mismatch(job.spec, honest)
+        if problem:
+            raise SystemExit(f"job {cfg.job} is not {cfg.example}: {problem}")
+        self.comp = honest
+        if cfg.fault:
+            fault = parse_fault(cfg.fault, honest.program, job.spec.steps)
+            self.comp = example_computation(cfg.example, job.spec.steps, job.spec.every, fault)
+            log.warning("event=fault job=%d fault=%s", cfg.job, fault.model_dump_json())
+        self.player = TrainerPlayer(self.market, self.comp, cfg.job)
+        self.store = FileStore(Path(cfg.store))
+        self._stuck: set[tuple[int, int]] = set()
+
+    def step(self) -> ProverStatus:
+        """One poll: do whatever the job needs next."""
+        m, cfg, me = self.market, self.cfg, self.agent.address
+        job = m.job(cfg.job)
+        if job.status == JobStatus.OPEN:
+            m.transact("accept_job", cfg.job, value=job.spec.stake, key=f"accept:{cfg.job}")
+            log.info("event=accepted job=%d stake=%d", cfg.job, job.spec.stake)
+            return ProverStatus(done=False, status=job.status, games=0)
+        if job.trainer.lower() != me.lower():
+            raise SystemExit(f"job {cfg.job} was accepted by {job.trainer}, not by {me}")
+        if job.status == JobStatus.ACCEPTED:
+            self._publish()
+            m.transact(
+                "commit_run", cfg.job, self.comp.checkpoint_roots()[1:], key=f"commit:{cfg.job}"
+            )
+            log.info("event=committed job=%d", cfg.job)
+            return ProverStatus(done=False, status=job.status, games=0)
+        games = m.games_of(cfg.job)
+        settled = True
+        for game_id in games:
+            g = m.game(game_id)
+            if not g.phase.over:
+                if g.phase.trainer_moves and (game_id, g.seq) not in self._stuck:
+                    if self.player.move(game_id) is None:
+                        self._stuck.add((game_id, g.seq))
+                        log.warning(
+                            "event=no_valid_move game=%d seq=%d phase=%s",
+                            game_id,
+                            g.seq,
+                            g.phase.name,
+                        )
+                    else:
+                        log.info(
+                            "event=moved game=%d seq=%d phase=%s", game_id, g.seq, g.phase.name
+                        )
+                settled = False
+            elif not g.settled:
+                m.transact("settle", game_id, key=f"settle:{game_id}")
+                log.info("event=settled game=%d phase=%s", game_id, g.phase.name)
+        job = m.job(cfg.job)
+        if (
+            job.status == JobStatus.COMMITTED
+            and job.open_games == 0
+            and self.agent.now() > job.committed_at + job.spec.window
+        ):
+            m.transact("finalize", cfg.job, key=f"finalize:{cfg.job}")
+            log.info("event=finalized job=%d", cfg.job)
+            job = m.job(cfg.job)
+        closed = job.status in (JobStatus.FINALIZED, JobStatus.REJECTED)
+        if closed and settled:
+            credit = m.credits(me)
+            if credit:
+                m.transact("withdraw", key=f"withdraw:{cfg.job}:{credit}")
+                log.info("event=withdrew job=%d amount=%d", cfg.job, credit)
+            return ProverStatus(done=True, status=job.status, games=len(games))
+        return ProverStatus(done=False, status=job.status, games=len(games))
+
+    def _play(self, game_id: int) -> None:
+        g = self.market.game(game_id)
+        if not g.phase.trainer_moves or (game_id, g.seq) in self._stuck:
+            return
+        what = f"game={game_id} seq={g.seq} phase={g.phase.name}"
+        if self.player.move(game_id) is None:
+            self._stuck.add((game_id, g.seq))  # nothing valid to send: the clock will decide
+            log.warning("event=no_valid_move %s", what)
+        else:
+            log.info("event=moved %s", what)
+
+    def _publish(self) -> None:
+        key = f"published:{self.cfg.job}"
+        if self.agent.db.get(key):
+            return
+        every, program = self.comp.every, self.comp.program
+        for c in range(self.comp.steps // every + 1):
+            publish_state(self.store, program, c * every, self.comp.state_before(c * every))
+        self.agent.db.put(key, "1")
+        log.info(
+            "event=published job=%d checkpoints=%d", self.cfg.job, self.comp.steps // every + 1
+        )
+
+    def run(self, until_done: bool = True) -> ProverStatus:
+        while True:
+            status = self.step()
+            if status.done and until_done:
+                log.info("event=done job=%d status=%s", self.cfg.job, status.status.name)
+                return status
+            time.sleep(self.cfg.poll)

@@ -1,0 +1,214 @@
+"""The prover and challenger services against a real anvil.
+
+In-process (each service's ``step()`` called in turn): every fault kind is caught and the
+cheat slashed; a lying challenger loses its bond; an honest commitment finalises and pays;
+withheld or tampered checkpoints send the challenger to full replay with the right verdict.
+As processes: both services SIGKILLed at random moments mid-dispute and restarted — the
+honest side still wins and no transaction is ever sent twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from challenger.service import ChallengerConfig, ChallengerService
+from protocol.agent import AgentConfig, load_account
+from protocol.anvil import AnvilNode, rpc
+from protocol.chain import ChainSettings, connect, deploy_market
+from protocol.game import JobStatus
+from protocol.market import ApeMarket
+from prover.service import ProverConfig, ProverService
+from replay.dispute import example_computation, job_spec_for
+
+STEPS, EVERY = 4, 2
+ETH = 10**18
+STAKE, BOND, REWARD = 2 * ETH, ETH // 10, ETH
+WINDOW = 120
+REPO = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.xdist_group(name="services")
+
+
+@pytest.fixture
+def world(tmp_path):
+    """A fresh anvil with the market deployed and one registered digits-mlp job."""
+    with AnvilNode() as node, connect(ChainSettings(rpc_url=node.url, provider="foundry")) as ch:
+        deployment = deploy_market(ch)
+        path = tmp_path / "deployment.json"
+        deployment.save(path)
+        market = ch.at("TrainProof", deployment.contracts["TrainProof"])
+        spec = job_spec_for(
+            example_computation("digits-mlp", STEPS, EVERY),
+            stake=STAKE, bond=BOND, clock=600, window=WINDOW, train_time=600,
+        )  # fmt: skip
+        market.register_job(spec.as_tuple(), sender=ch.test_account(1), value=REWARD)
+        yield node, path, ApeMarket(market, ch.test_account(1)), tmp_path
+
+
+def prover(world, fault: str | None = None) -> ProverService:
+    node, deployment, _, tmp = world
+    return ProverService(ProverConfig(
+        rpc=node.url, deployment=deployment, db=tmp / "prover.db", test_account=2, job=1,
+        store=str(tmp / "store"), fault=fault, poll=0.1,
+    ))  # fmt: skip
+
+
+def challenger(world, lie: bool = False, store: str | None = None) -> ChallengerService:
+    node, deployment, _, tmp = world
+    return ChallengerService(ChallengerConfig(
+        rpc=node.url, deployment=deployment, db=tmp / "challenger.db", test_account=3,
+        store=store or str(tmp / "store"), rate=1.0, confirmations=0, lie=lie, poll=0.1,
+    ))  # fmt: skip
+
+
+def run_both(world, p: ProverService, c: ChallengerService, max_polls: int = 400) -> None:
+    node = world[0]
+    for i in range(max_polls):
+        status = p.step()
+        c.step()
+        if status.done and not c._games():
+            return
+        if i % 5 == 4:  # let chain time pass: clocks and the challenge window run on it
+            rpc(node.url, "evm_increaseTime", [WINDOW // 4])
+            rpc(node.url, "evm_mine")
+    raise AssertionError("the services did not finish")
+
+
+@pytest.mark.parametrize(
+    "fault", ["step=3,op=114,elem=5", "lazy:step=2", "wrong-batch:step=1", "skip-steps:step=1"]
+)
+def test_every_fault_kind_is_caught_and_slashed(world, fault) -> None:
+    market = world[2]
+    p, c = prover(world, fault), challenger(world)
+    run_both(world, p, c)
+    assert market.job(1).status == JobStatus.REJECTED
+    (game_id,) = market.games_of(1)
+    g = market.game(game_id)
+    assert g.phase.name == "CHALLENGER_WON" and g.settled
+    assert market.credits(c.agent.address) == 0  # withdrawn: bond + half the stake
+
+
+def test_lying_challenger_loses_its_bond(world) -> None:
+    market = world[2]
+    p, c = prover(world), challenger(world, lie=True)
+    run_both(world, p, c)
+    assert market.job(1).status == JobStatus.FINALIZED
+    (game_id,) = market.games_of(1)
+    assert market.game(game_id).phase.name == "TRAINER_WON"
+
+
+def test_honest_commitment_without_dispute_finalises_and_pays(world) -> None:
+    node, _, market, _ = world
+    p, c = prover(world), challenger(world)
+    before = int(str(rpc(node.url, "eth_getBalance", [p.agent.address, "latest"])), 16)
+    run_both(world, p, c)
+    assert market.job(1).status == JobStatus.FINALIZED
+    assert market.games_of(1) == []
+    after = int(str(rpc(node.url, "eth_getBalance", [p.agent.address, "latest"])), 16)
+    assert after - before > REWARD - ETH // 100  # reward earned, stake back, minus gas
+
+
+@pytest.mark.parametrize("damage", ["missing", "tampered", "truncated"])
+def test_bad_checkpoints_route_to_full_replay(world, damage, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="trainproof.challenger")
+    market, tmp = world[2], world[3]
+    p = prover(world, "step=3,op=114,elem=5")
+    while p.step().status != JobStatus.COMMITTED:
+        pass
+    blobs = tmp / "store" / "blobs"
+    files = sorted(f for f in blobs.rglob("*") if f.is_file())
+    for f in files:  # damage every published blob
+        if damage == "missing":
+            f.unlink()
+        elif damage == "tampered":
+            f.write_bytes(b"\x01" + f.read_bytes()[1:])
+        else:
+            f.write_bytes(f.read_bytes()[:-64])
+    c = challenger(world)
+    run_both(world, p, c)
+    assert market.job(1).status == JobStatus.REJECTED  # the verdict is still right
+    assert "event=checkpoint_rejected" in caplog.text
+    assert "event=full_replay" in caplog.text
+
+
+# ---------------------------------------------------------------- kill tests
+
+
+def spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    out = open(log, "ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "trainproof", *args], stdout=out, stderr=out, cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+
+
+def sent_per_key(db: Path) -> list[tuple[str, int]]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT key, nonce FROM outbox WHERE status != 'superseded'").fetchall()
+
+
+@pytest.mark.slow
+def test_services_survive_sigkill_mid_dispute(world) -> None:
+    node, deployment, market, tmp = world
+    common = ["--rpc", node.url, "--deployment", str(deployment), "--poll", "0.1"]
+    prover_args = ["prover", "run", *common, "--job", "1", "--store", str(tmp / "store"),
+                   "--db", str(tmp / "prover.db"), "--test-account", "2",
+                   "--fault", "step=3,op=114,elem=5"]  # fmt: skip
+    challenger_args = ["challenger", "watch", *common, "--store", str(tmp / "store"),
+                       "--db", str(tmp / "challenger.db"), "--test-account", "3",
+                       "--rate", "1.0", "--confirmations", "0"]  # fmt: skip
+    rng = random.Random(1)
+    kills = {"prover": 0, "challenger": 0}
+    procs = {"prover": spawn(prover_args, tmp / "prover.log"),
+             "challenger": spawn(challenger_args, tmp / "challenger.log")}  # fmt: skip
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(rng.uniform(1.0, 3.0))
+            if market.job(1).status == JobStatus.REJECTED and all(
+                market.game(g).settled for g in market.games_of(1)
+            ):
+                break
+            name = rng.choice(["prover", "challenger"])
+            if kills[name] < 6:
+                procs[name].send_signal(signal.SIGKILL)
+                procs[name].wait()
+                kills[name] += 1
+                procs[name] = spawn(prover_args if name == "prover" else challenger_args,
+                                    tmp / f"{name}.log")  # fmt: skip
+    finally:
+        for proc in procs.values():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+    assert kills["prover"] >= 5 and kills["challenger"] >= 5, kills
+    assert market.job(1).status == JobStatus.REJECTED  # the honest side still won
+    for name, account in (("prover", 2), ("challenger", 3)):
+        address = load_account(AgentConfig(rpc=node.url, deployment=deployment, db=tmp / "x.db",
+                                           test_account=account)).address  # fmt: skip
+        rows = sent_per_key(tmp / f"{name}.db")
+        sent = int(str(rpc(node.url, "eth_getTransactionCount", [address, "latest"])), 16)
+        assert sent == len(rows), f"{name}: every transaction it sent is one recorded intent"
+        for tx in transactions_from(node.url, address):
+            receipt = rpc(node.url, "eth_getTransactionReceipt", [tx])
+            assert int(receipt["status"], 16) == 1, f"{name} sent a transaction that failed"  # type: ignore[index]
+
+
+def transactions_from(url: str, address: str) -> list[str]:
+    head = int(str(rpc(url, "eth_blockNumber")), 16)
+    hashes = []
+    for n in range(head + 1):
+        block = rpc(url, "eth_getBlockByNumber", [hex(n), True])
+        for tx in block["transactions"]:  # type: ignore[index]
+            if tx["from"].lower() == address.lower():
+                hashes.append(tx["hash"])
+    return hashes
