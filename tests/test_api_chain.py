@@ -18,6 +18,7 @@ from api.derive import verification_status
 from api.indexer import Indexer
 from protocol.anvil import rpc
 from protocol.game import GameState, JobStatus, Phase
+from protocol.market import ApeMarket
 from replay.compiler import compile_train, initial_state
 from replay.dataset import Dataset
 from replay.dispute import (
@@ -25,7 +26,6 @@ from replay.dispute import (
     Computation,
     Fault,
     TrainerPlayer,
-    game_state,
     job_spec_for,
 )
 from replay.examples import get_example
@@ -125,8 +125,8 @@ def test_dispute_followed_move_by_move(world) -> None:
     indexer.sync()
     assert check_job(market, client, job_id)["status"] == "training"
 
-    trainer = TrainerPlayer(market, trainer_acct, cheat, job_id)
-    challenger = ChallengerPlayer(market, challenger_acct, honest, job_id)
+    trainer = TrainerPlayer(ApeMarket(market, trainer_acct), cheat, job_id)
+    challenger = ChallengerPlayer(ApeMarket(market, challenger_acct), honest, job_id)
     trainer.commit()
     indexer.sync()
     assert check_job(market, client, job_id)["status"] == "committed"
@@ -145,7 +145,7 @@ def test_dispute_followed_move_by_move(world) -> None:
 
     levels_seen = []
     for _ in range(60):
-        g = game_state(market, game_id)
+        g = GameState.from_chain(market.game(game_id))
         if g.phase.over:
             break
         player = trainer if g.phase.trainer_moves else challenger
@@ -154,7 +154,7 @@ def test_dispute_followed_move_by_move(world) -> None:
         api = check_game(market, client, game_id)
         check_job(market, client, job_id)
         levels_seen.append(api["level"])
-    assert game_state(market, game_id).phase == Phase.CHALLENGER_WON
+    assert GameState.from_chain(market.game(game_id)).phase == Phase.CHALLENGER_WON
     assert {"trace", "chunk", "partial", "resolved"} <= set(levels_seen)
 
     detail = client.get(f"/v1/disputes/{game_id}").json()
@@ -198,14 +198,14 @@ def test_reorg_rolls_back(world) -> None:
         market.register_job(spec.as_tuple(), sender=requester, value=REWARD).events[0].job_id
     )
     market.accept_job(job_id, sender=trainer_acct, value=STAKE)
-    trainer = TrainerPlayer(market, trainer_acct, honest, job_id)
+    trainer = TrainerPlayer(ApeMarket(market, trainer_acct), honest, job_id)
     trainer.commit()
     indexer.sync()
     assert check_job(market, client, job_id)["status"] == "committed"
 
     snap = rpc(url, "evm_snapshot")
     # a (lying) challenger disputes interval 1 and the trainer answers once: both reorged away
-    challenger = ChallengerPlayer(market, challenger_acct, computation("add"), job_id)
+    challenger = ChallengerPlayer(ApeMarket(market, challenger_acct), computation("add"), job_id)
     game_id = challenger.open(honest.checkpoint_roots(), 1, BOND)
     trainer.move(game_id)
     indexer.sync()
