@@ -1,55 +1,48 @@
-"""``make demo``: the whole protocol on a real local chain, in one process.
+"""``make demo``: the whole protocol on a real local chain, with the real services.
 
 1. start anvil (npm ``@foundry-rs/anvil``) on a free loopback port; deploy the one-step
-   Executor and the TrainProof market;
-2. a requester registers two digits-mlp training jobs (escrowing rewards); two trainers
-   accept them with stakes: one trains honestly, one cheats — one element of one MATMUL of
-   one step is wrong, and everything after it follows from the wrong value;
-3. both commit their checkpoint roots; a challenger replays both runs bit-exactly, finds
-   the cheat's first wrong interval and disputes it with a bond;
-4. the dispute is played move by move, live, down the levels — trace, op, chunk, element,
-   partial sums — to the one float32 operation the contract executes itself;
-5. the window passes: the honest job finalises, the cheat's stake is slashed, everybody
-   withdraws; a summary table shows the money and the gas.
-
-The prover and challenger *services* (separate processes, crash-safe) are the next step;
-this demo drives the same reference players (``replay.dispute``) directly.
+   Executor and the TrainProof market (``trainproof deploy``'s code path);
+2. a requester registers two digits-mlp training jobs, escrowing their rewards;
+3. three separate processes start: an honest ``trainproof prover run`` on job 1, a cheating
+   one on job 2 (one element of one MATMUL of one step is wrong, and everything after it
+   follows from the wrong value), and a ``trainproof challenger watch``;
+4. the provers train, publish their checkpoints to a blob store and commit; the challenger
+   replays sampled intervals bit-exactly, disputes the cheat and plays the dispute down the
+   levels — trace, op, chunk, element, partial sums — to the one float32 operation the
+   contract executes; this screen follows it all live from the chain;
+5. the challenge window passes (the demo moves anvil's clock): the honest job finalises, the
+   cheat's stake is slashed, everybody withdraws; a summary shows the money and the gas.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Callable
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from protocol.anvil import AnvilNode
-from protocol.chain import ChainSettings, connect
+from protocol.anvil import REPO_ROOT, AnvilNode, rpc
+from protocol.chain import ChainSettings, connect, deploy_market
 from protocol.game import JobStatus, Phase
-from protocol.ir import Opcode
 from protocol.market import ApeMarket
-from replay.compiler import compile_train, initial_state
-from replay.dataset import Dataset
-from replay.dispute import (
-    ChallengerPlayer,
-    Computation,
-    Fault,
-    Player,
-    TrainerPlayer,
-    job_spec_for,
-)
-from replay.examples import get_example
+from replay.dispute import example_computation, job_spec_for
 
 console = Console()
 
 STEPS, EVERY = 10, 5
 ETH = 10**18
 STAKE, BOND, REWARD = 2 * ETH, ETH // 5, ETH
-CLOCK, WINDOW, TRAIN_TIME = 3600, 7200, 3600
+CLOCK, WINDOW, TRAIN_TIME = 600, 600, 600
+FAULT = "step=7,op=114,elem=7"  # op 114 is a MATMUL (the last layer's weight gradient)
+ROLES = {"requester": 1, "honest": 2, "cheat": 3, "challenger": 4}  # test accounts
 
 
 def eth(wei: int) -> str:
@@ -57,181 +50,187 @@ def eth(wei: int) -> str:
 
 
 def run_demo(rpc_url: str | None = None, seed: int = 7) -> int:
+    del seed  # the fault is fixed so that the demo is the same every time
     t0 = time.monotonic()
     with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="trainproof-demo-")))
         if rpc_url is None:
             with console.status("starting anvil on a free loopback port"):
                 node = stack.enter_context(AnvilNode())
             rpc_url = node.url
             console.print(f"[green]✓[/] anvil running at {rpc_url}")
-            settings = ChainSettings(rpc_url=rpc_url, provider="foundry")
-        else:
-            settings = ChainSettings(rpc_url=rpc_url)
-        with console.status("compiling contracts and connecting"):
-            chain = stack.enter_context(connect(settings))
-            from ape import chain as ape_chain
-
-            executor = chain.deploy("Executor")
-            market = chain.deploy("TrainProof", executor.address)
+        with console.status("compiling contracts and deploying"):
+            chain = stack.enter_context(connect(ChainSettings(rpc_url=rpc_url, provider="foundry")))
+            deployment = deploy_market(chain)
+            deployment.save(tmp / "deployment.json")
+            contract = chain.at("TrainProof", deployment.contracts["TrainProof"])
+        market = ApeMarket(contract, chain.test_account(ROLES["requester"]))
         console.print(
-            f"[green]✓[/] TrainProof deployed at {market.address} (executor {executor.address})"
-        )
-        requester, honest_acct, cheat_acct, challenger_acct = (
-            chain.test_account(i) for i in range(4)
+            f"[green]✓[/] TrainProof at {market.address}, "
+            f"executor {deployment.contracts['Executor']}"
         )
 
-        def advance(seconds: int) -> None:
-            ape_chain.pending_timestamp += seconds
-            ape_chain.mine()
-
-        # ---- two runs of digits-mlp: one honest, one with a fault
-        ex = get_example("digits-mlp")
-        program = compile_train(ex.model)
-        dataset = Dataset(ex.dataset)
-        init = initial_state(ex.model, program)
-        matmuls = [j for j, o in enumerate(program.ops) if o.opcode == Opcode.MATMUL]
-        fault = Fault(kind="element", step=EVERY + seed % EVERY, op=matmuls[-1], element=seed)
-        honest = Computation(program, dataset, init, STEPS, EVERY)
-        cheat = Computation(program, dataset, init, STEPS, EVERY, fault=fault)
-        with console.status(f"training digits-mlp twice: {STEPS} canonical steps each"):
-            honest_roots, cheat_roots = honest.checkpoint_roots(), cheat.checkpoint_roots()
+        with console.status("registering two digits-mlp jobs"):
+            spec = job_spec_for(
+                example_computation("digits-mlp", STEPS, EVERY),
+                stake=STAKE, bond=BOND, clock=CLOCK, window=WINDOW, train_time=TRAIN_TIME,
+            )  # fmt: skip
+            for job in (1, 2):
+                market.transact("register_job", spec.as_tuple(), value=REWARD, key=f"job{job}")
         console.print(
-            f"[green]✓[/] trained: {len(program.ops)} ops per step, {len(program.slots)} slots; "
-            f"the cheat perturbed element {fault.element} of op {fault.op} (MATMUL) "
-            f"in step {fault.step}"
+            f"[green]✓[/] jobs 1 and 2 registered: {STEPS} steps, a checkpoint every {EVERY}, "
+            f"reward {eth(REWARD)}, stake {eth(STAKE)}, bond {eth(BOND)}"
         )
 
-        spec = job_spec_for(
-            honest, stake=STAKE, bond=BOND, clock=CLOCK, window=WINDOW, train_time=TRAIN_TIME
-        )
-        jobs = {}
-        for name, acct, comp in (("honest", honest_acct, honest), ("cheat", cheat_acct, cheat)):
-            receipt = market.register_job(spec.as_tuple(), sender=requester, value=REWARD)
-            job_id = int(receipt.events[0].job_id)
-            market.accept_job(job_id, sender=acct, value=STAKE)
-            trainer = TrainerPlayer(ApeMarket(market, acct), comp, job_id)
-            commit = trainer.commit()
-            jobs[name] = (job_id, trainer)
-            console.print(
-                f"[green]✓[/] job {job_id}: {name} trainer {acct.address[:10]}… staked "
-                f"{eth(STAKE)} and committed {STEPS // EVERY} checkpoint roots "
-                f"({commit.gas_used:,} gas)"
-            )
-
-        # ---- the challenger replays both commitments
-        disputes = []
-        for name, (job_id, _trainer) in jobs.items():
-            committed = honest_roots if name == "honest" else cheat_roots
-            challenger = ChallengerPlayer(ApeMarket(market, challenger_acct), honest, job_id)
-            bad = challenger.first_bad_interval(committed)
-            if bad is None:
+        common = ["--rpc", rpc_url, "--deployment", str(tmp / "deployment.json"), "--poll", "0.2"]
+        store = str(tmp / "store")
+        accounts = {name: ["--test-account", str(ROLES[name])] for name in ROLES}
+        procs = {
+            "honest prover (job 1)": _spawn("honest", [
+                "prover", "run", *common, "--job", "1", "--store", store,
+                "--db", str(tmp / "honest.db"), *accounts["honest"],
+            ], tmp),
+            "cheating prover (job 2)": _spawn("cheating", [
+                "prover", "run", *common, "--job", "2", "--store", store,
+                "--db", str(tmp / "cheating.db"), *accounts["cheat"], "--fault", FAULT,
+            ], tmp),
+            "challenger": _spawn("challenger", [
+                "challenger", "watch", *common, "--store", store,
+                "--db", str(tmp / "challenger.db"), *accounts["challenger"],
+                "--rate", "1.0", "--confirmations", "1",
+            ], tmp),
+        }  # fmt: skip
+        for p in procs.values():
+            stack.callback(_stop, p)
+        console.print(f"[green]✓[/] started {len(procs)} processes: " + ", ".join(procs))
+        if not follow(market, rpc_url, procs):
+            for log in sorted(tmp.glob("*.log")):
                 console.print(
-                    f"[green]✓[/] challenger replayed job {job_id}: every checkpoint matches"
+                    f"[red]{log.stem}, last lines of its log:[/]\n{log.read_text()[-1500:]}"
                 )
-                continue
-            game_id = challenger.open(committed, bad, BOND)
-            console.print(
-                f"[yellow]![/] challenger replayed job {job_id}: checkpoint {bad + 1} differs "
-                f"(steps {bad * EVERY}..{(bad + 1) * EVERY}) → dispute {game_id}, bond {eth(BOND)}"
-            )
-            disputes.append((job_id, game_id, _trainer, challenger))
-
-        # ---- play every dispute live
-        for _job_id, game_id, trainer, challenger in disputes:
-            play_live(market, game_id, trainer, challenger, advance)
-
-        # ---- settle, finalise, withdraw
-        advance(WINDOW + 1)
-        for _, game_id, _, _ in disputes:
-            market.settle(game_id, sender=requester)
-        for job_id, _ in jobs.values():
-            if market.jobs(job_id).status == JobStatus.COMMITTED:
-                market.finalize(job_id, sender=requester)
-        credits = {who: market.credits(acct) for who, acct in
-                   (("requester", requester), ("honest trainer", honest_acct),
-                    ("cheating trainer", cheat_acct), ("challenger", challenger_acct))}  # fmt: skip
-        for acct in (requester, honest_acct, cheat_acct, challenger_acct):
-            if market.credits(acct):
-                market.withdraw(sender=acct)
-        solvent = chain.provider.get_balance(market.address) == market.liabilities()
-        summary(market, jobs, disputes, credits, solvent, time.monotonic() - t0)
+            return 1
+        if market.credits(market.sender):  # the requester takes back the cheat's reward
+            market.transact("withdraw", key="requester-withdraw")
+        solvent = chain.provider.get_balance(contract.address) == int(contract.liabilities())
+        summary(market, contract, tmp, solvent, time.monotonic() - t0)
         if not solvent:
             return 1
-    console.print("[green]✓[/] anvil stopped")
+    console.print("[green]✓[/] processes and anvil stopped")
     return 0
 
 
-def play_live(
-    market: Any,
-    game_id: int,
-    trainer: Player,
-    challenger: Player,
-    advance: Callable[[int], None],
-) -> None:
-    table = Table(title=f"dispute {game_id}: live")
-    for col in ("move", "by", "level", "phase", "range", "gas"):
-        table.add_column(col)
-    with Live(table, console=console, refresh_per_second=8):
-        while True:
-            g = challenger.market.game(game_id)
-            if g.phase.over:
-                break
-            player = trainer if g.phase.trainer_moves else challenger
-            before = g
-            if player.move(game_id) is None:
-                advance((g.trainer_clock if g.phase.trainer_moves else g.challenger_clock) + 1)
-                challenger.market.transact("timeout", game_id, key=f"timeout:{game_id}")
-                table.add_row(str(before.seq), "—", before.phase.level, "timeout", "", "")
-                continue
-            move = player.moves[-1]
-            span = (
-                f"ops {before.lo}..{before.hi}" if before.phase.level == "trace"
-                else f"chunks {before.node_lo}..{before.node_hi}" if before.phase.level == "chunk"
-                else f"terms {before.lo}..{before.hi}" if before.phase.level == "partial"
-                else f"element {before.element}" if before.phase == Phase.ONE_STEP else ""
-            )  # fmt: skip
-            table.add_row(
-                str(before.seq), "trainer" if before.phase.trainer_moves else "challenger",
-                before.phase.level, before.phase.name, span, f"{move.gas:,}",
-            )  # fmt: skip
-    g = challenger.market.game(game_id)
-    verdict = "the trainer was right" if g.phase == Phase.TRAINER_WON else "the trainer cheated"
-    console.print(
-        f"[bold]verdict of dispute {game_id}:[/] {verdict} "
-        f"({g.phase.name}, step {g.step}, op {g.op}, element {g.element})"
-    )
+def _spawn(slug: str, args: list[str], tmp: Path) -> subprocess.Popen[bytes]:
+    log = open(tmp / f"{slug}.log", "wb")
+    return subprocess.Popen(
+        [sys.executable, "-m", "trainproof", *args], stdout=log, stderr=log, cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
 
 
-def summary(
-    market: Any,
-    jobs: dict[str, tuple[int, TrainerPlayer]],
-    disputes: list[tuple[int, int, TrainerPlayer, ChallengerPlayer]],
-    credits: dict[str, int],
-    solvent: bool,
-    wall: float,
-) -> None:
+def _stop(p: subprocess.Popen[bytes]) -> None:
+    if p.poll() is None:
+        p.terminate()
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def follow(market: ApeMarket, url: str, procs: dict[str, subprocess.Popen[bytes]]) -> bool:
+    """Show jobs and games live until both jobs are closed and every game is settled."""
+    window_moved = False
+    deadline = time.monotonic() + 170
+    with Live(console=console, refresh_per_second=6) as live:
+        while time.monotonic() < deadline:
+            jobs = {j: market.job(j) for j in (1, 2)}
+            games = {g: market.game(g) for j in (1, 2) for g in market.games_of(j)}
+            live.update(_view(jobs, games))
+            closed = all(
+                j.status in (JobStatus.FINALIZED, JobStatus.REJECTED) for j in jobs.values()
+            )
+            if (
+                closed
+                and all(g.settled for g in games.values())
+                and all(p.poll() is not None for name, p in procs.items() if "prover" in name)
+            ):
+                return True
+            if (
+                not window_moved
+                and jobs[2].status == JobStatus.REJECTED
+                and jobs[1].status == JobStatus.COMMITTED
+            ):  # the cheat is decided: let the challenge window pass for the honest job
+                rpc(url, "evm_increaseTime", [WINDOW + 1])
+                rpc(url, "evm_mine")
+                window_moved = True
+            rpc(url, "evm_mine")  # a live chain keeps making blocks; the challenger waits for them
+            if any(p.poll() not in (None, 0) for p in procs.values()):
+                console.print("[red]a service exited with an error[/]")
+                return False
+            time.sleep(0.3)
+    console.print("[red]the demo did not finish in time[/]")
+    return False
+
+
+def _view(jobs: dict[int, Any], games: dict[int, Any]) -> Group:
+    jt = Table(title="jobs (read from the chain)")
+    for col in ("job", "trainer", "status", "open disputes"):
+        jt.add_column(col)
+    for jid, j in jobs.items():
+        jt.add_row(str(jid), j.trainer[:10] + "…" if int(j.trainer, 16) else "—",
+                   j.status.name.lower(), str(j.open_games))  # fmt: skip
+    gt = Table(title="disputes, live")
+    for col in ("game", "job", "moves", "level", "phase", "range", "element", "clocks (s left)"):
+        gt.add_column(col)
+    for gid, g in games.items():
+        span = {
+            "trace": f"ops {g.lo}..{g.hi}", "chunk": f"chunks {g.node_lo}..{g.node_hi}",
+            "partial": f"terms {g.lo}..{g.hi}",
+        }.get(g.phase.level, "")  # fmt: skip
+        verdict = {Phase.TRAINER_WON: "trainer was right", Phase.CHALLENGER_WON: "trainer cheated"}
+        gt.add_row(
+            str(gid), str(g.job_id), str(g.seq), g.phase.level,
+            verdict.get(g.phase, g.phase.name), span,
+            str(g.element) if g.phase >= Phase.ELEMENT_PICK else "",
+            f"T {g.trainer_clock} / C {g.challenger_clock}",
+        )  # fmt: skip
+    return Group(jt, gt)
+
+
+def summary(market: ApeMarket, contract: Any, tmp: Path, solvent: bool, wall: float) -> None:
+    from ape import chain as ape_chain
+
+    paid: dict[str, int] = {}
+    for log in contract.Credited.range(0, int(ape_chain.blocks.height) + 1):
+        paid[str(log.account)] = paid.get(str(log.account), 0) + int(log.amount)
+    names = {market.job(1).trainer: "honest trainer", market.job(2).trainer: "cheating trainer",
+             market.sender: "requester"}  # fmt: skip
     table = Table(title="trainproof demo — summary")
     table.add_column("what")
     table.add_column("result")
-    for name, (job_id, _trainer) in jobs.items():
-        status = JobStatus(market.jobs(job_id).status).name.lower()
-        table.add_row(f"job {job_id} ({name} trainer)", status)
-    for job_id, game_id, trainer, challenger in disputes:
-        gas = {
-            side: sum(m.gas for m in p.moves if m.game_id == game_id)
-            for side, p in (("trainer", trainer), ("challenger", challenger))
-        }
-        n = len([m for m in trainer.moves + challenger.moves if m.game_id == game_id])
-        table.add_row(
-            f"dispute {game_id} (job {job_id})",
-            f"{n} moves; gas trainer {gas['trainer']:,}, challenger {gas['challenger']:,}",
-        )
-    table.add_row(
-        "stake slashed",
-        f"{eth(STAKE)}: {eth(STAKE // 2)} to the challenger, {eth(STAKE // 2)} burned",
-    )
-    for who, wei in credits.items():
-        table.add_row(f"paid to {who}", eth(wei))
+    for jid in (1, 2):
+        job = market.job(jid)
+        table.add_row(f"job {jid}", f"{job.status.name.lower()} (trainer {job.trainer[:10]}…)")
+    for jid in (1, 2):
+        for gid in market.games_of(jid):
+            g = market.game(gid)
+            verdict = "trainer cheated" if g.phase == Phase.CHALLENGER_WON else "trainer was right"
+            table.add_row(
+                f"dispute {gid} (job {jid})",
+                f"{g.seq} moves; step {g.step}, op {g.op}, element {g.element}: {verdict}",
+            )
+    burned = int(contract.burned())
+    table.add_row("stake slashed", f"{eth(STAKE)}: half to the challenger, {eth(burned)} burned")
+    for account, wei in paid.items():
+        table.add_row(f"paid to {names.get(account, 'challenger')}", eth(wei))
+    for name in ("honest", "cheating", "challenger"):
+        table.add_row(f"gas sent by the {name} process", f"{_gas(tmp / f'{name}.db'):,}")
     table.add_row("contract solvent", "yes (balance = liabilities)" if solvent else "NO")
     table.add_row("wall time", f"{wall:.1f} s")
     console.print(table)
+
+
+def _gas(db: Path) -> int:
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute("SELECT COALESCE(SUM(gas_used), 0) FROM outbox").fetchone()[0])
