@@ -15,15 +15,16 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from protocol.agent import Agent, AgentConfig, setup_logging
-from protocol.blobs import FileStore
+from protocol.blobs import BlobError, FileStore
 from protocol.game import JobStatus
+from replay.checkpoint import CheckpointError
 from replay.dispute import (
     TrainerPlayer,
     example_computation,
     parse_fault,
     spec_mismatch,
 )
-from replay.publish import publish_state
+from replay.publish import fetch_checkpoint, publish_state
 
 log = setup_logging("prover")
 
@@ -58,6 +59,8 @@ class ProverService:
             log.warning("event=fault job=%d fault=%s", cfg.job, fault.model_dump_json())
         self.player = TrainerPlayer(self.market, self.comp, cfg.job)
         self.store = FileStore(Path(cfg.store))
+        if self.agent.db.get(f"published:{cfg.job}"):
+            self._resume_from_checkpoints()
         self._stuck: set[tuple[int, int]] = set()
 
     def step(self) -> ProverStatus:
@@ -128,13 +131,31 @@ class ProverService:
         else:
             log.info("event=moved %s", what)
 
+    def _resume_from_checkpoints(self) -> None:
+        """After a restart: start every later trace from the nearest published checkpoint
+        (fetched and verified like anyone else's) instead of recomputing from C_0."""
+        comp = self.comp
+        for c in range(1, comp.steps // comp.every + 1):
+            root = self.agent.db.get(f"checkpoint:{self.cfg.job}:{c}")
+            if root is None:
+                continue
+            try:
+                state = fetch_checkpoint(self.store, comp.program, bytes.fromhex(root))
+            except (BlobError, CheckpointError) as e:
+                log.warning("event=checkpoint_unusable interval=%d why=%r", c, str(e))
+                continue
+            comp.seed(c * comp.every, state)
+        log.info("event=resumed job=%d from=published_checkpoints", self.cfg.job)
+
     def _publish(self) -> None:
         key = f"published:{self.cfg.job}"
         if self.agent.db.get(key):
             return
         every, program = self.comp.every, self.comp.program
         for c in range(self.comp.steps // every + 1):
-            publish_state(self.store, program, c * every, self.comp.state_before(c * every))
+            state = self.comp.state_before(c * every)
+            pointer = publish_state(self.store, program, c * every, state)
+            self.agent.db.put(f"checkpoint:{self.cfg.job}:{c}", pointer.state_root)
         self.agent.db.put(key, "1")
         log.info(
             "event=published job=%d checkpoints=%d", self.cfg.job, self.comp.steps // every + 1

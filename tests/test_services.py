@@ -171,21 +171,32 @@ def test_services_survive_sigkill_mid_dispute(world) -> None:
     kills = {"prover": 0, "challenger": 0}
     procs = {"prover": spawn(prover_args, tmp / "prover.log"),
              "challenger": spawn(challenger_args, tmp / "challenger.log")}  # fmt: skip
-    deadline = time.monotonic() + 240
+
+    def restart(name: str) -> None:
+        procs[name].send_signal(signal.SIGKILL)
+        procs[name].wait()
+        kills[name] += 1
+        args = prover_args if name == "prover" else challenger_args
+        procs[name] = spawn(args, tmp / f"{name}.log")
+
+    def over() -> bool:
+        games = market.games_of(1)
+        return bool(games) and market.game(games[0]).phase.over
+
+    deadline = time.monotonic() + 300
     try:
-        while time.monotonic() < deadline:
-            time.sleep(rng.uniform(1.0, 3.0))
-            if market.job(1).status == JobStatus.REJECTED and all(
-                market.game(g).settled for g in market.games_of(1)
-            ):
-                break
-            name = rng.choice(["prover", "challenger"])
-            if kills[name] < 6:
-                procs[name].send_signal(signal.SIGKILL)
-                procs[name].wait()
-                kills[name] += 1
-                procs[name] = spawn(prover_args if name == "prover" else challenger_args,
-                                    tmp / f"{name}.log")  # fmt: skip
+        while not market.games_of(1):  # the kills start once the dispute is open
+            assert time.monotonic() < deadline, "no dispute was opened"
+            time.sleep(0.2)
+        target = "prover"
+        while min(kills.values()) < 6 and not over():  # at random moments, mid-dispute
+            time.sleep(rng.uniform(0.5, 2.0))
+            if not over():
+                restart(target)
+                target = "challenger" if target == "prover" else "prover"
+        while not (market.job(1).status == JobStatus.REJECTED and market.game(1).settled):
+            assert time.monotonic() < deadline, "the game did not finish"
+            time.sleep(0.5)
     finally:
         for proc in procs.values():
             proc.send_signal(signal.SIGKILL)
