@@ -12,7 +12,6 @@ intent key: the web3 market sends each key at most once, ever (see protocol/outb
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, Protocol
 
 from pydantic import BaseModel
@@ -226,11 +225,3 @@ class Web3Market:
             return function.build_transaction({**params, "gas": gas * 5 // 4 + 20_000})
 
         return self.outbox.send(key, build)
-
-
-def load_deployment_address(path: Path) -> tuple[str, int]:
-    """(TrainProof address, deployment block) from a deployment file."""
-    from protocol.chain import Deployment
-
-    d = Deployment.load(path)
-    return d.contracts["TrainProof"], d.block

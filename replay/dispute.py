@@ -462,13 +462,6 @@ def operand_witnesses(trace: StepTrace, j: int, f: int, r: int) -> list[tuple[An
     return out
 
 
-def element_value(comp: Computation, t: int, j: int, f: int) -> int:
-    """Bits of output element ``f`` of op ``j`` of step ``t`` in this computation."""
-    value = comp.trace(t).slot_value(j + 1, comp.program.ops[j].out)
-    assert value is not None
-    return int(as_committed(value).reshape(-1).view(np.uint32)[f])
-
-
 # ---------------------------------------------------------------- playing a whole game
 
 
