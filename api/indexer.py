@@ -11,13 +11,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 from eth_utils import event_abi_to_log_topic, to_checksum_address
@@ -29,10 +26,10 @@ from web3._utils.events import get_event_data
 
 from api.db import Block, Change, Checkpoint, Event, Game, Job, Meta, Move
 from api.derive import apply, verification_status
+from protocol.market import trainproof_abi
 
 log = logging.getLogger("trainproof.api.indexer")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 GAME_VIEW_FIELDS = (
     "job_id",
     "challenger",
@@ -58,19 +55,6 @@ GAME_VIEW_FIELDS = (
     "last_move",
     "settled",
 )
-
-
-@cache
-def trainproof_abi() -> list[dict[str, Any]]:
-    """TrainProof's ABI: from ape's build cache, else compiled through ape."""
-    build = REPO_ROOT / ".build" / "__local__.json"
-    if build.exists():
-        types = json.loads(build.read_text()).get("contractTypes", {})
-        if "TrainProof" in types:
-            return list(types["TrainProof"]["abi"])
-    from ape import project  # compiles contracts/ (offline, vyper from PyPI)
-
-    return [a.model_dump(mode="json", by_alias=True) for a in project.TrainProof.contract_type.abi]
 
 
 def _plain(value: Any, abi_type: dict[str, Any]) -> Any:

@@ -12,6 +12,7 @@ intent key: the web3 market sends each key at most once, ever (see protocol/outb
 from __future__ import annotations
 
 import json
+from functools import cache
 from typing import Any, Protocol
 
 from pydantic import BaseModel
@@ -77,6 +78,7 @@ def _plain(v: Any) -> Any:
     return v
 
 
+@cache
 def trainproof_abi() -> list[dict[str, Any]]:
     """The TrainProof ABI from ape's compiled project (compiling contracts/ if needed)."""
     build = REPO_ROOT / ".build" / "__local__.json"
