@@ -16,8 +16,9 @@
         LOAD_BATCH and FREE are decided when the op is opened. A party that does not move
         in time loses (anyone may call `timeout`). The trainer must win every game.
 @dev docs/protocol.md §4 is the specification, with the reasoning for each parameter.
-     Failed checks revert without a message and carry a `# dev:` reason (asserted in the
-     tests): revert strings would cost ~10 KB of bytecode here, over the EIP-170 limit.
+     Failed checks revert without a message and carry a `# dev:` reason: revert strings
+     would cost ~10 KB of bytecode here, over the EIP-170 limit. Venom merges revert paths,
+     so the tests check each reason on a debug build without experimental-codegen.
      Payouts are pull-based (`withdraw`); `liabilities()` always equals the balance.
 """
 
