@@ -1,8 +1,11 @@
 """The ``trainproof`` command line.
 
-    trainproof demo                       the end-to-end demo on a local anvil
-    trainproof train --example digits-mlp --steps N --checkpoint-every K --out DIR
-    trainproof replay --run DIR [--from-step A --to-step B]
+    trainproof demo                           the whole protocol on a local anvil
+    trainproof train | replay                 canonical training and bit-exact replay
+    trainproof deploy | job register          deploy the market, register a job
+    trainproof prover run | challenger watch  the two services
+    trainproof blobs publish | serve          the checkpoint store
+    trainproof api serve | index              the verification-status API
 
 Each command's ``--help`` explains its options.
 """
@@ -14,7 +17,9 @@ from typing import Annotated
 
 import typer
 
+from api.cli import app as api_app
 from replay.cli import replay_command, train_command
+from trainproof import agents
 
 app = typer.Typer(
     add_completion=False,
@@ -36,9 +41,6 @@ app.command(
     help="Re-execute a run from its stored checkpoints and report, per checkpoint, whether "
     "the replayed state root matches (or the first step that does not).",
 )(replay_command)
-
-
-from trainproof import agents  # noqa: E402
 
 app.command("deploy")(agents.deploy)
 job = typer.Typer(no_args_is_help=True, help="Requester commands.")
@@ -110,8 +112,6 @@ def demo(
 
     raise typer.Exit(code=run_demo(rpc_url=rpc, seed=seed))
 
-
-from api.cli import app as api_app  # noqa: E402
 
 app.add_typer(api_app, name="api")
 
