@@ -247,7 +247,7 @@ def _subtree_root(tree: MerkleTree, lo: int, hi: int) -> bytes:
     return root_of_leaf_hashes([tree.leaf(i) for i in range(lo, hi)])
 
 
-def _opened_op(comp: Computation, g: GameState) -> tuple[int, int]:
+def opened_op(comp: Computation, g: GameState) -> tuple[int, int]:
     """(step, op) of the disputed transition: from the trace position until it is opened,
     then as the contract recorded it."""
     if g.phase <= Phase.OPEN_OP:
@@ -256,6 +256,57 @@ def _opened_op(comp: Computation, g: GameState) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------- players
+
+
+@dataclass(frozen=True)
+class Call:
+    """A move a player decided on: the contract function and its arguments after
+    (game_id, seq). Tests may alter one before sending it."""
+
+    fn: str
+    args: tuple[Any, ...]
+
+
+def transition_opening(comp: Computation, t: int, j: int) -> Call:
+    """The ``open_op`` move for op ``j`` of step ``t`` as this computation ran it: the
+    descriptor and its proof, the output slot's old and new value with the pre-state path,
+    and the new tensor's fields (or the step's dataset leaf for LOAD_BATCH). Not checked
+    against any game: see :func:`opening_is_valid`."""
+    trace = comp.trace(t)
+    op = comp.program.ops[j]
+    old = slot_value(trace.slot_roots(j)[op.out])
+    new = slot_value(trace.slot_roots(j + 1)[op.out])
+    path = list(trace.state_tree(j).prove(op.out).path)
+    batch_leaf, batch_proof = b"", []
+    numel, droot = 0, b"\x00" * 32
+    value = trace.slot_value(j + 1, op.out)
+    if op.opcode == Opcode.LOAD_BATCH:
+        batch_leaf, batch_proof = comp.dataset.leaf(t), comp.dataset_proof(t)
+    elif op.opcode != Opcode.FREE and value is not None:
+        raw = as_committed(value).reshape(-1)
+        numel, droot = raw.size, data_root(memoryview(raw).cast("B"))
+    return Call("open_op", (
+        op.encode(), comp.program_proof(j), old, new, path,
+        numel, droot, batch_leaf, batch_proof,
+    ))  # fmt: skip
+
+
+def opening_is_valid(comp: Computation, t: int, j: int, opening: Call, g: GameState) -> bool:
+    """Whether the contract would accept ``opening`` in game state ``g``: the one path turns
+    the agreed root into the disputed one, and the new value is what the op may write."""
+    op = comp.program.ops[j]
+    _, _, old, new, path, numel, _, batch_leaf, _ = opening.args
+    size = len(comp.program.slots)
+    if (
+        root_from_path(leaf_hash(old), op.out, size, path) != g.v_lo
+        or root_from_path(leaf_hash(new), op.out, size, path) != g.v_hi
+    ):
+        return False  # the claimed post-state is not this slot's change alone
+    if op.opcode == Opcode.LOAD_BATCH:
+        return bool(new == batch_leaf[32 * op.imm : 32 * op.imm + 32])
+    if op.opcode == Opcode.FREE:
+        return bool(new == EMPTY_SLOT)
+    return bool(new != EMPTY_SLOT and numel == op.numel)  # a tensor of the op's size
 
 
 @dataclass
@@ -278,8 +329,20 @@ class Player:
     job_id: int
     moves: list[Move] = field(default_factory=list)
 
-    def _send(self, g: GameState, game_id: int, fn: str, *args: Any) -> Sent | None:
-        sent = self.market.transact(fn, game_id, g.seq, *args, key=f"move:{game_id}:{g.seq}")
+    def next_move(self, game_id: int, g: GameState) -> Call | None:
+        """This party's move in state ``g`` of game ``game_id``, without sending it; None when
+        it is not this party's turn or it has no valid move."""
+        raise NotImplementedError
+
+    def move(self, game_id: int) -> Sent | None:
+        """Decide and send this party's move in ``game_id`` (one transaction per move count)."""
+        g = self.market.game(game_id)
+        call = None if g.phase.over else self.next_move(game_id, g)
+        if call is None:
+            return None
+        sent = self.market.transact(
+            call.fn, game_id, g.seq, *call.args, key=f"move:{game_id}:{g.seq}"
+        )
         if sent is not None:
             self.moves.append(Move(game_id, g.seq, g.phase, sent.gas_used, type(self).__name__))
         return sent
@@ -293,20 +356,16 @@ class TrainerPlayer(Player):
         roots = self.comp.checkpoint_roots()[1:]
         return self.market.transact("commit_run", self.job_id, roots, key=f"commit:{self.job_id}")
 
-    def move(self, game_id: int) -> Sent | None:
-        """Send this trainer's move in ``game_id`` if it is its turn and it has a valid one."""
-        g = self.market.game(game_id)
-        if g.phase.over or not g.phase.trainer_moves:
+    def next_move(self, game_id: int, g: GameState) -> Call | None:
+        if not g.phase.trainer_moves:
             return None
         comp = self.comp
         if g.phase == Phase.TRACE_REVEAL:
             points = cut_points(g.lo, g.hi, TRACE_ARITY)
-            return self._send(
-                g, game_id, "reveal", [comp.position_root(g.interval, p) for p in points]
-            )
+            return Call("reveal", ([comp.position_root(g.interval, p) for p in points],))
         if g.phase == Phase.OPEN_OP:
-            return self._open_op(g, game_id)
-        t, j = _opened_op(comp, g)
+            return self._open_op(g)
+        t, j = opened_op(comp, g)
         trace = comp.trace(t)
         out = comp.program.ops[j].out
         if g.phase == Phase.CHUNK_REVEAL:
@@ -314,54 +373,25 @@ class TrainerPlayer(Player):
             split = g.node_lo + split_point(g.node_hi - g.node_lo)
             left = _subtree_root(tree, g.node_lo, split)
             right = _subtree_root(tree, split, g.node_hi)
-            return self._send(g, game_id, "reveal_children", left, right)
+            return Call("reveal_children", (left, right))
         if g.phase == Phase.CHUNK_OPEN:
             value = trace.slot_value(j + 1, out)
             assert value is not None
             piece = chunk(as_committed(value).reshape(-1), g.node_lo)
-            return self._send(g, game_id, "open_chunk", piece)
+            return Call("open_chunk", (piece,))
         if g.phase == Phase.PARTIAL_REVEAL:
             partials = trace.partials(j, g.element).view(np.uint32)
             values = [as_word(int(partials[r])) for r in cut_points(g.lo, g.hi, PARTIAL_ARITY)]
-            return self._send(g, game_id, "reveal", values)
+            return Call("reveal", (values,))
         raise AssertionError(f"unhandled trainer phase {g.phase}")
 
-    def _open_op(self, g: GameState, game_id: int) -> Sent | None:
+    def _open_op(self, g: GameState) -> Call | None:
         """Open the disputed transition — or nothing, when this computation cannot justify
         it (another slot changed too, a wrong batch, a value that is no tensor): then the
         trainer can only let its clock run out."""
-        comp = self.comp
-        t, j = _opened_op(comp, g)
-        trace = comp.trace(t)
-        op = comp.program.ops[j]
-        size = len(comp.program.slots)
-        old = slot_value(trace.slot_roots(j)[op.out])
-        new = slot_value(trace.slot_roots(j + 1)[op.out])
-        path = list(trace.state_tree(j).prove(op.out).path)
-        if (
-            root_from_path(leaf_hash(old), op.out, size, path) != g.v_lo
-            or root_from_path(leaf_hash(new), op.out, size, path) != g.v_hi
-        ):
-            return None  # the claimed post-state is not this slot's change alone
-        batch_leaf, batch_proof = b"", []
-        numel, droot = 0, b"\x00" * 32
-        if op.opcode == Opcode.LOAD_BATCH:
-            batch_leaf, batch_proof = comp.dataset.leaf(t), comp.dataset_proof(t)
-            if new != batch_leaf[32 * op.imm : 32 * op.imm + 32]:
-                return None  # this computation loaded another batch
-        elif op.opcode == Opcode.FREE:
-            if new != EMPTY_SLOT:
-                return None
-        else:
-            value = trace.slot_value(j + 1, op.out)
-            if value is None or value.size != op.numel:
-                return None  # no tensor of the op's size to open
-            raw = as_committed(value).reshape(-1)
-            numel, droot = raw.size, data_root(memoryview(raw).cast("B"))
-        return self._send(
-            g, game_id, "open_op", op.encode(), comp.program_proof(j), old, new, path,
-            numel, droot, batch_leaf, batch_proof,
-        )  # fmt: skip
+        t, j = opened_op(self.comp, g)
+        opening = transition_opening(self.comp, t, j)
+        return opening if opening_is_valid(self.comp, t, j, opening, g) else None
 
 
 @dataclass
@@ -393,41 +423,38 @@ class ChallengerPlayer(Player):
                 return game_id
         return None
 
-    def move(self, game_id: int) -> Sent | None:
-        g = self.market.game(game_id)
-        if g.phase.over or g.phase.trainer_moves:
+    def next_move(self, game_id: int, g: GameState) -> Call | None:
+        if g.phase.trainer_moves:
             return None
         m, comp = self.market, self.comp
         if g.phase == Phase.TRACE_PICK:
             values = m.moved_values(game_id, g.seq - 1)
             mine = [comp.position_root(g.interval, p) for p in cut_points(g.lo, g.hi, TRACE_ARITY)]
-            return self._send(g, game_id, "pick", values, _first_disputed(values, mine))
-        t, j = _opened_op(comp, g)
+            return Call("pick", (values, _first_disputed(values, mine)))
+        t, j = opened_op(comp, g)
         trace, op = comp.trace(t), comp.program.ops[j]
         if g.phase == Phase.CHUNK_PICK:
             left, right = m.moved_values(game_id, g.seq - 1)
             tree = trace.chunk_tree(j + 1, op.out)
             split = g.node_lo + split_point(g.node_hi - g.node_lo)
             go_right = left == _subtree_root(tree, g.node_lo, split)
-            return self._send(g, game_id, "pick_child", left, right, go_right)
+            return Call("pick_child", (left, right, go_right))
         if g.phase == Phase.ELEMENT_PICK:
             theirs = m.opened_chunk(game_id, g.seq - 1)
             value = trace.slot_value(j + 1, op.out)
             assert value is not None
             ours = chunk(as_committed(value).reshape(-1), g.node_lo)
-            index = next(
-                i for i in range(256) if theirs[4 * i : 4 * i + 4] != ours[4 * i : 4 * i + 4]
-            )
-            return self._send(g, game_id, "pick_element", theirs, index, op.encode())
+            index = _first_different_element(theirs, ours)
+            return Call("pick_element", (theirs, index, op.encode()))
         if g.phase == Phase.PARTIAL_PICK:
             values = m.moved_values(game_id, g.seq - 1)
             partials = trace.partials(j, g.element).view(np.uint32)
             mine = [as_word(int(partials[r])) for r in cut_points(g.lo, g.hi, PARTIAL_ARITY)]
-            return self._send(g, game_id, "pick", values, _first_disputed(values, mine))
+            return Call("pick", (values, _first_disputed(values, mine)))
         if g.phase == Phase.ONE_STEP:
             r = g.lo if op.opcode in REDUCTION_OPS else 0
             witnesses = operand_witnesses(trace, j, g.element, r)
-            return self._send(g, game_id, "one_step", op.encode(), witnesses)
+            return Call("one_step", (op.encode(), witnesses))
         raise AssertionError(f"unhandled challenger phase {g.phase}")
 
 
@@ -504,9 +531,11 @@ def play(
 
 
 def _first_different_element(theirs: bytes, ours: bytes) -> int:
-    """The first float32 element (4-byte slot) where two chunks differ."""
+    """The first float32 element (4-byte slot) where two chunks differ; 0 when none does (a
+    challenger disputing a correct chunk must still name an element, and loses on it)."""
     return next(
-        i for i in range(len(ours) // 4) if theirs[4 * i : 4 * i + 4] != ours[4 * i : 4 * i + 4]
+        (i for i in range(len(ours) // 4) if theirs[4 * i : 4 * i + 4] != ours[4 * i : 4 * i + 4]),
+        0,
     )
 
 

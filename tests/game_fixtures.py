@@ -23,24 +23,27 @@ from typing import Any
 import boa
 import numpy as np
 
-from protocol.commitments import chunk, data_root, slot_value
 from protocol.game import (
-    PARTIAL_ARITY,
-    TRACE_ARITY,
     GameState,
     JobSpec,
     Phase,
-    as_word,
-    cut_points,
-    split_point,
 )
-from protocol.ir import REDUCTION_OPS, Opcode
+from protocol.ir import REDUCTION_OPS
 from protocol.market import JobView
-from protocol.merkle import MerkleTree, leaf_hash, root_of_leaf_hashes
+from protocol.merkle import MerkleTree, leaf_hash
 from protocol.outbox import Sent
 from replay.compiler import compile_train, initial_state
 from replay.dataset import Dataset
-from replay.dispute import Computation, Fault, job_spec_for, operand_witnesses
+from replay.dispute import (
+    ChallengerPlayer,
+    Computation,
+    Fault,
+    Player,
+    TrainerPlayer,
+    job_spec_for,
+    opened_op,
+    operand_witnesses,
+)
 from replay.examples import get_example
 from replay.state import as_committed
 
@@ -299,17 +302,6 @@ class Call:
         return Call(fn or self.fn, args if args else self.args, sender or self.sender)
 
 
-def _subtree_root(tree: MerkleTree, lo: int, hi: int) -> bytes:
-    return root_of_leaf_hashes([tree.leaf(i) for i in range(lo, hi)])
-
-
-def _first_disputed(values: list[bytes], mine: list[bytes]) -> int:
-    for i, (v, m) in enumerate(zip(values, mine, strict=True)):
-        if v != m:
-            return i
-    return len(values)
-
-
 @dataclass
 class GameDriver:
     """Plays game ``game_id``: the trainer from ``trainer_comp``, the challenger from
@@ -330,9 +322,7 @@ class GameDriver:
 
     @staticmethod
     def opened_op(comp: Computation, g: GameState) -> tuple[int, int]:
-        if g.phase <= Phase.OPEN_OP:
-            return g.interval * comp.every + g.lo // comp.ops, g.lo % comp.ops
-        return g.step, g.op
+        return opened_op(comp, g)
 
     def output_tensor(self, comp: Computation, g: GameState) -> np.ndarray:
         t, j = self.opened_op(comp, g)
@@ -340,94 +330,27 @@ class GameDriver:
         assert value is not None
         return as_committed(value).reshape(-1)
 
-    # -------------------------------------------------------- moves
+    # -------------------------------------------------------- moves: the reference players'
+
+    def _player(self, cls: type[Player], who: str, comp: Computation, g: GameState) -> Player:
+        return cls(BoaMarket(self.tp, who, self.book), comp, g.job_id)
 
     def trainer_call(self, g: GameState | None = None) -> Call | None:
-        """The honest move of the trainer (from its computation); None: it has none."""
+        """The trainer's move from its computation (replay.dispute.TrainerPlayer); None: it
+        has none (it can only run out its clock)."""
         g = g or self.state()
-        comp, who = self.trainer_comp, self.trainer
-        if g.phase == Phase.TRACE_REVEAL:
-            cuts = cut_points(g.lo, g.hi, TRACE_ARITY)
-            return Call("reveal", ([comp.position_root(g.interval, p) for p in cuts],), who)
-        if g.phase == Phase.OPEN_OP:
-            return self.open_op_call(g)
-        t, j = self.opened_op(comp, g)
-        trace = comp.trace(t)
-        out = comp.program.ops[j].out
-        if g.phase == Phase.CHUNK_REVEAL:
-            tree = trace.chunk_tree(j + 1, out)
-            split = g.node_lo + split_point(g.node_hi - g.node_lo)
-            left = _subtree_root(tree, g.node_lo, split)
-            right = _subtree_root(tree, split, g.node_hi)
-            return Call("reveal_children", (left, right), who)
-        if g.phase == Phase.CHUNK_OPEN:
-            return Call("open_chunk", (chunk(self.output_tensor(comp, g), g.node_lo),), who)
-        if g.phase == Phase.PARTIAL_REVEAL:
-            partials = trace.partials(j, g.element).view(np.uint32)
-            cuts = cut_points(g.lo, g.hi, PARTIAL_ARITY)
-            return Call("reveal", ([as_word(int(partials[r])) for r in cuts],), who)
-        raise AssertionError(f"not a trainer phase: {g.phase!r}")
-
-    def open_op_call(self, g: GameState) -> Call | None:
-        comp = self.trainer_comp
-        t, j = self.opened_op(comp, g)
-        trace = comp.trace(t)
-        op = comp.program.ops[j]
-        path = list(trace.state_tree(j).prove(op.out).path)
-        if list(trace.state_tree(j + 1).prove(op.out).path) != path:
-            return None  # the transition changed another slot too: it cannot be opened
-        old = slot_value(trace.slot_roots(j)[op.out])
-        new = slot_value(trace.slot_roots(j + 1)[op.out])
-        batch_leaf, batch_proof = b"", []
-        numel, droot = 0, b"\x00" * 32
-        if op.opcode == Opcode.LOAD_BATCH:
-            batch_leaf, batch_proof = comp.dataset.leaf(t), comp.dataset_proof(t)
-            if new != batch_leaf[32 * op.imm : 32 * op.imm + 32]:
-                return None  # it loaded another batch: the open would revert ("wrong batch")
-        elif op.opcode != Opcode.FREE:
-            raw = self.output_tensor(comp, g)
-            numel, droot = raw.size, data_root(memoryview(raw).cast("B"))
-        args = (
-            op.encode(), comp.program_proof(j), old, new, path, numel, droot,
-            batch_leaf, batch_proof,
-        )  # fmt: skip
-        return Call("open_op", args, self.trainer)
+        player = self._player(TrainerPlayer, self.trainer, self.trainer_comp, g)
+        move = player.next_move(self.game_id, g)
+        return None if move is None else Call(move.fn, move.args, self.trainer)
 
     def challenger_call(self, g: GameState | None = None) -> Call:
-        """The move of the challenger from its computation (it disputes the first value it
-        disagrees with)."""
+        """The challenger's move from its computation (replay.dispute.ChallengerPlayer)."""
         g = g or self.state()
-        comp, who = self.challenger_comp, self.challenger
-        if g.phase == Phase.TRACE_PICK:
-            values = self.book.moved[self.game_id, g.seq - 1]
-            mine = [comp.position_root(g.interval, p) for p in cut_points(g.lo, g.hi, TRACE_ARITY)]
-            return Call("pick", (values, _first_disputed(values, mine)), who)
-        t, j = self.opened_op(comp, g)
-        trace, op = comp.trace(t), comp.program.ops[j]
-        if g.phase == Phase.CHUNK_PICK:
-            left, right = self.book.moved[self.game_id, g.seq - 1]
-            tree = trace.chunk_tree(j + 1, op.out)
-            split = g.node_lo + split_point(g.node_hi - g.node_lo)
-            go_right = left == _subtree_root(tree, g.node_lo, split)
-            return Call("pick_child", (left, right, go_right), who)
-        if g.phase == Phase.ELEMENT_PICK:
-            theirs = self.book.chunks[self.game_id, g.seq - 1]
-            ours = chunk(self.output_tensor(comp, g), g.node_lo)
-            # the first element it disagrees with (element 0 when it agrees with the whole
-            # chunk: a challenger disputing a correct interval must still name one)
-            index = next(
-                (i for i in range(256) if theirs[4 * i : 4 * i + 4] != ours[4 * i : 4 * i + 4]),
-                0,
-            )
-            return Call("pick_element", (theirs, index, op.encode()), who)
-        if g.phase == Phase.PARTIAL_PICK:
-            values = self.book.moved[self.game_id, g.seq - 1]
-            partials = trace.partials(j, g.element).view(np.uint32)
-            mine = [as_word(int(partials[r])) for r in cut_points(g.lo, g.hi, PARTIAL_ARITY)]
-            return Call("pick", (values, _first_disputed(values, mine)), who)
-        if g.phase == Phase.ONE_STEP:
-            return Call("one_step", (op.encode(), self.witnesses(g)), who)
-        raise AssertionError(f"not a challenger phase: {g.phase!r}")
+        player = self._player(ChallengerPlayer, self.challenger, self.challenger_comp, g)
+        move = player.next_move(self.game_id, g)
+        if move is None:
+            raise AssertionError(f"not a challenger phase: {g.phase!r}")
+        return Call(move.fn, move.args, self.challenger)
 
     def witnesses(self, g: GameState, comp: Computation | None = None) -> list[tuple[Any, ...]]:
         """The one-step operand witnesses (from the challenger's computation by default)."""

@@ -62,7 +62,7 @@ from game_fixtures import (
 from protocol.commitments import chunk, chunk_tree
 from protocol.game import JobStatus, Phase
 from protocol.merkle import MerkleTree
-from replay.dispute import ChallengerPlayer, TrainerPlayer, play
+from replay.dispute import ChallengerPlayer, TrainerPlayer, play, transition_opening
 from replay.state import as_committed
 
 SHARE = STAKE * WINNER_SHARE_BPS // BPS
@@ -586,11 +586,10 @@ def test_open_op_wrong_batch_loses(tp, people) -> None:
     d = dispute(tp, people, trainer="batch")
     g = d.play_until(Phase.OPEN_OP)
     assert d.trainer_call(g) is None
-    honest = GameDriver(
-        tp, d.game_id, d.trainer, d.challenger, computation("honest"), computation("honest")
-    )
-    right = honest.trainer_call(g)  # the honest opening does not match its committed roots
-    assert right is not None
+    t, j = d.opened_op(computation("honest"), g)
+    opening = transition_opening(computation("honest"), t, j)
+    right = Call(opening.fn, opening.args, d.trainer)
+    # the honest opening does not match the roots this trainer committed
     assert_reverts_unchanged(d, right, "post-state mismatch")
     # its own transition, with the batch leaf it really loaded: not the step's leaf
     desc, desc_p, old, new, slot_p, numel, droot, _, _ = right.args
