@@ -137,12 +137,16 @@ class GameState(BaseModel):
     @classmethod
     def from_chain(cls, raw: Any) -> GameState:
         values = list(raw)
-        return cls(**{name: _plain(v) for name, v in zip(cls.model_fields, values, strict=True)})
+        return cls(**{name: plain(v) for name, v in zip(cls.model_fields, values, strict=True)})
 
 
-def _plain(v: Any) -> Any:
+def plain(v: Any) -> Any:
+    """A value read from a contract as plain Python: bytes for any bytes-like value
+    (ape's HexBytes, web3's 0x-strings of 32 bytes), everything else unchanged."""
     if isinstance(v, bytes | bytearray):
         return bytes(v)
+    if isinstance(v, str) and v.startswith("0x") and len(v) == 66:
+        return bytes.fromhex(v[2:])
     if hasattr(v, "hex") and not isinstance(v, int | str):
         return bytes(v)
     return v

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 
 from protocol.anvil import REPO_ROOT
-from protocol.game import GameState, JobSpec, JobStatus
+from protocol.game import GameState, JobSpec, JobStatus, plain
 from protocol.outbox import Outbox, Sent
 
 
@@ -39,8 +39,8 @@ class JobView(BaseModel):
     @classmethod
     def from_chain(cls, raw: Any) -> JobView:
         v = list(raw)
-        spec = JobSpec(**dict(zip(JobSpec.model_fields, [_plain(x) for x in v[0]], strict=True)))
-        rest = dict(zip(list(cls.model_fields)[1:], [_plain(x) for x in v[1:]], strict=True))
+        spec = JobSpec(**dict(zip(JobSpec.model_fields, [plain(x) for x in v[0]], strict=True)))
+        rest = dict(zip(list(cls.model_fields)[1:], [plain(x) for x in v[1:]], strict=True))
         return cls(spec=spec, **rest)
 
 
@@ -68,16 +68,6 @@ class Market(Protocol):
     def transact(self, fn: str, *args: Any, value: int = 0, key: str) -> Sent | None: ...
 
 
-def _plain(v: Any) -> Any:
-    if isinstance(v, bytes | bytearray):
-        return bytes(v)
-    if isinstance(v, str) and v.startswith("0x") and len(v) == 66:
-        return bytes.fromhex(v[2:])
-    if hasattr(v, "hex") and not isinstance(v, int | str):
-        return bytes(v)
-    return v
-
-
 @cache
 def trainproof_abi() -> list[dict[str, Any]]:
     """The TrainProof ABI from ape's compiled project (compiling contracts/ if needed)."""
@@ -88,7 +78,7 @@ def trainproof_abi() -> list[dict[str, Any]]:
             return list(types["TrainProof"]["abi"])
     from ape import project
 
-    from protocol.chain import ChainError  # noqa: F401  (sets PATH for the vyper binary)
+    import protocol.chain  # noqa: F401 - puts this venv's vyper on PATH for ape-vyper
 
     return [a.model_dump(mode="json", by_alias=True) for a in project.TrainProof.contract_type.abi]
 
