@@ -8,6 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY_STAMP   := $(VENV)/.trainproof-installed
 NODE_STAMP := node_modules/.trainproof-installed
+SYS_STAMP  := $(VENV)/.trainproof-system
 export PATH := $(CURDIR)/$(BIN):$(CURDIR)/node_modules/.bin:$(PATH)
 
 .PHONY: demo test lint bench setup clean
@@ -15,7 +16,7 @@ export PATH := $(CURDIR)/$(BIN):$(CURDIR)/node_modules/.bin:$(PATH)
 demo: setup
 	$(BIN)/trainproof demo
 
-test: setup
+test: setup $(SYS_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
@@ -32,6 +33,12 @@ $(PY_STAMP): pyproject.toml setup.py protocol/_treehash.c
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24"
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	@touch $@
+
+# PostgreSQL server binaries and headless Chromium for the API tests: installed from Debian
+# packages when missing and possible, tried once (the tests that need them skip, saying why).
+$(SYS_STAMP): scripts/system-deps.sh | $(PY_STAMP)
+	@sh scripts/system-deps.sh
 	@touch $@
 
 $(NODE_STAMP): package.json package-lock.json

@@ -9,6 +9,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path as FsPath
+from types import SimpleNamespace
 from typing import Annotated, Any
 
 from eth_utils import to_checksum_address
@@ -17,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
-from sqlalchemy import func, select
+from sqlalchemy import BigInteger, Connection, bindparam, cast, func, select, true
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -99,14 +100,54 @@ def cached(request: Request, model: BaseModel) -> Response:
 # ---------------------------------------------------------------------- conversions
 
 
+# The tip the index stands at, in one read: its number, and its block's timestamp when that
+# block is indexed (the cast sits in a select list, so it only ever sees the "tip" row).
+_TIP_NUMBER = (
+    select(cast(Meta.value, BigInteger).label("number")).where(Meta.key == "tip").subquery()
+)
+_TIP = select(
+    _TIP_NUMBER.c.number,
+    select(Block.timestamp)
+    .where(Block.number == _TIP_NUMBER.c.number)
+    .scalar_subquery()
+    .label("timestamp"),
+).subquery()
+
+
+# A job's status in one statement (one snapshot, one round trip): the job, the tip, and its
+# games (a row each, or one row of NULLs).
+_GAMES = Game.__table__
+_STATUS = (
+    select(
+        Job.id,
+        Job.status,
+        Job.open_games,
+        Job.run_root,
+        Job.committed_at,
+        Job.challenge_deadline,
+        _TIP.c.number.label("tip_block"),
+        _TIP.c.timestamp.label("tip_timestamp"),
+        *(c.label(f"game_{c.name}") for c in _GAMES.c),
+    )
+    .select_from(Job)
+    .outerjoin(_TIP, true())
+    .outerjoin(_GAMES, _GAMES.c.job_id == Job.id)
+    .where(Job.id == bindparam("id"))
+    .order_by(_GAMES.c.id)
+)
+
+
 class Clock:
     """The indexed tip's block number and timestamp (what "now" is for clocks/windows)."""
 
-    def __init__(self, s: Session) -> None:
-        tip = s.get(Meta, "tip")
-        self.block = int(tip.value) if tip else -1
-        b = s.get(Block, self.block) if tip else None
-        self.timestamp = b.timestamp if b else None
+    def __init__(self, block: int | None, timestamp: int | None) -> None:
+        self.block = -1 if block is None else int(block)
+        self.timestamp = timestamp
+
+    @classmethod
+    def read(cls, db: Session | Connection) -> Clock:
+        row = db.execute(select(_TIP)).first()
+        return cls(*row) if row else cls(None, None)
 
 
 def _summary(job: Job) -> JobSummary:
@@ -132,7 +173,7 @@ def _summary(job: Job) -> JobSummary:
     )
 
 
-def _game(g: Game, now: int | None) -> GameSummary:
+def _game(g: Game | SimpleNamespace, now: int | None) -> GameSummary:
     running = 0 < g.phase < Phase.TRAINER_WON
     to_move = None
     t_left, c_left = g.trainer_clock, g.challenger_clock
@@ -198,6 +239,15 @@ def create_app(
         "indexed from the TrainProof contract. Errors are RFC 9457 problem details.",
     )
     v1 = APIRouter(prefix="/v1", responses=_problem_responses(422))
+    # Point reads for the status endpoint run outside a transaction: one statement is one
+    # snapshot, and on PostgreSQL that saves the BEGIN and ROLLBACK round trips. (SQLite's
+    # driver opens no transaction for a lone SELECT, and switching it costs a PRAGMA per use.)
+    engine = sessions.kw["bind"]
+    reads = (
+        engine
+        if engine.dialect.name == "sqlite"
+        else engine.execution_options(isolation_level="AUTOCOMMIT")
+    )
 
     def meta() -> tuple[int | None, str | None]:
         if chain_id is not None and contract is not None:
@@ -236,7 +286,7 @@ def create_app(
     @v1.get("/index", response_model=IndexStatus, summary="Indexer position")
     def index_status(request: Request) -> Response:
         with sessions() as s:
-            clock = Clock(s)
+            clock = Clock.read(s)
         cid, addr = meta()
         return cached(
             request,
@@ -297,7 +347,7 @@ def create_app(
         with sessions() as s:
             _check_id(job_id)
             job = _job(s, job_id)
-            clock = Clock(s)
+            clock = Clock.read(s)
             events = s.scalars(
                 select(Event)
                 .where(Event.job_id == job_id, Event.name != "Credited")
@@ -341,16 +391,21 @@ def create_app(
         summary="Verification status of the job's commitment",
         responses=_problem_responses(404),
     )
-    def job_status(request: Request, job_id: int) -> Response:
-        with sessions() as s:
-            _check_id(job_id)
-            job = _job(s, job_id)
-            clock = Clock(s)
-            games = (
-                s.scalars(select(Game).where(Game.job_id == job_id).order_by(Game.id)).all()
-                if job.games_total
-                else []
-            )
+    async def job_status(request: Request, job_id: int) -> Response:
+        # The endpoint frontends poll: on the event loop (no thread hop), one indexed statement
+        # through the Core (no ORM session), outside a transaction (no BEGIN/ROLLBACK trips).
+        _check_id(job_id)
+        with reads.connect() as c:
+            rows = c.execute(_STATUS, {"id": job_id}).all()
+        if not rows:
+            raise ApiError(404, "Job not found", f"no job {job_id} in the index")
+        job = rows[0]
+        clock = Clock(job.tip_block, job.tip_timestamp)
+        games = [
+            SimpleNamespace(**{c.name: r._mapping[f"game_{c.name}"] for c in _GAMES.c})
+            for r in rows
+            if r.game_id is not None
+        ]
         window_open = (
             job.status == JobStatus.COMMITTED
             and job.challenge_deadline is not None
@@ -448,7 +503,7 @@ def create_app(
         elif running is False:
             q = q.where(Game.phase >= Phase.TRAINER_WON)
         with sessions() as s:
-            clock = Clock(s)
+            clock = Clock.read(s)
             total = s.scalar(select(func.count()).select_from(q.subquery())) or 0
             games = s.scalars(q.order_by(Game.id.desc()).limit(limit).offset(offset)).all()
         nxt = offset + limit if offset + limit < total else None
@@ -475,7 +530,7 @@ def create_app(
             g = s.get(Game, game_id)
             if g is None:
                 raise ApiError(404, "Dispute not found", f"no game {game_id} in the index")
-            clock = Clock(s)
+            clock = Clock.read(s)
             moves = s.scalars(select(Move).where(Move.game_id == game_id).order_by(Move.seq)).all()
         by_level: dict[str, list[MoveOut]] = {}
         before = Phase.TRACE_REVEAL
