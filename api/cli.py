@@ -80,3 +80,49 @@ def index(
     _sessions, indexer, _cid, _addr = _setup(db, rpc, contracts, confirmations)
     result = indexer.sync()
     typer.echo(f"tip={result.tip} events={result.events} rolled_back_to={result.rolled_back_to}")
+
+
+@app.command(short_help="Create or upgrade the database schema; print its revision.")
+def migrate(
+    db: Annotated[
+        str | None, typer.Option(help="database URL or SQLite path (default: $DATABASE_URL)")
+    ] = None,
+) -> None:
+    """Create or upgrade the index database's schema to the newest revision (Alembic, shipped
+    in api/migrations) and print the revision. serve and index also migrate when they start;
+    run this to upgrade ahead of a deployment. A database made before migrations existed is
+    stamped at the initial revision. Safe while other processes open the same database: one
+    migrates, the others wait on its lock and find nothing left to do."""
+    from sqlalchemy.engine import make_url
+
+    from api.db import current_revision, database_url, head_revision, make_engine
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
+    url = database_url(db)
+    engine = make_engine(url)  # migrates to head
+    try:
+        rev = current_revision(engine)
+    finally:
+        engine.dispose()
+    where = make_url(url).render_as_string(hide_password=True)
+    typer.echo(f"{where}: revision {rev}" + (" (head)" if rev == head_revision() else ""))
+
+
+@app.command(short_help="Autogenerate the next migration from the models (developers).")
+def revision(
+    message: Annotated[str, typer.Option("--message", "-m", help="what the revision changes")],
+    db: Annotated[
+        str | None,
+        typer.Option(help="compare on this database, upgraded first (default: scratch SQLite)"),
+    ] = None,
+) -> None:
+    """Autogenerate the next migration, api/migrations/versions/NNNN_slug.py, from how the
+    models in api/db.py differ from the schema at the newest revision. Review the file before
+    committing it: autogenerate misses renames and some type changes."""
+    from api.migrations import generate_revision
+
+    path = generate_revision(message, db)
+    if path is None:
+        typer.echo("the models match the newest revision: nothing to generate")
+        raise typer.Exit(1)
+    typer.echo(f"wrote {path}")

@@ -5,14 +5,24 @@ SQLite (a file) by default; PostgreSQL through ``DATABASE_URL`` (``postgresql+ps
 Raw chain events are kept (``events``); every other table is derived from them, so a reorg
 deletes the events of the forked blocks and re-derives only the jobs and games they touched.
 Wei amounts are decimal strings (uint256 fits no SQL integer type on every backend).
+
+The schema is made and upgraded by the Alembic revisions in ``api/migrations/versions``
+(``migrate``, run by ``make_engine``; ``trainproof api migrate``). A change to these models
+needs a new revision: ``trainproof api revision -m "what changed"`` autogenerates one.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -23,11 +33,25 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
+    text,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
+log = logging.getLogger("trainproof.api.db")
+
 DEFAULT_DB = "sqlite:///trainproof-api.db"
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+BASELINE = "0001"  # the schema create_all made before there were migrations
+BASELINE_TABLES = frozenset(
+    {"meta", "blocks", "events", "jobs", "checkpoints", "games", "moves", "changes", "attestations"}
+)
+_PG_MIGRATION_LOCK = 0x7472_6E70_6D69_67  # pg_advisory_xact_lock key ("trnpmig")
+# Alembic's ``context``/``op`` are module-level proxies: one command at a time per process
+# (taken before the database's lock, so the two are always acquired in the same order)
+_ALEMBIC = threading.Lock()
 
 
 class Base(DeclarativeBase):
@@ -203,6 +227,7 @@ def database_url(explicit: str | None = None) -> str:
 
 
 def make_engine(url: str | None = None) -> Engine:
+    """An engine on ``url`` (see ``database_url``) whose schema has been migrated to head."""
     url = database_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
@@ -216,9 +241,99 @@ def make_engine(url: str | None = None) -> Engine:
 
     else:
         engine = create_engine(url, pool_pre_ping=True, pool_size=10)
-    Base.metadata.create_all(engine)
+    migrate(engine)
     return engine
 
 
 def make_sessions(engine: Engine) -> sessionmaker:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def alembic_config(connection: Connection | Engine | None = None) -> Config:
+    """An Alembic ``Config`` for the revisions shipped in ``api/migrations`` (no ini file);
+    ``env.py`` runs on ``connection`` when given."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS).replace("%", "%%"))
+    cfg.set_main_option("path_separator", "os")  # for version_locations
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head_revision() -> str:
+    """The newest revision shipped with this code."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None, "api/migrations/versions has no revisions"
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The database's revision (None: never migrated, or empty)."""
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def lock_for_migration(conn: Connection) -> None:
+    """Serialize migrations of one database across processes, until ``conn``'s transaction
+    ends: SQLite takes its write lock now (``BEGIN IMMEDIATE``; the DDL that follows then runs
+    in that transaction, so it is all-or-nothing too); PostgreSQL takes a transaction-level
+    advisory lock (its DDL is transactional anyway)."""
+    name = conn.dialect.name
+    if name == "sqlite":
+        dbapi = conn.connection.dbapi_connection
+        if getattr(dbapi, "in_transaction", False):
+            raise RuntimeError("lock_for_migration needs a connection with no open transaction")
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    elif name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
+
+
+def _stamp_legacy(conn: Connection, cfg: Config) -> None:
+    """A database made by ``Base.metadata.create_all`` before migrations existed has the
+    baseline tables but no ``alembic_version``: stamp it at the baseline instead of failing on
+    CREATE TABLE. Some but not all of the baseline tables is not a schema we made: refuse."""
+    if MigrationContext.configure(conn).get_current_revision() is not None:
+        return
+    present = BASELINE_TABLES & set(inspect(conn).get_table_names())
+    if not present:
+        return
+    if present != BASELINE_TABLES:
+        raise RuntimeError(
+            f"{conn.engine.url.render_as_string(hide_password=True)} has index tables "
+            f"{sorted(present)} but not {sorted(BASELINE_TABLES - present)} and no "
+            "alembic_version: not a schema this code made; migrate it by hand or start afresh"
+        )
+    log.warning(
+        "%s: tables made before migrations existed (no alembic_version); stamping revision %s",
+        conn.engine.url.render_as_string(hide_password=True),
+        BASELINE,
+    )
+    command.stamp(cfg, BASELINE)
+
+
+def _already_exists(e: DBAPIError) -> bool:
+    msg = str(e.orig).lower()
+    return "already exists" in msg or "duplicate key" in msg
+
+
+def migrate(engine: Engine, revision: str = "head") -> str | None:
+    """Upgrade the database to ``revision`` (default: head) and return its revision.
+
+    Idempotent, and safe to call from several processes at once on one database: the whole
+    upgrade runs in one transaction holding ``lock_for_migration``, so a second caller waits
+    and then finds nothing to do. Should DDL still collide with a concurrent creator (a
+    backend without that lock), the transaction is rolled back and the version read again.
+    """
+    for attempt in range(3):
+        try:
+            with _ALEMBIC, engine.begin() as conn:
+                lock_for_migration(conn)
+                cfg = alembic_config(conn)
+                _stamp_legacy(conn, cfg)
+                command.upgrade(cfg, revision)
+                return MigrationContext.configure(conn).get_current_revision()
+        except DBAPIError as e:
+            if attempt == 2 or not _already_exists(e):
+                raise
+            log.warning("concurrent schema creation (%s); checking the version again", e.orig)
+    raise AssertionError("unreachable")

@@ -62,6 +62,15 @@ class TempPostgres:
         self._run(self.pg_ctl, "-D", data, "-o", opts, "-l", str(self.dir / "log"), "-w", "start")
         return self
 
+    def create_database(self, name: str) -> str:
+        """A new empty database on this server; returns its URL."""
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.url.replace("+psycopg", ""), autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        return self.url.rsplit("/", 1)[0] + f"/{name}"
+
     def stop(self) -> None:
         data = str(self.dir / "data")
         if (self.dir / "data" / "postmaster.pid").exists():

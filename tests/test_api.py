@@ -7,7 +7,6 @@ the dashboard's files, and a reorg rollback in the derived tables.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from collections.abc import Iterator
 
@@ -18,27 +17,19 @@ from fastapi.testclient import TestClient
 from api import attest
 from api.app import create_app
 from api.db import make_engine, make_sessions
-from api.pgtemp import PostgresUnavailable, TempPostgres
 from api.seed import CHAIN_ID, CONTRACT, REQUESTERS, TRAINERS, seed
 
 NOW = 1_900_000_000.0
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
 def db_url(request, tmp_path_factory) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path_factory.mktemp('apidb') / 'index.db'}"
-        return
-    if os.environ.get("DATABASE_URL", "").startswith("postgres"):
-        pytest.skip("DATABASE_URL points at a shared server; the temp server is used instead")
-    try:
-        pg = TempPostgres().start()
-    except PostgresUnavailable as e:
-        pytest.skip(f"PostgreSQL not available: {e}")
-    try:
-        yield pg.url
-    finally:
-        pg.stop()
+    else:
+        yield request.getfixturevalue("postgres").create_database("api")
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@
     trainproof deploy | job register          deploy the market, register a job
     trainproof prover run | challenger watch  the two services
     trainproof blobs publish | serve          the checkpoint store
-    trainproof api serve | index              the verification-status API
+    trainproof api serve | index | migrate    the verification-status API
 
 Each command's ``--help`` explains its options.
 """
