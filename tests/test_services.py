@@ -131,7 +131,8 @@ def test_bad_checkpoints_route_to_full_replay(world, damage, caplog) -> None:
         if damage == "missing":
             f.unlink()
         elif damage == "tampered":
-            f.write_bytes(b"\x01" + f.read_bytes()[1:])
+            data = f.read_bytes()
+            f.write_bytes(bytes([data[0] ^ 1]) + data[1:])
         else:
             f.write_bytes(f.read_bytes()[:-64])
     c = challenger(world)
