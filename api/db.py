@@ -187,7 +187,11 @@ class Change(Base):
     """The feed of status changes the SSE stream tails (appended, never rewritten)."""
 
     __tablename__ = "changes"
-    __table_args__ = ({"sqlite_autoincrement": True},)
+    __table_args__ = (
+        # a stream that follows one job seeks to its next change instead of scanning them all
+        Index("ix_change_job", "job_id", "id"),
+        {"sqlite_autoincrement": True},
+    )
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))  # job | game | reorg
     job_id: Mapped[int | None] = mapped_column(BigInteger)

@@ -103,9 +103,19 @@ def _schema(engine: Engine) -> dict[str, Any]:
 
 
 def _create_all(url: str) -> Engine:
-    """What ``make_engine`` did before migrations existed."""
+    """The models' schema, made directly (the reference the head revision must equal)."""
     engine = create_engine(url)
     Base.metadata.create_all(engine)
+    return engine
+
+
+def _made_before_migrations(url: str) -> Engine:
+    """What ``make_engine``'s ``create_all`` made before migrations existed: the baseline
+    revision's schema, without Alembic's version table."""
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), BASELINE)
+        conn.exec_driver_sql("DROP TABLE alembic_version")
     return engine
 
 
@@ -113,8 +123,7 @@ def test_head_is_the_models_schema(new_url, engines) -> None:
     engine = make_engine(new_url())
     reference = _create_all(new_url())
     engines += [engine, reference]
-    assert head_revision() == BASELINE == "0001"
-    assert current_revision(engine) == BASELINE
+    assert current_revision(engine) == head_revision()
     assert set(inspect(engine).get_table_names()) == BASELINE_TABLES | {"alembic_version"}
     assert _diff(engine) == []
     # stricter than autogenerate: sqlite_autoincrement, BIGSERIAL vs plain BIGINT keys,
@@ -125,7 +134,7 @@ def test_head_is_the_models_schema(new_url, engines) -> None:
 
 def test_create_all_database_is_stamped(new_url, engines, caplog) -> None:
     url = new_url()
-    legacy = _create_all(url)
+    legacy = _made_before_migrations(url)
     seed(make_sessions(legacy), jobs=6)
     legacy.dispose()
     with caplog.at_level(logging.WARNING, logger="trainproof.api.db"):
@@ -226,7 +235,7 @@ def test_concurrent_processes_migrate_once(new_url, engines) -> None:
     for p, (out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-2000:]
         assert out.strip() == f"revision {head_revision()}", err[-2000:]
-    assert sum(err.count("Running upgrade") for _, err in outs) == 1
+    assert sum("Running upgrade" in err for _, err in outs) == 1  # one process migrated
     engine = create_engine(url)
     reference = _create_all(new_url())
     engines += [engine, reference]
@@ -281,16 +290,19 @@ def test_generated_revision_applies(new_url, engines, tmp_path) -> None:
     ruff-clean), apply it, and the database matches the changed models."""
     versions = tmp_path / "versions"
     versions.mkdir()
-    shutil.copy(VERSIONS / "0001_initial.py", versions)
+    for revision in VERSIONS.glob("[0-9]*.py"):
+        shutil.copy(revision, versions)
+    head = head_revision()
+    following = f"{int(head) + 1:04d}"
     changed = MetaData()
     for table in Base.metadata.tables.values():
         table.to_metadata(changed)
     changed.tables["jobs"].append_column(Column("note", String(32), nullable=True))
     Table("notes", changed, Column("id", Integer, primary_key=True), Column("body", String(80)))
     path = generate_revision("add notes", new_url(), versions=versions, metadata=changed)
-    assert path is not None and path.name == "0002_add_notes.py"
+    assert path is not None and path.name == f"{following}_add_notes.py"
     text = path.read_text()
-    assert "down_revision: str | Sequence[str] | None = '0001'" in text.replace('"', "'")
+    assert f"down_revision: str | Sequence[str] | None = '{head}'" in text.replace('"', "'")
     assert "create_table" in text and "add_column" in text and "drop_column" in text
     ruff = Path(sys.executable).parent / "ruff"
     if ruff.exists():
@@ -303,10 +315,10 @@ def test_generated_revision_applies(new_url, engines, tmp_path) -> None:
         cfg = alembic_config(conn)
         cfg.set_main_option("version_locations", str(versions))
         command.upgrade(cfg, "head")
-    assert current_revision(engine) == "0002"
+    assert current_revision(engine) == following
     assert _diff(engine, changed) == []
     with engine.begin() as conn:
         cfg = alembic_config(conn)
         cfg.set_main_option("version_locations", str(versions))
-        command.downgrade(cfg, "0001")
+        command.downgrade(cfg, head)
     assert _diff(engine) == []
