@@ -48,7 +48,7 @@ async function disputeView(id) {
   const g = await api("/disputes/" + id);
   const cur = LEVELS.indexOf(g.level);
   const levels = LEVELS.map((lv, i) => `<li class="${i < cur ? "done" : i === cur ? "current" : ""}" data-level="${lv}">${lv}</li>`).join("");
-  const hist = g.levels.map((lv) => `<h4>${esc(lv.level)}</h4><table><tbody>${lv.moves.map((m) => `<tr><td>seq ${m.seq}</td>
+  const hist = g.levels.map((lv) => `<h4>${esc(lv.level)}</h4><table class="moves"><tbody>${lv.moves.map((m) => `<tr><td>seq ${m.seq}</td>
     <td>→ ${esc(m.phase)}</td><td>[${m.lo}, ${m.hi})</td><td>${m.values.length} values</td><td>block ${m.block_number}</td></tr>`).join("")}</tbody></table>`).join("");
   const verdict = g.trainer_won === null ? (g.level === "resolved" ? "abandoned" : `${esc(g.to_move)} to move`)
     : g.trainer_won ? "trainer won" : "challenger won";
