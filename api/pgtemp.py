@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
+from sqlalchemy.engine import make_url
+
 from protocol.anvil import free_port
 
 
@@ -64,12 +66,7 @@ class TempPostgres:
 
     def create_database(self, name: str) -> str:
         """A new empty database on this server; returns its URL."""
-        import psycopg
-        from psycopg import sql
-
-        with psycopg.connect(self.url.replace("+psycopg", ""), autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        return self.url.rsplit("/", 1)[0] + f"/{name}"
+        return create_database(self.url, name)
 
     def stop(self) -> None:
         data = str(self.dir / "data")
@@ -91,3 +88,39 @@ class TempPostgres:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def _admin(url: str, statement: str, name: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL(statement).format(sql.Identifier(name)))
+
+
+def create_database(server_url: str, name: str) -> str:
+    """Create the empty database ``name`` on the server of ``server_url``; returns its URL."""
+    _admin(server_url, "CREATE DATABASE {}", name)
+    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
+
+
+class ExistingPostgres:
+    """A PostgreSQL server that is already running (e.g. the one ``DATABASE_URL`` names): the
+    databases made through it are dropped again by ``stop``; the server itself is left alone."""
+
+    def __init__(self, url: str) -> None:
+        from api.db import database_url
+
+        self.url = database_url(url)
+        self.created: list[str] = []
+
+    def create_database(self, name: str) -> str:
+        made = create_database(self.url, name)
+        self.created.append(name)
+        return made
+
+    def stop(self) -> None:
+        for name in self.created:
+            _admin(self.url, "DROP DATABASE IF EXISTS {} WITH (FORCE)", name)
+        self.created.clear()

@@ -1,16 +1,19 @@
 """Shared fixtures: every chain test runs on ape's embedded network and on a real anvil.
 
 Tests that take the ``chain`` fixture are marked ``chain`` and grouped per network, so with
-``pytest -n 2 --dist loadgroup`` each network lives in one worker process. ``postgres`` is a
-throwaway PostgreSQL server per worker process, for the API's index database.
+``pytest -n 2 --dist loadgroup`` each network lives in one worker process. The API's suites
+run on a SQLite index and on PostgreSQL (``index_url``, ``new_index_url``): the server that
+``DATABASE_URL`` names, or else a throwaway one per worker process (``postgres``).
 """
 
+import itertools
 import os
-from collections.abc import Iterator
+import secrets
+from collections.abc import Callable, Iterator
 
 import pytest
 
-from api.pgtemp import PostgresUnavailable, TempPostgres
+from api.pgtemp import ExistingPostgres, PostgresUnavailable, TempPostgres
 from protocol.anvil import AnvilNode
 from protocol.chain import Chain, ChainSettings, connect
 
@@ -38,19 +41,44 @@ def harness(chain: Chain):
 
 
 @pytest.fixture(scope="session")
-def postgres() -> Iterator[TempPostgres]:
-    """A temporary PostgreSQL server started from the installed binaries (``api.pgtemp``);
-    tests that take it (mark them ``postgres``) skip with the reason when there are none."""
-    if os.environ.get("DATABASE_URL", "").startswith("postgres"):
-        pytest.skip("DATABASE_URL points at a shared server; the temp server is used instead")
-    try:
-        pg = TempPostgres().start()
-    except PostgresUnavailable as e:
-        pytest.skip(f"PostgreSQL not available: {e}")
+def postgres() -> Iterator[TempPostgres | ExistingPostgres]:
+    """A PostgreSQL server for the API's index databases: the one ``DATABASE_URL`` names when
+    it names one (the tests' databases are dropped afterwards), else a temporary server per
+    worker started from the installed binaries (``api.pgtemp``). Tests that take it (mark
+    them ``postgres``) skip with the reason when there is neither."""
+    url = os.environ.get("DATABASE_URL", "")
+    if url.startswith("postgres"):
+        pg: TempPostgres | ExistingPostgres = ExistingPostgres(url)
+    else:
+        try:
+            pg = TempPostgres().start()
+        except PostgresUnavailable as e:
+            pytest.skip(f"PostgreSQL not available: {e}")
     try:
         yield pg
     finally:
         pg.stop()
+
+
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def index_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A new, empty index database per module, once a SQLite file and once a database on the
+    temporary PostgreSQL server: the API's suites run on both."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path_factory.mktemp('index') / 'index.db'}"
+    return request.getfixturevalue("postgres").create_database(f"index_{secrets.token_hex(4)}")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def new_index_url(request: pytest.FixtureRequest, tmp_path) -> Callable[[], str]:
+    """Each call: the URL of another new, empty database, on SQLite and on PostgreSQL."""
+    n = itertools.count()
+    if request.param == "sqlite":
+        return lambda: f"sqlite:///{tmp_path / f'index{next(n)}.db'}"
+    pg = request.getfixturevalue("postgres")
+    return lambda: pg.create_database(f"index_{secrets.token_hex(6)}")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

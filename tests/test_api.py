@@ -22,19 +22,9 @@ from api.seed import CHAIN_ID, CONTRACT, REQUESTERS, TRAINERS, seed
 NOW = 1_900_000_000.0
 
 
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
-)
-def db_url(request, tmp_path_factory) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('apidb') / 'index.db'}"
-    else:
-        yield request.getfixturevalue("postgres").create_database("api")
-
-
 @pytest.fixture(scope="module")
-def client(db_url) -> Iterator[TestClient]:
-    engine = make_engine(db_url)
+def client(index_url) -> Iterator[TestClient]:
+    engine = make_engine(index_url)
     sessions = make_sessions(engine)
     seed(sessions, jobs=24)
     app = create_app(sessions, now=lambda: NOW, sse_poll_s=0.01)
@@ -197,18 +187,13 @@ def test_dashboard_served(client) -> None:
     assert client.get("/dashboard/app.js").status_code == 200
 
 
-def test_reorg_rollback_rederives(db_url) -> None:
+def test_reorg_rollback_rederives(new_index_url) -> None:
     """Rollback without a chain: events after a block vanish and the jobs they touched are
     re-derived from what remains (the indexer's rollback path)."""
     from api.indexer import Indexer
 
-    engine = make_engine(db_url.replace("index.db", "reorg.db"))
+    engine = make_engine(new_index_url())
     sessions = make_sessions(engine)
-    if not db_url.startswith("sqlite"):
-        from api.db import Base
-
-        Base.metadata.drop_all(engine)
-        Base.metadata.create_all(engine)
     seed(sessions, jobs=6)
     client = TestClient(create_app(sessions, now=lambda: NOW))
     assert client.get("/v1/jobs/5/status").json()["status"] == "rejected"

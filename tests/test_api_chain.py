@@ -1,7 +1,8 @@
 """The API against real contracts on ape's local network and anvil: a full dispute played by
 the reference players (a trainer with a MATMUL fault: trace, op, chunk, element, partial and
 one-step levels), indexed after every move; what the API says must equal the chain's views.
-On anvil, a reorg (evm_snapshot / evm_revert) rolls the index back.
+On anvil, a reorg (evm_snapshot / evm_revert) rolls the index back. The index is a SQLite file
+and, where the server binaries are installed, a PostgreSQL database.
 """
 
 from __future__ import annotations
@@ -59,11 +60,11 @@ def computation(name: str = "honest") -> Computation:
 
 
 @pytest.fixture(scope="module")
-def world(chain, tmp_path_factory) -> Iterator[tuple]:
+def world(chain, index_url) -> Iterator[tuple]:
     executor = chain.deploy("Executor")
     market = chain.deploy("TrainProof", executor.address)
     start = chain.block_number
-    engine = make_engine(f"sqlite:///{tmp_path_factory.mktemp('api') / 'index.db'}")
+    engine = make_engine(index_url)
     sessions = make_sessions(engine)
     w3 = chain.provider.web3
     indexer = Indexer(w3, market.address, sessions, start_block=start, batch_size=50)

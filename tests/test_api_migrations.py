@@ -8,15 +8,13 @@ downgrading to base drops every table, and the CLI and revision generator work.
 
 from __future__ import annotations
 
-import itertools
 import logging
-import secrets
 import shutil
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,17 +46,6 @@ from api.migrations import VERSIONS, generate_revision
 from api.seed import seed
 
 ROOT = Path(__file__).resolve().parent.parent
-BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
-
-
-@pytest.fixture(params=BACKENDS)
-def new_url(request, tmp_path) -> Callable[[], str]:
-    """Each call: the URL of a new, empty database on the backend."""
-    n = itertools.count()
-    if request.param == "sqlite":
-        return lambda: f"sqlite:///{tmp_path / f'index{next(n)}.db'}"
-    pg = request.getfixturevalue("postgres")
-    return lambda: pg.create_database(f"mig_{secrets.token_hex(6)}")
 
 
 @pytest.fixture
@@ -119,9 +106,9 @@ def _made_before_migrations(url: str) -> Engine:
     return engine
 
 
-def test_head_is_the_models_schema(new_url, engines) -> None:
-    engine = make_engine(new_url())
-    reference = _create_all(new_url())
+def test_head_is_the_models_schema(new_index_url, engines) -> None:
+    engine = make_engine(new_index_url())
+    reference = _create_all(new_index_url())
     engines += [engine, reference]
     assert current_revision(engine) == head_revision()
     assert set(inspect(engine).get_table_names()) == BASELINE_TABLES | {"alembic_version"}
@@ -132,8 +119,8 @@ def test_head_is_the_models_schema(new_url, engines) -> None:
     assert _schema(engine)
 
 
-def test_create_all_database_is_stamped(new_url, engines, caplog) -> None:
-    url = new_url()
+def test_create_all_database_is_stamped(new_index_url, engines, caplog) -> None:
+    url = new_index_url()
     legacy = _made_before_migrations(url)
     seed(make_sessions(legacy), jobs=6)
     legacy.dispose()
@@ -165,8 +152,8 @@ def test_create_all_database_is_stamped(new_url, engines, caplog) -> None:
     assert not caplog.records  # stamped once, then an ordinary migrated database
 
 
-def test_partial_unversioned_schema_is_refused(new_url, engines) -> None:
-    url = new_url()
+def test_partial_unversioned_schema_is_refused(new_index_url, engines) -> None:
+    url = new_index_url()
     engine = create_engine(url)
     engines.append(engine)
     Base.metadata.create_all(engine, tables=[Meta.__table__, Job.__table__])
@@ -175,8 +162,8 @@ def test_partial_unversioned_schema_is_refused(new_url, engines) -> None:
     assert current_revision(engine) is None
 
 
-def test_migrate_twice_is_a_noop(new_url, engines, caplog) -> None:
-    url = new_url()
+def test_migrate_twice_is_a_noop(new_index_url, engines, caplog) -> None:
+    url = new_index_url()
     engine = make_engine(url)
     engines.append(engine)
     with make_sessions(engine).begin() as s:
@@ -191,8 +178,8 @@ def test_migrate_twice_is_a_noop(new_url, engines, caplog) -> None:
         assert s.get(Meta, "tip").value == "42"
 
 
-def test_downgrade_to_base_drops_everything(new_url, engines) -> None:
-    engine = make_engine(new_url())
+def test_downgrade_to_base_drops_everything(new_index_url, engines) -> None:
+    engine = make_engine(new_index_url())
     engines.append(engine)
     with engine.begin() as conn:
         command.downgrade(alembic_config(conn), "base")
@@ -216,10 +203,10 @@ print("revision", current_revision(engine))
 """
 
 
-def test_concurrent_processes_migrate_once(new_url, engines) -> None:
+def test_concurrent_processes_migrate_once(new_index_url, engines) -> None:
     """Processes opening one new database at the same moment: one migrates, the others wait
     on its lock (SQLite BEGIN IMMEDIATE, a PostgreSQL advisory lock) and find it at head."""
-    url = new_url()
+    url = new_index_url()
     start_at = time.time() + 4.0  # after every child has imported
     procs = [
         subprocess.Popen(
@@ -237,14 +224,14 @@ def test_concurrent_processes_migrate_once(new_url, engines) -> None:
         assert out.strip() == f"revision {head_revision()}", err[-2000:]
     assert sum("Running upgrade" in err for _, err in outs) == 1  # one process migrated
     engine = create_engine(url)
-    reference = _create_all(new_url())
+    reference = _create_all(new_index_url())
     engines += [engine, reference]
     assert _diff(engine) == []
     assert _schema(engine) == _schema(reference)
 
 
-def test_concurrent_threads_with_separate_engines(new_url, engines) -> None:
-    url = new_url()
+def test_concurrent_threads_with_separate_engines(new_index_url, engines) -> None:
+    url = new_index_url()
     barrier = threading.Barrier(4)
     errors: list[BaseException] = []
 
@@ -285,7 +272,7 @@ def test_cli_migrate(tmp_path) -> None:
     assert sorted(p.name for p in VERSIONS.iterdir()) == before
 
 
-def test_generated_revision_applies(new_url, engines, tmp_path) -> None:
+def test_generated_revision_applies(new_index_url, engines, tmp_path) -> None:
     """The developer path: change the models, autogenerate the next revision (numbered,
     ruff-clean), apply it, and the database matches the changed models."""
     versions = tmp_path / "versions"
@@ -299,7 +286,7 @@ def test_generated_revision_applies(new_url, engines, tmp_path) -> None:
         table.to_metadata(changed)
     changed.tables["jobs"].append_column(Column("note", String(32), nullable=True))
     Table("notes", changed, Column("id", Integer, primary_key=True), Column("body", String(80)))
-    path = generate_revision("add notes", new_url(), versions=versions, metadata=changed)
+    path = generate_revision("add notes", new_index_url(), versions=versions, metadata=changed)
     assert path is not None and path.name == f"{following}_add_notes.py"
     text = path.read_text()
     assert f"down_revision: str | Sequence[str] | None = '{head}'" in text.replace('"', "'")
@@ -309,7 +296,7 @@ def test_generated_revision_applies(new_url, engines, tmp_path) -> None:
         lint = subprocess.run([str(ruff), "check", str(path)], capture_output=True, text=True)
         assert lint.returncode == 0, lint.stdout
 
-    engine = make_engine(new_url())
+    engine = make_engine(new_index_url())
     engines.append(engine)
     with engine.begin() as conn:
         cfg = alembic_config(conn)

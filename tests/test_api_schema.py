@@ -1,6 +1,6 @@
-"""schemathesis against the API's own OpenAPI spec, over a seeded SQLite index: no 5xx, every
-response (status, content type, body) conforms to the schema. The SSE stream is left out
-(an endless response); its behaviour is tested in test_api.py."""
+"""schemathesis against the API's own OpenAPI spec, over a seeded index on SQLite and on
+PostgreSQL: no 5xx, every response (status, content type, body) conforms to the schema. The SSE
+stream is left out (an endless response); its behaviour is tested in test_api.py."""
 
 from __future__ import annotations
 
@@ -9,31 +9,22 @@ import pytest
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, settings  # noqa: E402
 from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: E402
+from schemathesis.specs.openapi.schemas import OpenApiSchema  # noqa: E402
 
 from api.app import create_app  # noqa: E402
 from api.db import make_engine, make_sessions  # noqa: E402
 from api.seed import seed  # noqa: E402
 
 
-def _app(tmp: str):
-    sessions = make_sessions(make_engine(f"sqlite:///{tmp}/schema.db"))
+@pytest.fixture(scope="module")
+def api_schema(index_url: str) -> OpenApiSchema:
+    sessions = make_sessions(make_engine(index_url))
     seed(sessions, jobs=12)
-    return create_app(sessions, now=lambda: 1_900_000_000.0)
+    app = create_app(sessions, now=lambda: 1_900_000_000.0)
+    return schemathesis.openapi.from_asgi("/openapi.json", app)
 
 
-_APP = None
-
-
-def app_factory():
-    global _APP
-    if _APP is None:
-        import tempfile
-
-        _APP = _app(tempfile.mkdtemp(prefix="trainproof-schema-"))
-    return _APP
-
-
-schema = schemathesis.openapi.from_asgi("/openapi.json", app_factory())
+schema = schemathesis.pytest.from_fixture("api_schema")
 
 
 @schema.exclude(path="/v1/events").parametrize()

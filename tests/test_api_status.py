@@ -4,7 +4,6 @@ with two games, a tip without its block row, and an index without a tip."""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 
 import pytest
@@ -19,13 +18,9 @@ from api.seed import CHALLENGERS, seed
 JOBS = 12
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def sessions(request, tmp_path) -> Iterator[sessionmaker]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'index.db'}"
-    else:
-        url = request.getfixturevalue("postgres").create_database(f"st_{secrets.token_hex(4)}")
-    engine = make_engine(url)
+@pytest.fixture
+def sessions(new_index_url) -> Iterator[sessionmaker]:
+    engine = make_engine(new_index_url())
     made = make_sessions(engine)
     seed(made, jobs=JOBS)
     yield made
