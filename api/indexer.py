@@ -4,7 +4,9 @@
   new tip, so a crash resumes where it stopped and re-running a range changes nothing.
 - Reorgs: the hashes of the indexed tip and of every block with logs are kept; each sync
   compares the newest ones with the chain, and on a mismatch deletes the events of the forked
-  blocks, re-derives the jobs they touched from their remaining events, and re-reads.
+  blocks, re-derives the jobs they touched from their remaining events, and re-reads. A range
+  whose logs name other block hashes than the blocks read next (a reorg between the two reads)
+  is abandoned whole (``ChainMoved``) and read again by the next sync.
 - After each range the games it touched are refreshed from the ``game(id)`` view at the new
   tip (clocks, bounds, element), so a game row always equals the chain's view.
 """
@@ -75,6 +77,11 @@ def _plain(value: Any, abi_type: dict[str, Any]) -> Any:
     if isinstance(value, bytes | bytearray):
         return "0x" + bytes(value).hex()
     return value
+
+
+class ChainMoved(RuntimeError):
+    """The chain reorganised while a range was being read; nothing of it was stored (the next
+    sync reads it again)."""
 
 
 @dataclass
@@ -169,6 +176,11 @@ class Indexer:
         for n in sorted({int(raw["blockNumber"]) for raw in logs} | {hi}):
             b = self.w3.eth.get_block(n)
             blocks[n] = ("0x" + bytes(b["hash"]).hex(), int(b["timestamp"]))
+        for raw in logs:  # a reorg between the two reads: the logs are not of these blocks
+            if "0x" + bytes(raw["blockHash"]).hex() != blocks[int(raw["blockNumber"])][0]:
+                raise ChainMoved(
+                    f"block {int(raw['blockNumber'])} changed while range {lo}..{hi} was read"
+                )
         seen = {
             (b, i)
             for b, i in s.execute(

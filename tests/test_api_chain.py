@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.db import make_engine, make_sessions
 from api.derive import verification_status
-from api.indexer import Indexer
+from api.indexer import ChainMoved, Indexer
 from protocol.anvil import rpc
 from protocol.game import GameState, JobStatus, Phase
 from protocol.market import ApeMarket
@@ -233,3 +233,37 @@ def test_reorg_rolls_back(world) -> None:
     indexer.sync()
     assert check_job(market, client, job_id)["status"] == "disputed"
     check_game(market, client, game_id2)
+
+
+def test_reorg_while_a_range_is_read(world, monkeypatch) -> None:
+    """The chain reorganises between reading a range's logs and its blocks: nothing of the
+    range is stored, and the next sync indexes the new branch."""
+    chain, market, indexer, client = world
+    if chain.provider.name != "foundry":
+        pytest.skip("reorgs need anvil's evm_snapshot/evm_revert (ape's local network has none)")
+    url = chain.provider.uri
+    tip = indexer.sync().tip
+    snap = rpc(url, "evm_snapshot")
+    spec = job_spec_for(
+        computation("honest"), stake=STAKE, bond=BOND, clock=CLOCK, window=WINDOW, train_time=1
+    )
+    receipt = market.register_job(spec.as_tuple(), sender=chain.test_account(5), value=REWARD)
+    job_id = int(receipt.events[0].job_id)
+    read_logs = indexer.w3.eth.get_logs
+
+    def logs_then_reorg(params: dict) -> list:
+        logs = read_logs(params)
+        assert rpc(url, "evm_revert", [snap]) is True
+        for _ in range(3):  # other blocks at the same heights (no registration in them)
+            rpc(url, "evm_mine")
+        return logs
+
+    monkeypatch.setattr(indexer.w3.eth, "get_logs", logs_then_reorg)
+    with pytest.raises(ChainMoved, match="changed while range"):
+        indexer.sync()
+    monkeypatch.undo()
+    assert indexer.tip() == tip  # the range's transaction was rolled back whole
+    assert client.get(f"/v1/jobs/{job_id}").status_code == 404
+    assert indexer.sync().tip > tip
+    assert client.get(f"/v1/jobs/{job_id}").status_code == 404  # not on this branch
+    assert int(market.job_count()) == job_id - 1
