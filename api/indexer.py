@@ -152,6 +152,8 @@ class Indexer:
                         result.events,
                         result.rolled_back_to,
                     )
+            except ChainMoved as e:
+                log.warning("reorg during sync, reading again: %s", e)
             except Exception:
                 log.exception("sync failed; retrying")
             if stop is not None:
