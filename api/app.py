@@ -23,7 +23,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api import attest
 from api.db import Attestation, Block, Change, Checkpoint, Event, Game, Job, Meta, Move
 from api.derive import LEVELS, phase_level, phase_name, status_filter, verification_status
 from api.schemas import (
@@ -49,6 +48,7 @@ from api.schemas import (
     TimelineEntry,
     VerificationStatus,
 )
+from protocol import attestation as attest
 from protocol.game import JobStatus, Phase
 
 log = logging.getLogger("trainproof.api")

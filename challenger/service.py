@@ -6,7 +6,10 @@ with private randomness at ``--rate``, fetches the sampled intervals' start chec
 the blob store (re-hashed and checked against the committed roots), replays them
 bit-exactly, and disputes the first interval whose end differs; then plays every game to
 its verdict, settles and withdraws. A checkpoint that is withheld, tampered or truncated
-sends it to a full replay from C_0, which the job's public inputs always allow.
+sends it to a full replay from C_0, which the job's public inputs always allow. With
+``--attest-to URL`` it also signs an EIP-712 coverage attestation for every interval it
+replayed that matched, and sends it to that verification-status API (retrying, with backoff,
+until the API has indexed the commitment and accepts it).
 
 What it decided (the sample, each job's verdict, its games) is kept in its SQLite file, and
 every transaction goes through the crash-safe outbox: killed and restarted, it continues
@@ -22,6 +25,7 @@ import time
 
 from pydantic import Field
 
+from protocol import attestation
 from protocol.agent import Agent, AgentConfig, setup_logging
 from protocol.blobs import BlobError, open_store
 from protocol.game import JobStatus
@@ -45,6 +49,15 @@ class ChallengerConfig(AgentConfig):
     rate: float = Field(0.25, gt=0, le=1, description="probability of replaying each interval")
     confirmations: int = Field(2, ge=0, description="blocks a commitment must be buried under")
     lie: bool = Field(False, description="dispute honest commitments and lie (demos and tests)")
+    attest_to: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description="URL of a verification-status API to send signed coverage attestations to",
+    )
+
+
+#: Longest wait between two tries of an attestation the API did not take yet.
+ATTEST_MAX_BACKOFF_S = 300
 
 
 def detection_probability(rate: float, intervals: int, bad_fraction: float) -> float:
@@ -89,11 +102,10 @@ class ChallengerService:
             self.db.put("last_block", str(safe))
         for key, game_id in self._games():
             self._play(key, game_id)
+        self._send_attestations()
 
     def _games(self) -> list[tuple[str, int]]:
-        query = "SELECT key, value FROM kv WHERE key LIKE 'game:%'"
-        rows = self.db.conn.execute(query).fetchall()
-        return [(str(k), int(v)) for k, v in rows]
+        return [(k, int(v)) for k, v in self.db.items("game:")]
 
     # ---- checking a commitment
 
@@ -117,7 +129,11 @@ class ChallengerService:
                 Fault(kind="element", step=0, op=_first_matmul(honest), element=0),
             )  # fmt: skip
         else:
-            bad, comp = self._find_bad(c.job_id, committed, sample, honest)
+            bad, comp, matched = self._find_bad(c.job_id, committed, sample, honest)
+            if self.cfg.attest_to:  # kept before the verdict, so a crash between loses none
+                for interval in matched:
+                    pending = {"run_root": "0x" + c.run_root.hex(), "tries": 0, "next": 0.0}
+                    self.db.put(f"attest:{c.job_id}:{interval}", json.dumps(pending))
         log.info("event=checked job=%d intervals=%d sampled=%s bad=%s", c.job_id, m, sample, bad)
         if bad is None:
             self._save_job(c.job_id, record)
@@ -134,18 +150,21 @@ class ChallengerService:
 
     def _find_bad(
         self, job_id: int, committed: list[bytes], sample: list[int], honest: Computation
-    ) -> tuple[int | None, Computation]:
+    ) -> tuple[int | None, Computation, list[int]]:
         """The first sampled interval whose replay from its verified start checkpoint
-        disagrees with the commitment; a full replay from C_0 when a checkpoint can't be had."""
+        disagrees with the commitment (a full replay from C_0 when a checkpoint can't be
+        had), the computation to play it from, and the intervals replayed that matched."""
+        matched: list[int] = []
         for c in sample:
             comp = self._interval_computation(job_id, committed, c, honest)
             if comp is None:  # withheld or invalid: replay everything from C_0
                 bad = ChallengerPlayer(self.market, honest, job_id).first_bad_interval(committed)
                 log.info("event=full_replay job=%d missing_interval=%d bad=%s", job_id, c, bad)
-                return bad, honest
+                return bad, honest, list(range(len(committed) - 1 if bad is None else bad))
             if comp.step_root((c + 1) * comp.every) != committed[c + 1]:
-                return c, comp
-        return None, honest
+                return c, comp, matched
+            matched.append(c)
+        return None, honest, matched
 
     def _interval_computation(
         self, job_id: int, committed: list[bytes], c: int, honest: Computation
@@ -202,7 +221,7 @@ class ChallengerService:
             if credit:
                 m.transact("withdraw", key=f"withdraw:{game_id}:{credit}")
                 log.info("event=withdrew game=%d amount=%d", game_id, credit)
-            self.db.conn.execute("DELETE FROM kv WHERE key = ?", (key,))
+            self.db.delete(key)
             self.db.put(f"done:{key}", str(game_id))
             return
         if m.job(job_id).status != JobStatus.COMMITTED:
@@ -215,6 +234,38 @@ class ChallengerService:
         player = ChallengerPlayer(m, self._computation_for(job_id, interval), job_id)
         if player.move(game_id) is not None:
             log.info("event=moved game=%d seq=%d phase=%s", game_id, g.seq, g.phase.name)
+
+    # ---- coverage attestations
+
+    def _send_attestations(self) -> None:
+        """Send the attestations due; an answer other than 201 is retried with backoff, except
+        a refusal of the attestation itself (400/422: logged, dropped)."""
+        if not self.cfg.attest_to:
+            return
+        now = time.time()
+        for key, raw in self.db.items("attest:"):
+            pending = json.loads(raw)
+            if pending["next"] > now:
+                continue
+            _, job_s, interval_s = key.split(":")
+            status, body = attestation.post(
+                self.cfg.attest_to, self.agent.account, int(self.agent.w3.eth.chain_id),
+                self.market.address, job_id=int(job_s), run_root=pending["run_root"],
+                interval=int(interval_s),
+            )  # fmt: skip
+            if status == 201:
+                self.db.delete(key)
+                log.info("event=attested job=%s interval=%s", job_s, interval_s)
+            elif status in (400, 422):
+                self.db.delete(key)
+                log.warning("event=attestation_refused job=%s interval=%s status=%d body=%r",
+                            job_s, interval_s, status, body[:300])  # fmt: skip
+            else:  # no answer, not indexed yet (404/409), a server error: later
+                pending["tries"] += 1
+                pending["next"] = now + min(ATTEST_MAX_BACKOFF_S, 2 ** pending["tries"])
+                self.db.put(key, json.dumps(pending))
+                log.info("event=attestation_deferred job=%s interval=%s status=%d tries=%d",
+                         job_s, interval_s, status, pending["tries"])  # fmt: skip
 
     def run(self, max_polls: int | None = None) -> None:
         polls = 0

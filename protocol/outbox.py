@@ -81,6 +81,17 @@ class StateDB:
             (key, value, value),
         )
 
+    def delete(self, key: str) -> None:
+        self.conn.execute("DELETE FROM kv WHERE key = ?", (key,))
+
+    def items(self, prefix: str) -> list[tuple[str, str]]:
+        """The (key, value) pairs whose key starts with ``prefix``, in key order."""
+        rows = self.conn.execute(
+            "SELECT key, value FROM kv WHERE substr(key, 1, ?) = ? ORDER BY key",
+            (len(prefix), prefix),
+        )
+        return [(str(k), str(v)) for k, v in rows]
+
     def close(self) -> None:
         self.conn.close()
 

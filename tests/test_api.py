@@ -14,10 +14,10 @@ import pytest
 from eth_account import Account
 from fastapi.testclient import TestClient
 
-from api import attest
 from api.app import create_app
 from api.db import make_engine, make_sessions
 from api.seed import CHAIN_ID, CONTRACT, REQUESTERS, TRAINERS, seed
+from protocol import attestation as attest
 
 NOW = 1_900_000_000.0
 

@@ -9,6 +9,7 @@ honest side still wins and no transaction is ever sent twice.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -16,15 +17,23 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import uvicorn
+from web3 import Web3
 
+from api.app import create_app
+from api.db import make_engine, make_sessions
+from api.indexer import Indexer
 from challenger.service import ChallengerConfig, ChallengerService
 from protocol.agent import AgentConfig, load_account
-from protocol.anvil import AnvilNode, rpc
-from protocol.chain import ChainSettings, connect, deploy_market
+from protocol.anvil import AnvilNode, free_port, rpc
+from protocol.chain import ChainSettings, Deployment, connect, deploy_market
 from protocol.game import JobStatus
 from protocol.market import ApeMarket
 from prover.service import ProverConfig, ProverService
@@ -63,19 +72,30 @@ def prover(world, fault: str | None = None) -> ProverService:
     ))  # fmt: skip
 
 
-def challenger(world, lie: bool = False, store: str | None = None) -> ChallengerService:
+def challenger(
+    world, lie: bool = False, store: str | None = None, attest_to: str | None = None
+) -> ChallengerService:
     node, deployment, _, tmp = world
     return ChallengerService(ChallengerConfig(
         rpc=node.url, deployment=deployment, db=tmp / "challenger.db", test_account=3,
         store=store or str(tmp / "store"), rate=1.0, confirmations=0, lie=lie, poll=0.1,
+        attest_to=attest_to,
     ))  # fmt: skip
 
 
-def run_both(world, p: ProverService, c: ChallengerService, max_polls: int = 400) -> None:
+def run_both(
+    world,
+    p: ProverService,
+    c: ChallengerService,
+    max_polls: int = 400,
+    each: Callable[[], object] | None = None,
+) -> None:
     node = world[0]
     for i in range(max_polls):
         status = p.step()
         c.step()
+        if each is not None:
+            each()
         if status.done and not c._games():
             return
         if i % 5 == 4:  # let chain time pass: clocks and the challenge window run on it
@@ -224,3 +244,48 @@ def transactions_from(url: str, address: str) -> list[str]:
             if tx["from"].lower() == address.lower():
                 hashes.append(tx["hash"])
     return hashes
+
+
+@pytest.fixture
+def api_server(world) -> Iterator[tuple[str, Indexer]]:
+    """The verification-status API on a real port, indexing the world's anvil."""
+    node, deployment_path, _, tmp = world
+    deployment = Deployment.load(deployment_path)
+    address = deployment.contracts["TrainProof"]
+    sessions = make_sessions(make_engine(f"sqlite:///{tmp / 'api.db'}"))
+    indexer = Indexer(Web3(Web3.HTTPProvider(node.url)), address, sessions,
+                      start_block=deployment.block)  # fmt: skip
+    app = create_app(sessions, chain_id=deployment.chain_id, contract=address)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "the API server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", indexer
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_challenger_attests_coverage_to_the_api(world, api_server, caplog) -> None:
+    """Every interval the challenger replayed and found matching reaches the API as a signed
+    attestation, even though the API indexes the commitment only after the first try."""
+    url, indexer = api_server
+    p, c = prover(world), challenger(world, attest_to=url)
+    caplog.set_level(logging.INFO, logger="trainproof.challenger")
+    run_both(world, p, c, each=indexer.sync)
+    deadline = time.monotonic() + 60
+    while c.db.items("attest:"):  # those still backing off
+        assert time.monotonic() < deadline, c.db.items("attest:")
+        indexer.sync()
+        c.step()
+        time.sleep(0.2)
+    assert "event=attestation_deferred" in caplog.text  # the API was behind at first
+    with urllib.request.urlopen(f"{url}/v1/jobs/1/coverage", timeout=10) as resp:
+        coverage = json.load(resp)
+    intervals = STEPS // EVERY
+    assert coverage["intervals"] == intervals and coverage["attestations"] == intervals
+    assert coverage["covered_1"] == 1.0 and coverage["covered_3"] == 0.0
+    assert [i["challengers"] for i in coverage["per_interval"]] == [1] * intervals

@@ -112,6 +112,13 @@ def challenger_watch(
     rate: Annotated[float, typer.Option(help="probability of replaying each interval")] = 0.25,
     confirmations: Annotated[int, typer.Option(help="blocks a commitment must be under")] = 2,
     lie: Annotated[bool, typer.Option(help="demos/tests: dispute honest work and lie")] = False,
+    attest_to: Annotated[
+        str | None,
+        typer.Option(
+            help="verification-status API URL: send it a signed coverage attestation "
+            "for every replayed interval that matched"
+        ),
+    ] = None,
     poll: Annotated[float, typer.Option(help="seconds between polls")] = 0.5,
     max_polls: Annotated[int | None, typer.Option(help="stop after this many polls")] = None,
 ) -> None:
@@ -121,7 +128,8 @@ def challenger_watch(
 
     cfg = ChallengerConfig(rpc=rpc, deployment=deployment, db=db, key_env=key_env,
                            test_account=test_account, store=store, example=example, rate=rate,
-                           confirmations=confirmations, lie=lie, poll=poll)  # fmt: skip
+                           confirmations=confirmations, lie=lie, attest_to=attest_to,
+                           poll=poll)  # fmt: skip
     typer.echo(
         f"sampling each interval with probability {rate}: a cheat confined to one interval is "
         f"caught with probability {rate:.2f}; one confined to 1% of 1,000 intervals with "
