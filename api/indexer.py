@@ -59,6 +59,24 @@ GAME_VIEW_FIELDS = (
 )
 
 
+#: The view fields a ``games`` row mirrors as integers (``settled`` is the one boolean).
+GAME_ROW_FIELDS = (
+    "phase",
+    "seq",
+    "lo",
+    "hi",
+    "step",
+    "op",
+    "numel",
+    "node_lo",
+    "node_hi",
+    "element",
+    "trainer_clock",
+    "challenger_clock",
+    "last_move",
+)
+
+
 def _plain(value: Any, abi_type: dict[str, Any]) -> Any:
     t = abi_type["type"]
     if t.startswith("tuple"):
@@ -247,21 +265,7 @@ class Indexer:
                 continue
             raw = self.contract.functions.game(gid).call(block_identifier=block)
             view = dict(zip(GAME_VIEW_FIELDS, raw, strict=True))
-            for f in (
-                "phase",
-                "seq",
-                "lo",
-                "hi",
-                "step",
-                "op",
-                "numel",
-                "node_lo",
-                "node_hi",
-                "element",
-                "trainer_clock",
-                "challenger_clock",
-                "last_move",
-            ):
+            for f in GAME_ROW_FIELDS:
                 setattr(game, f, int(view[f]))
             game.settled = bool(view["settled"])
 

@@ -249,7 +249,7 @@ class ChallengerService:
                 continue
             _, job_s, interval_s = key.split(":")
             status, body = attestation.post(
-                self.cfg.attest_to, self.agent.account, int(self.agent.w3.eth.chain_id),
+                self.cfg.attest_to, self.agent.account, self.agent.chain_id,
                 self.market.address, job_id=int(job_s), run_root=pending["run_root"],
                 interval=int(interval_s),
             )  # fmt: skip

@@ -76,10 +76,11 @@ class Agent:
         if not self.w3.is_connected():
             raise AgentError(f"no EVM node answers at {cfg.rpc}")
         deployment = Deployment.load(cfg.deployment)
-        if deployment.chain_id != self.w3.eth.chain_id:
+        self.chain_id = int(self.w3.eth.chain_id)
+        if deployment.chain_id != self.chain_id:
             raise AgentError(
                 f"{cfg.deployment} is for chain {deployment.chain_id}, the node is chain "
-                f"{self.w3.eth.chain_id}"
+                f"{self.chain_id}"
             )
         self.account = load_account(cfg)
         self.db = StateDB(cfg.db)
