@@ -45,22 +45,48 @@ def gather(state: SlotValues, op: OpDescriptor, k: int, grid: np.ndarray, r: int
     return src.reshape(-1)[grid + r * operand.reduce_stride]
 
 
+def row_grid(op: OpDescriptor) -> np.ndarray:
+    """Each output element's first index ``i_0`` (output-shaped; INDEX_ADD's row; 0 for rank
+    0)."""
+    if op.rank == 0:
+        return np.zeros((), dtype=np.int64)
+    rows = np.arange(op.shape[0], dtype=np.int64).reshape((op.shape[0],) + (1,) * (op.rank - 1))
+    return np.broadcast_to(rows, op.shape)
+
+
 def reduce_partials(
     op: OpDescriptor, state: SlotValues, flat: int | None = None
 ) -> list[np.ndarray]:
     """``[acc_0, acc_1, ..., acc_R]`` of a reduction (each output-shaped, or one element)."""
     grids = [index_grid(op, o) for o in op.operands]
+    row = row_grid(op) if op.opcode == Opcode.INDEX_ADD else None
     if flat is not None:
         grids = [g.reshape(-1)[flat : flat + 1] for g in grids]
+        row = None if row is None else row.reshape(-1)[flat : flat + 1]
     shape = grids[0].shape
     acc = np.full(shape, semantics.REDUCE_INIT[op.opcode], dtype=np.float32)
     out = [acc]
-    step = semantics.REDUCE_STEP[op.opcode]
     for r in range(op.reduce_len):
         terms = [gather(state, op, k, grids[k], r) for k in range(len(op.operands))]
-        acc = step(acc, semantics.reduce_term(op.opcode, terms))
+        acc = semantics.reduce_step(op.opcode, acc, terms, row)
         out.append(acc)
     return out
+
+
+def gather_rows(op: OpDescriptor, state: SlotValues, grids: list[np.ndarray]) -> np.ndarray:
+    """GATHER over output elements whose operand-0 indices are ``grids[0]`` (any shape)."""
+    valid, rows = semantics.index_rows(gather(state, op, 0, grids[0]), op.reduce_len)
+    table = op.operands[1]
+    src = state[table.slot]
+    if src is None:
+        raise ExecutionError(f"op reads empty slot {table.slot}")
+    flat_src = src.reshape(-1)
+    picked = (
+        flat_src[np.where(valid, grids[1] + rows * table.reduce_stride, 0)]
+        if src.size
+        else (np.zeros(grids[1].shape, np.float32))
+    )
+    return semantics.gather_value(valid, picked)
 
 
 def execute_op(
@@ -72,6 +98,9 @@ def execute_op(
         grids = [index_grid(op, o) for o in op.operands]
         args = [gather(state, op, k, grids[k]) for k in range(len(op.operands))]
         return np.array(semantics.ELEMENTWISE[code](*args).reshape(op.shape), order="C")
+    if code == Opcode.GATHER:
+        grids = [index_grid(op, o) for o in op.operands]
+        return np.array(gather_rows(op, state, grids).reshape(op.shape), order="C")
     if code in REDUCTION_OPS:
         acc = reduce_partials(op, state)[-1]
         return np.array(semantics.canon(acc).reshape(op.shape), order="C")
