@@ -14,7 +14,7 @@
      computes. Descriptors are validated off-chain before a job is accepted
      (protocol.ir.validate_program), so nothing here re-validates fields beyond what the
      computation needs: the length (128 bytes) and the opcode class. Every NaN result is the
-     canonical `0x7FC00000` (float32.vy), except FILL, which returns its immediate verbatim
+     canonical `0x7FC00000` (softfloat.vy), except FILL, which returns its immediate verbatim
      (the validator only admits the canonical NaN there). Compiled with Vyper's Venom
      backend (experimental-codegen: about 20% less gas than the legacy backend here). Reverts
      carry reason strings ("executor: ...") rather than `# dev:` comments: Venom merges
@@ -25,7 +25,7 @@
 from interfaces import IExecutor
 
 import descriptor
-import float32
+import softfloat
 
 implements: IExecutor
 
@@ -66,44 +66,44 @@ def element(
         # binary, 0x01..0x0A
         if op < descriptor.MAX:
             if op == descriptor.ADD:
-                return float32.add(x, y)
+                return softfloat.add(x, y)
             if op == descriptor.SUB:
-                return float32.sub(x, y)
+                return softfloat.sub(x, y)
             if op == descriptor.MUL:
-                return float32.mul(x, y)
+                return softfloat.mul(x, y)
             if op == descriptor.DIV:
-                return float32.div(x, y)
+                return softfloat.div(x, y)
         else:
             if op == descriptor.MAX:
-                return float32.maximum(x, y)
+                return softfloat.maximum(x, y)
             if op == descriptor.MIN:
-                return float32.minimum(x, y)
+                return softfloat.minimum(x, y)
             if op == descriptor.GT:
-                return float32.gt(x, y)
+                return softfloat.gt(x, y)
             if op == descriptor.GE:
-                return float32.ge(x, y)
+                return softfloat.ge(x, y)
             if op == descriptor.EQ:
-                return float32.eq(x, y)
+                return softfloat.eq(x, y)
             if op == descriptor.LDEXP:
-                return float32.ldexp(x, y)
+                return softfloat.ldexp(x, y)
     elif op < descriptor.SELECT:
         # unary, 0x10..0x16
         if op == descriptor.NEG:
-            return float32.neg(x)
+            return softfloat.neg(x)
         if op == descriptor.ABS:
-            return float32.abs(x)
+            return softfloat.abs(x)
         if op == descriptor.SQRT:
-            return float32.sqrt(x)
+            return softfloat.sqrt(x)
         if op == descriptor.ROUND:
-            return float32.round_even(x)
+            return softfloat.round_even(x)
         if op == descriptor.FREXP_EXP:
-            return float32.frexp_exp(x)
+            return softfloat.frexp_exp(x)
         if op == descriptor.FREXP_MANT:
-            return float32.frexp_mant(x)
+            return softfloat.frexp_mant(x)
         if op == descriptor.COPY:
-            return float32._canon(x)
+            return softfloat._canon(x)
     elif op == descriptor.SELECT:
-        return float32.select(x, y, c)
+        return softfloat.select(x, y, c)
     elif op == descriptor.FILL:
         return convert((w0 >> 192) & _M32, uint32)
     raise "executor: not an element op"
@@ -130,11 +130,11 @@ def partial_step(
     w0: uint256 = extract32(desc, 0, output_type=uint256)
     op: uint256 = w0 >> 248
     if op == descriptor.MATMUL:
-        return float32.add(acc, float32.mul(x, y))
+        return softfloat.add(acc, softfloat.mul(x, y))
     if op == descriptor.REDUCE_SUM:
-        return float32.add(acc, x)
+        return softfloat.add(acc, x)
     if op == descriptor.REDUCE_MAX:
-        return float32.maximum(acc, x)
+        return softfloat.maximum(acc, x)
     raise "executor: not a reduction"
 
 
