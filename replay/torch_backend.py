@@ -36,6 +36,7 @@ from protocol.ir import (
     contiguous_strides,
 )
 from replay.errors import ExecutionError
+from replay.native import native_matmul, native_matmul_available
 from replay.numpy_backend import named_from_slots, slots_from_named
 from replay.torch_kernels import (
     ELEMENT_KERNELS,
@@ -360,11 +361,19 @@ class TorchExecutor:
         return rsum
 
     def _compile_matmul(self, op: OpDescriptor, constants: dict[int, Tensor]) -> OpFn:
-        """The sequential FMA chain ``acc_{r+1} = fma(a_r, b_r, acc_r)``, vectorised over the
-        output elements: one exact float64 product table per r, rounded once (``fma64``)."""
+        """The sequential FMA chain ``acc_{r+1} = fma(a_r, b_r, acc_r)``.
+
+        A (batched) matrix product — A's map constant along the last output dim, B's along
+        the one before — runs on the native kernel (``replay._kernels``) on the CPU, one
+        [M, R] @ [R, N] block per batch index; anything else, and every op when the kernel is
+        not built or the device is not the CPU, is vectorised over the output elements with
+        one exact float64 product table per r, rounded once (``fma64``)."""
         oa, ob = op.operands
-        if op.rank == 2 and oa.strides[1] == 0 and ob.strides[0] == 0:
-            return self._compile_matrix_product(op, constants)
+        if op.rank >= 2 and oa.strides[-1] == 0 and ob.strides[-2] == 0:
+            if native_matmul_available(self.device):
+                return self._compile_native_matmul(op, constants)
+            if op.rank == 2:
+                return self._compile_matrix_product(op, constants)
         out, shape, rows = op.out, tuple(op.shape), op.reduce_len
         ta, tb = self._terms(op, oa, constants), self._terms(op, ob, constants)
         device = self.device
@@ -377,6 +386,47 @@ class TorchExecutor:
             s[out] = acc.contiguous()
 
         return matmul
+
+    def _compile_native_matmul(self, op: OpDescriptor, constants: dict[int, Tensor]) -> OpFn:
+        """Each batch index's [M, R] and [R, N] blocks are gathered contiguous and handed to
+        the native FMA-chain kernel (every output element one accumulator, strict r order:
+        the same bits for any thread count and ISA path)."""
+        oa, ob = op.operands
+        *lead, m, n = op.shape
+        rows, out = op.reduce_len, op.out
+        batches = list(np.ndindex(*lead)) if lead else [()]
+        a_of = self._operand_block(oa, (m, rows), (oa.strides[-2], oa.reduce_stride), constants)
+        b_of = self._operand_block(ob, (rows, n), (ob.reduce_stride, ob.strides[-1]), constants)
+        a_lead, b_lead = oa.strides[:-2], ob.strides[:-2]
+        shape = tuple(op.shape)
+
+        def matmul(s: Slots, _b: object) -> None:
+            res = torch.empty(shape, dtype=F32)
+            flat = res.view(len(batches), m, n)
+            threads = torch.get_num_threads()
+            for k, idx in enumerate(batches):
+                a = a_of(s, sum(i * st for i, st in zip(idx, a_lead, strict=True)))
+                b = b_of(s, sum(i * st for i, st in zip(idx, b_lead, strict=True)))
+                native_matmul(a.numpy(), b.numpy(), flat[k].numpy(), m, n, rows, threads)
+            s[out] = res
+
+        return matmul
+
+    def _operand_block(
+        self,
+        o: Operand,
+        size: tuple[int, int],
+        stride: tuple[int, int],
+        constants: dict[int, Tensor],
+    ) -> Callable[[Slots, int], Tensor]:
+        """A contiguous 2-D block of an operand at an extra offset (a copy only if needed)."""
+        const, slot, offset = constants.get(o.slot), o.slot, o.offset
+
+        def block(s: Slots, extra: int) -> Tensor:
+            src = const if const is not None else s[slot]
+            return torch.as_strided(src, size, stride, offset + extra).contiguous()  # type: ignore[arg-type]
+
+        return block
 
     def _compile_matrix_product(self, op: OpDescriptor, constants: dict[int, Tensor]) -> OpFn:
         """C[m,n] = fma chain over r of A[m,r]·B[r,n], A's map varying only with m and r,
