@@ -24,10 +24,12 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.ir import Opcode, Program
+from protocol.ir import Opcode, Program, validate_program
 from replay import layers
 from replay.builder import ProgramBuilder, View
+from replay.dataset import Dataset, DatasetSpec
 from replay.numpy_backend import NumpyExecutor
+from replay.state import state_root_of
 from replay.torch_backend import TorchExecutor
 
 TOL = 1e-5
@@ -425,3 +427,87 @@ def test_embedding_matches_torch() -> None:
     assert_close(out["y"], ty, "y", tol=0)
     assert_close(out["dt"], tt.grad, "dtable")
     assert {Opcode.GATHER, Opcode.INDEX_ADD} <= case.opcodes()
+
+
+# --------------------------------------------------------------------------- the mixed program
+
+
+def _mixed():
+    import game_programs
+
+    return game_programs
+
+
+def test_mixed_program_has_every_target_op() -> None:
+    gp = _mixed()
+    program, state = gp.mixed_train_program(16)
+    validate_program(program)
+    codes = [op.opcode for op in program.ops]
+    for code in (Opcode.GATHER, Opcode.INDEX_ADD, Opcode.MATMUL, Opcode.REDUCE_MAX, Opcode.FMA):
+        assert code in codes
+    targets = gp.mixed_targets(program)
+    conv = program.ops[targets["conv_im2col_gather"]]
+    table = state[program.slots[conv.operands[0].slot].name]
+    assert (table == -1).any()  # the padded convolution reads zero padding
+    assert program.ops[targets["pool_reduce_max"]].opcode == Opcode.REDUCE_MAX
+    assert program.ops[targets["layernorm_sum"]].opcode == Opcode.REDUCE_SUM
+    assert program.ops[targets["embedding_index_add"]].opcode == Opcode.INDEX_ADD
+    assert len(program.ops) < 400
+
+
+def test_mixed_program_backends_agree_for_two_steps() -> None:
+    gp = _mixed()
+    program, state = gp.mixed_train_program(16)
+    data = Dataset(DatasetSpec(batch_size=16))
+    roots = []
+    for ex in (NumpyExecutor(program), TorchExecutor(program)):
+        ex.set_state(state)
+        step_roots = []
+        for t in range(2):
+            ex.run_step(data.batch(t))
+            step_roots.append(state_root_of(program, ex.get_state()))
+        roots.append(step_roots)
+    assert roots[0] == roots[1]
+
+
+def test_mixed_program_step_matches_torch_autograd() -> None:
+    """One step against the same network in float64 torch (autograd, plain SGD): the loss
+    within 1e-5 relative, every parameter's update ``w_new - w_old`` within 1e-4 of its largest
+    magnitude plus the float32 rounding of ``w_new`` itself (2^-24·max|w|)."""
+    gp = _mixed()
+    program, state = gp.mixed_train_program(16)
+    x, y = Dataset(DatasetSpec(batch_size=16)).batch(0)
+    ex = NumpyExecutor(program)
+    ex.set_state(state)
+    ex.run_step((x, y))
+    after = ex.get_state()
+    p = {name: _t(state[name]) for name in gp.PARAMS}
+    tokens = torch.tensor(np.round(x * 16).astype(np.int64))
+    h0 = p["emb.weight"][tokens].reshape(16, 8, 8, gp.EMBED).permute(0, 3, 1, 2)
+    z = F.conv2d(h0, p["conv.weight"], p["conv.bias"], padding=1)
+    pooled = F.max_pool2d(torch.relu(z), 2)
+    h = F.layer_norm(pooled.reshape(16, -1), (128,), p["ln.weight"], p["ln.bias"], eps=1e-5)
+    logits = h @ p["fc.weight"] + p["fc.bias"]
+    loss = F.cross_entropy(logits, torch.tensor(y.astype(np.int64)))
+    loss.backward()
+    ref_loss = float(loss.detach())
+    assert abs(float(after["loss"]) - ref_loss) <= 1e-5 * ref_loss
+    for name in gp.PARAMS:
+        step = -gp.LR * p[name].grad.numpy()
+        got = after[name].astype(np.float64) - state[name].astype(np.float64)
+        scale = float(np.abs(step).max())
+        err = float(np.abs(got - step).max())
+        assert err <= 1e-4 * scale + 2.0**-24 * float(np.abs(state[name]).max()), (name, err, scale)
+
+
+def test_mixed_program_trains() -> None:
+    gp = _mixed()
+    program, state = gp.mixed_train_program(16)
+    data = Dataset(DatasetSpec(batch_size=16))
+    ex = NumpyExecutor(program)
+    ex.set_state(state)
+    losses = []
+    for t in range(30):
+        ex.run_step(data.batch(t))
+        losses.append(float(ex.get_state()["loss"]))
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
