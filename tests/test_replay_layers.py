@@ -31,6 +31,7 @@ from replay.dataset import Dataset, DatasetSpec
 from replay.numpy_backend import NumpyExecutor
 from replay.state import state_root_of
 from replay.torch_backend import TorchExecutor
+from replay.trace import StepTrace
 
 TOL = 1e-5
 
@@ -511,3 +512,23 @@ def test_mixed_program_trains() -> None:
         ex.run_step(data.batch(t))
         losses.append(float(ex.get_state()["loss"]))
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
+
+
+def test_mixed_program_op_level_trace_agrees_and_reads_padding_as_no_row() -> None:
+    """The op-level trace (every state root) is the same on both backends, and the dispute
+    read of a padded im2col element is the index alone (-1 selects no row: +0.0)."""
+    gp = _mixed()
+    program, state = gp.mixed_train_program(16)
+    batch = Dataset(DatasetSpec(batch_size=16)).batch(0)
+    ref = StepTrace(program, state, batch, backend="numpy")
+    assert ref.op_roots == StepTrace(program, state, batch, backend="torch").op_roots
+    j = gp.mixed_targets(program)["conv_im2col_gather"]
+    op = program.ops[j]
+    table = state[program.slots[op.operands[0].slot].name]
+    p = int(np.argmax((table == -1).any(axis=1)))  # an output position touching the border
+    t = int(np.argmax(table[p] == -1))
+    flat = int(np.ravel_multi_index((0, p, 0, t), op.shape))
+    reads = ref.operand_reads(j, flat)
+    assert len(reads) == 1 and float(reads[0].value) == -1.0
+    out = ref.slot_value(j + 1, op.out)
+    assert out is not None and out.reshape(-1)[flat].view(np.uint32) == 0
