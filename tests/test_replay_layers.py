@@ -261,6 +261,41 @@ def test_avg_pool2d_matches_torch(h, w, k, stride, padding) -> None:
     assert_close(out["dx"], tx.grad, "dx")
 
 
+@settings(max_examples=12, deadline=None)
+@given(
+    h=st.integers(2, 7), w=st.integers(2, 7), k=st.integers(1, 3), stride=st.integers(1, 3),
+    avg=st.booleans(), data=st.data(),
+)  # fmt: skip
+def test_pooling_hypothesis_shapes(h, w, k, stride, avg, data) -> None:
+    """Max (quantised input: ties) and average pooling over random shapes, kernels, strides
+    (and padding for average pooling)."""
+    padding = data.draw(st.integers(0, k // 2)) if avg else 0
+    if h + 2 * padding < k or w + 2 * padding < k:
+        return
+    rng = np.random.default_rng(12)
+    x = _rand(rng, 2, 2, h, w)
+    if not avg:
+        x = np.round(x * 2).astype(np.float32)
+    ho, wo = layers.out_size(h, k, stride, padding), layers.out_size(w, k, stride, padding)
+    g = _rand(rng, 2, 2, ho, wo)
+    case = Case()
+    xv, gv = case.input("x", x), case.input("g", g)
+    if avg:
+        y, ctx = layers.avg_pool2d(case.b, case.tables, xv, k, stride, padding)
+        dx = layers.avg_pool2d_backward(case.b, case.tables, ctx, gv)
+    else:
+        y, ctx = layers.max_pool2d(case.b, case.tables, xv, k, stride)
+        dx = layers.max_pool2d_backward(case.b, case.tables, ctx, gv)
+    case.output("y", y)
+    case.output("dx", dx)
+    out = case.run()
+    tx = _t(x)
+    pool = F.avg_pool2d(tx, k, stride, padding) if avg else F.max_pool2d(tx, k, stride)
+    pool.backward(torch.tensor(g.astype(np.float64)))
+    assert_close(out["y"], pool, "y")
+    assert_close(out["dx"], tx.grad, "dx")
+
+
 # --------------------------------------------------------------------------- normalisation
 
 
