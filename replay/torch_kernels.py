@@ -116,7 +116,7 @@ def _inf64(device: torch.device) -> Tensor:
 def index_rows(x: Tensor, rows: int) -> tuple[Tensor, Tensor]:
     """(valid, row) of float32 index values: finite, integral, ``0 ≤ x < rows`` (``-0`` is 0);
     row 0 where invalid (``replay.semantics.index_rows``)."""
-    x64 = x.to(torch.float64)
+    x64 = x.to(torch.float64, memory_format=torch.contiguous_format)  # dense: fast kernels
     valid = torch.isfinite(x64) & (x64 >= 0) & (torch.floor(x64) == x64) & (x64 < rows)
     return valid, torch.where(valid, x64, 0.0).to(torch.int64)
 
