@@ -15,6 +15,13 @@ baseline, measured in the same run and harness, is a trivial contract
 ``identity(x: uint32) -> uint32`` (and ``identity2(a, b)``): it is the dispatch + ABI
 overhead that any external call pays. Target: every primitive <= 5,000 gas (median and max).
 
+fma (a * b + c, one rounding) is also measured per case family (key ``"families"`` of its
+entry): special triples (2 x ``--random`` of the 18**3 combinations of ±0, ±subnormals,
+±1, ±1.5, ±max finite, ±inf, ±NaN), hand-picked hard cases (ties, sticky bits, cancellation,
+gradual underflow, overflow), cancellation c = -round(a*b), exact product ties plus a tiny
+c, subnormal products and sums, N(0, 1) triples (a matmul's typical terms) and random bit
+patterns. Its target is <= 3,500 gas (worst case and median), baseline ``identity3(a, b, c)``.
+
 The same run measures the one-step executor, contracts/Executor.vy (key ``"executor"`` of the
 JSON, one row per opcode): ``element(desc, x, y, c)`` for every element op and FILL, and
 ``partial_step(desc, acc, x, y)`` for REDUCE_SUM / REDUCE_MAX / MATMUL (plus ``initial_acc``),
@@ -49,6 +56,8 @@ from rich.table import Table  # noqa: E402
 from protocol.ir import REDUCTION_OPS, Opcode, OpDescriptor, Operand, arity  # noqa: E402
 
 TARGET = 5000
+#: fma's own target (issue 11: one MATMUL term)
+FMA_TARGET = 3500
 #: The issue's target for one MATMUL partial step (excluding proofs).
 MATMUL_TARGET = 15000
 EXECUTOR = ROOT / "contracts" / "Executor.vy"
@@ -74,6 +83,13 @@ def identity(x: uint32) -> uint32:
 def identity2(a: uint32, b: uint32) -> uint32:
     return a ^ b
 """
+IDENTITY3 = """
+# pragma version ~=0.4.3
+@external
+@pure
+def identity3(a: uint32, b: uint32, c: uint32) -> uint32:
+    return a ^ b ^ c
+"""
 
 SIGN = 0x80000000
 POS_INF = 0x7F800000
@@ -83,9 +99,9 @@ MIN_SUB, MAX_SUB, MIN_NORMAL = 0x1, 0x7FFFFF, 0x800000
 
 UNARY = ["sqrt", "neg", "abs", "round_even", "frexp_exp", "frexp_mant"]
 BINARY = ["add", "sub", "mul", "div", "maximum", "minimum", "gt", "ge", "eq", "ldexp"]
-TERNARY = ["select"]
+TERNARY = ["select", "fma"]
 ORDER = ["add", "sub", "mul", "div", "sqrt", "neg", "abs", "maximum", "minimum", "gt", "ge"]
-ORDER += ["eq", "select", "round_even", "ldexp", "frexp_exp", "frexp_mant"]
+ORDER += ["eq", "select", "round_even", "ldexp", "frexp_exp", "frexp_mant", "fma"]
 
 
 def f(x: float) -> int:
@@ -156,7 +172,74 @@ def hard_unary(op: str) -> list[int]:
     return [MIN_SUB, 3, MAX_SUB, MIN_NORMAL]
 
 
+def hard_fma() -> list[tuple[int, int, int]]:
+    """Long paths of fma: ties, sticky bits on both sides, cancellation, subnormals, overflow."""
+    t = f(1.0 + 2.0**-12)  # t * t = 1 + 2**-11 + 2**-24: an exact tie
+    return [
+        (t, t, 0),
+        (t, t, f(2.0**-60)),  # tie decided by c inside the alignment window
+        (t, t, f(-(2.0**-80))),  # ... and by a sticky c beyond it
+        (t, t | SIGN, f(2.0**-149)),
+        (f(1.0 + 2.0**-23), f(1.0 + 2.0**-23), f(-(1.0 + 2.0**-22))),  # product's error
+        (f(1.0 / 3.0), f(3.0), f(-1.0)),
+        (f(2.0**-24), f(1.0 + 2.0**-20), f(1.0)),  # product just above half an ulp of c
+        (f(1.5 * 2.0**-13), f(-1.5 * 2.0**-13), f(1.0)),  # result drops below c = 1
+        (f(2.0**-100), f(2.0**-100), f(-1.0)),  # sticky product
+        (MAX_FINITE, f(1.0), f(2.0**103)),  # tie at overflow
+        (MAX_FINITE, f(2.0), MAX_FINITE | SIGN),
+        (f(2.0**64), f(2.0**64), f(-1.0)),
+        (MIN_SUB, f(0.5), MIN_SUB),  # subnormal tie
+        (MIN_SUB, f(0.5), MIN_SUB | SIGN),
+        (MIN_NORMAL, f(0.5), MIN_SUB | SIGN),
+        (MAX_SUB, MAX_SUB, MIN_SUB),
+        (MAX_SUB, f(2.0), MIN_SUB),
+        (f(1.5), f(2.0), f(-3.0)),  # exact cancellation
+        (f(1.1), f(1.1), f(-1.21)),
+    ]
+
+
+def _bits(x: np.ndarray) -> list[int]:
+    with np.errstate(all="ignore"):
+        return [int(v) for v in np.asarray(x, dtype=np.float32).view(np.uint32)]
+
+
+def fma_families(rng: np.random.Generator, n: int) -> dict[str, list[tuple[int, int, int]]]:
+    """fma inputs by case family, ``n`` per generated family."""
+    small = [0, MIN_SUB, MAX_SUB, MIN_NORMAL, f(1.0), f(1.5), MAX_FINITE, POS_INF, NAN]
+    small += [m | SIGN for m in small]
+    triples = list(itertools.product(small, small, small))  # 5,832: a sample of 2n of them
+    picks = rng.choice(len(triples), min(2 * n, len(triples)), replace=False)
+    fam: dict[str, list[tuple[int, int, int]]] = {
+        "specials": [triples[i] for i in sorted(picks)],
+        "hard": hard_fma(),
+    }
+    # c = -round(a*b): the result is the product's rounding error
+    a = rng.standard_normal(n).astype(np.float32) * np.float32(2.0) ** rng.integers(-20, 20, n)
+    b = rng.standard_normal(n).astype(np.float32)
+    prod = a.astype(np.float64) * b.astype(np.float64)
+    fam["cancel"] = list(zip(_bits(a), _bits(b), _bits(-prod), strict=True))
+    # exact product ties (odd 25-bit products) plus a tiny c, in and beyond the window
+    p = rng.integers(1, 2**11, n) * 2 + 1
+    q = (2**24 + 2 * rng.integers(0, 2**22, n) + 1) // p | 1
+    c = np.ldexp(rng.choice([-1.0, 1.0], n), rng.integers(-110, -20, n))
+    fam["tie_sticky"] = list(
+        zip(_bits(np.ldexp(p, -12)), _bits(np.ldexp(q, -12)), _bits(c), strict=True)
+    )
+    # subnormal products and sums
+    a = np.ldexp(rng.random(n) + 1, rng.integers(-100, -30, n))
+    b = np.ldexp(rng.random(n) + 1, rng.integers(-110, -40, n))
+    c = np.ldexp(rng.random(n) * rng.choice([-1.0, 1.0], n), -149 + rng.integers(0, 30, n))
+    fam["subnormal"] = list(zip(_bits(a), _bits(b), _bits(c), strict=True))
+    normal = rng.standard_normal(3 * n)
+    fam["normal"] = list(zip(*(_bits(normal[i::3]) for i in range(3)), strict=True))
+    rand = [int(x) for x in rng.integers(0, 2**32, 3 * n, dtype=np.uint64)]
+    fam["random"] = list(zip(rand[0::3], rand[1::3], rand[2::3], strict=True))
+    return fam
+
+
 def inputs(op: str, rng: np.random.Generator, n_random: int) -> list[tuple[int, ...]]:
+    if op == "fma":
+        return [t for fam in fma_families(rng, n_random).values() for t in fam]
     sp = specials()
     rand = [int(x) for x in rng.integers(0, 2**32, 3 * n_random, dtype=np.uint64)]
     r1, r2, r3 = rand[:n_random], rand[n_random : 2 * n_random], rand[2 * n_random :]
@@ -292,19 +375,31 @@ def main() -> None:
     ident = boa.loads(IDENTITY)
     base1 = [gas_of(ident, "identity", (x,)) for x in specials()]
     base2 = [gas_of(ident, "identity2", (x, x)) for x in specials()]
+    ident3 = boa.loads(IDENTITY3)
+    base3 = [gas_of(ident3, "identity3", (x, x, x)) for x in specials()]
     baseline = {
         "identity": {"median": statistics.median(base1), "max": max(base1), "n": len(base1)},
         "identity2": {"median": statistics.median(base2), "max": max(base2), "n": len(base2)},
+        "identity3": {"median": statistics.median(base3), "max": max(base3), "n": len(base3)},
     }
 
     result: dict[str, object] = {}
     rows = []
     for op in ORDER:
-        samples = [(gas_of(c, op, a), a) for a in inputs(op, rng, args.random)]
+        if op == "fma":
+            families = {
+                name: [(gas_of(c, op, a), a) for a in cases]
+                for name, cases in fma_families(rng, args.random).items()
+            }
+            samples = [s for fam in families.values() for s in fam]
+        else:
+            samples = [(gas_of(c, op, a), a) for a in inputs(op, rng, args.random)]
         gas = [g for g, _ in samples]
         worst_gas, worst_args = max(samples)
         med = statistics.median(gas)
-        base = baseline["identity"]["median"] if op in UNARY else baseline["identity2"]["median"]
+        base_key = "identity" if op in UNARY else "identity3" if op == "fma" else "identity2"
+        base = baseline[base_key]["median"]
+        target = FMA_TARGET if op == "fma" else TARGET
         result[op] = {
             "median": med,
             "max": worst_gas,
@@ -312,9 +407,26 @@ def main() -> None:
             "worst_input": [f"0x{x:08x}" for x in worst_args],
             "median_ratio_vs_identity": round(med / base, 2),
         }
-        ok = "yes" if worst_gas <= TARGET else "NO"
+        ok = "yes" if worst_gas <= target else "NO"
         worst = ", ".join(f"0x{x:08x}" for x in worst_args)
         rows.append([op, str(len(gas)), f"{med:g}", str(worst_gas), f"{med / base:.2f}", ok, worst])
+        if op == "fma":
+            result[op]["target"] = FMA_TARGET
+            result[op]["families"] = {}
+            for name, fam in families.items():
+                fgas = [g for g, _ in fam]
+                fworst, fargs = max(fam)
+                result[op]["families"][name] = {
+                    "median": statistics.median(fgas),
+                    "max": fworst,
+                    "n": len(fgas),
+                    "worst_input": [f"0x{x:08x}" for x in fargs],
+                }
+                ok = "yes" if fworst <= target else "NO"
+                worst = ", ".join(f"0x{x:08x}" for x in fargs)
+                fmed = statistics.median(fgas)
+                rows.append([f"  fma: {name}", str(len(fgas)), f"{fmed:g}", str(fworst)])
+                rows[-1] += [f"{fmed / base:.2f}", ok, worst]
 
     result["executor"], executor_rows = measure_executor(rng, args.random)
     result["target_per_primitive"] = TARGET
@@ -322,7 +434,7 @@ def main() -> None:
     result["measured"] = (
         "titanoboa execution gas of one external call to contracts/Float32.vy "
         "(computation.get_gas_used(): excludes the 21,000 base and calldata gas); "
-        "ratio = median / median of a trivial identity call (1 or 2 uint32 arguments)"
+        "ratio = median / median of a trivial identity call (1, 2 or 3 (fma) uint32 arguments)"
     )
     result["versions"] = {"vyper": _version("vyper"), "titanoboa": _version("titanoboa")}
     result["machine"] = {"python": platform.python_version(), "cores": os.cpu_count()}
@@ -333,7 +445,13 @@ def main() -> None:
     rows[-1] += ["1.00", "", ""]
     rows.append(["identity2 (baseline)", str(b2["n"]), f"{b2['median']:g}", str(b2["max"])])
     rows[-1] += ["1.00", "", ""]
-    t = Table(title=f"float32 primitives: execution gas per external call (target <= {TARGET})")
+    b3 = baseline["identity3"]
+    rows.append(["identity3 (baseline)", str(b3["n"]), f"{b3['median']:g}", str(b3["max"])])
+    rows[-1] += ["1.00", "", ""]
+    t = Table(
+        title="float32 primitives: execution gas per external call "
+        f"(target <= {TARGET}; fma <= {FMA_TARGET})"
+    )
     for col in ["primitive", "n", "median", "max", "median / identity", "<= target", "worst"]:
         t.add_column(col)
     for row in rows:

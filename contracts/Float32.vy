@@ -4,8 +4,8 @@
 @license Apache-2.0
 @notice Deployable wrapper exposing the `softfloat` module's IEEE 754 binary32 primitives on
         raw bit patterns (`uint32`): add sub mul div sqrt neg abs maximum minimum gt ge eq
-        select round_even ldexp frexp_exp frexp_mant. See contracts/softfloat.vy for the exact
-        semantics (RNE, subnormals kept, signed zeros, canonical NaN 0x7FC00000).
+        select round_even ldexp frexp_exp frexp_mant fma. See contracts/softfloat.vy for the
+        exact semantics (RNE, subnormals kept, signed zeros, canonical NaN 0x7FC00000).
 @dev `batch` evaluates one primitive over arrays, for off-chain cross-checks and tests; it is
      not part of the dispute protocol.
 """
@@ -30,6 +30,7 @@ OP_ROUND_EVEN: constant(uint256) = 13
 OP_LDEXP: constant(uint256) = 14
 OP_FREXP_EXP: constant(uint256) = 15
 OP_FREXP_MANT: constant(uint256) = 16
+OP_FMA: constant(uint256) = 17
 BATCH_MAX: constant(uint256) = 512
 
 
@@ -253,6 +254,22 @@ def frexp_mant(a: uint32) -> uint32:
 
 @external
 @pure
+def fma(a: uint32, b: uint32, c: uint32) -> uint32:
+    """
+    @notice a * b + c rounded once (IEEE 754 fusedMultiplyAdd, round to nearest, ties to even).
+    @dev NaN in -> NaN; inf * 0 -> NaN (whatever c is); inf * x + (-inf of the other sign)
+         -> NaN. The product's sign is sign(a) XOR sign(b), also for a zero product; an exact
+         zero result is +0, except -0 when the product is -0 and c is -0.
+    @param a Bit pattern of the first factor.
+    @param b Bit pattern of the second factor.
+    @param c Bit pattern of the addend.
+    @return Bit pattern of the rounded a * b + c (canonical NaN for any NaN result).
+    """
+    return softfloat.fma(a, b, c)
+
+
+@external
+@pure
 def batch(
     op: uint256,
     a: DynArray[uint32, BATCH_MAX],
@@ -263,18 +280,20 @@ def batch(
     @notice Evaluate one primitive elementwise over arrays (testing and off-chain cross-checks).
     @dev `op` is an OP_* code (0 add, 1 sub, 2 mul, 3 div, 4 sqrt, 5 neg, 6 abs, 7 maximum,
          8 minimum, 9 gt, 10 ge, 11 eq, 12 select, 13 round_even, 14 ldexp, 15 frexp_exp,
-         16 frexp_mant). Operands a primitive does not use are ignored and may be empty; the
-         used ones must be as long as `a` (select reads `a` as the condition, `b` and `c` as
-         the choices). Reverts with "unknown op" or "length of b"/"length of c".
+         16 frexp_mant, 17 fma). Operands a primitive does not use are ignored and may be empty;
+         the used ones must be as long as `a` (select reads `a` as the condition, `b` and `c`
+         as the choices; fma computes `a[i] * b[i] + c[i]`). Reverts with "unknown op" or
+         "length of b"/"length of c".
     @param op The primitive's OP_* code.
     @param a First operands.
     @param b Second operands (ignored by unary primitives).
-    @param c Third operands (select only).
+    @param c Third operands (select and fma only).
     @return The results, one per element of `a`.
     """
     n: uint256 = len(a)
     out: DynArray[uint32, BATCH_MAX] = []
-    if op == OP_SQRT or op == OP_NEG or op == OP_ABS or op >= OP_ROUND_EVEN and op != OP_LDEXP:
+    unary: bool = op >= OP_ROUND_EVEN and op != OP_LDEXP and op != OP_FMA
+    if op == OP_SQRT or op == OP_NEG or op == OP_ABS or unary:
         assert op <= OP_FREXP_MANT, "unknown op"
         for i: uint256 in range(n, bound=BATCH_MAX):
             x: uint32 = a[i]
@@ -292,6 +311,11 @@ def batch(
                 out.append(softfloat.frexp_mant(x))
         return out
     assert len(b) == n, "length of b"
+    if op == OP_FMA:
+        assert len(c) == n, "length of c"
+        for i: uint256 in range(n, bound=BATCH_MAX):
+            out.append(softfloat.fma(a[i], b[i], c[i]))
+        return out
     if op == OP_SELECT:
         assert len(c) == n, "length of c"
         for i: uint256 in range(n, bound=BATCH_MAX):

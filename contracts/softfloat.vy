@@ -25,9 +25,11 @@
      bit pattern; every rounding happens in the single function `_round` (nearest-even to a
      multiple of `2**q`, `q = max(msb(m) + e - 23, qmin)`), and `_pack` turns the rounded value
      back into bits (subnormal/normal/overflow-to-infinity). Where `m` cannot hold the exact
-     result (inexact div and sqrt; add of operands more than 40 binades apart), the discarded
-     part is summarised by a sticky 1 ORed into bit 0 of `m`, strictly below the rounding
-     position. mul, ldexp, round_even, frexp and nearer adds round exact significands.
+     result (inexact div and sqrt; add of operands more than 40 binades apart; fma of a product
+     and an addend whose least significant bits are more than 50 binades apart), the discarded
+     part is summarised by a sticky 1 in bit 0 of `m` that leaves the rounding unchanged. mul,
+     ldexp, round_even, frexp, nearer adds and nearer fmas (exact 48-bit product plus the
+     addend, rounded once) round exact significands.
 """
 
 # ---------------------------------------------------------------------------------------------
@@ -54,6 +56,8 @@ EMIN_LSB: constant(int256) = -149
 LDEXP_SAT: constant(int256) = 512
 # align at most this many bits in add; beyond it the smaller operand only acts as a sticky bit
 ADD_ALIGN_MAX: constant(int256) = 40
+# align at most this many bits in fma; beyond it the lower operand only acts as a sticky bit
+FMA_ALIGN_MAX: constant(int256) = 50
 # extra quotient bits in div: q = (ma << 64) // mb has at least 40 significant bits
 DIV_SHIFT: constant(uint256) = 64
 # extra radicand bits in sqrt (even): isqrt(m << 64) has at least 32 significant bits
@@ -90,7 +94,7 @@ def _bitlen(x: uint256) -> uint256:
     """
     @notice Number of significant bits of `x` (0 for 0), i.e. floor(log2(x)) + 1.
     @dev Binary search; valid for `x < 2**128`, which holds for every significand built here
-         (the widest is the div quotient, below 2**88).
+         (the widest is the fma sum, below 2**99).
     @param x The integer, below 2**128.
     @return The bit length of `x`.
     """
@@ -415,6 +419,92 @@ def sqrt(a: uint32) -> uint32:
         r = r | 1
     # e - SQRT_SHIFT is even: halve it exactly (arithmetic shift)
     return self._pack(0, unsafe_sub(e, convert(SQRT_SHIFT, int256)) >> 1, r)
+
+
+@internal
+@pure
+def fma(a: uint32, b: uint32, c: uint32) -> uint32:
+    """
+    @notice a * b + c with a single rounding (IEEE 754 fusedMultiplyAdd, RNE).
+    @dev NaN in -> NaN (also fma(inf, 0, NaN)); inf * 0 -> NaN whatever c is; an infinite
+         product plus an infinite c of the opposite sign -> NaN; otherwise an infinite product
+         or c gives that infinity. The product's sign is the XOR of the signs of a and b, also
+         for a zero product. An exact zero result is +0, except that a zero product plus a
+         zero c of the same sign keeps that sign ((-0) + (-0) = -0). The 48-bit product
+         `mp * 2**ep` is exact; the operand whose least significant bit has the lower
+         exponent `el` is aligned to the other one's, `eh`. If `eh - el > 50`, the lower
+         operand is replaced by a sticky 1 at alignment 50. That rounds the same: the lower
+         operand and the sticky 1 are both below `2**j`, the higher operand is a multiple of
+         `2**j`, and so is every rounding boundary (multiple of half an ulp) of the result,
+         with `j = eh - 25` if the product is the higher operand (whatever the bit length of
+         `mp`) and `j = eh - 2` if c is (also when the result drops into the binade below a
+         power-of-two c). 49 would be the smallest safe width; the sums stay below 2**99.
+    @param a Bit pattern of the first factor.
+    @param b Bit pattern of the second factor.
+    @param c Bit pattern of the addend.
+    @return Bit pattern of the rounded a * b + c.
+    """
+    x: uint256 = convert(a, uint256)
+    y: uint256 = convert(b, uint256)
+    z: uint256 = convert(c, uint256)
+    ax: uint256 = x & ABS_MASK
+    ay: uint256 = y & ABS_MASK
+    az: uint256 = z & ABS_MASK
+    if ax > INF_BITS or ay > INF_BITS or az > INF_BITS:
+        return NAN
+    sp: uint256 = (x ^ y) >> 31
+    if ax == INF_BITS or ay == INF_BITS:
+        if ax == 0 or ay == 0:
+            return NAN
+        if az == INF_BITS and z >> 31 != sp:
+            return NAN
+        return convert(INF_BITS | (sp << 31), uint32)
+    if az == INF_BITS:
+        return c
+    sx: uint256 = 0
+    ex: int256 = 0
+    mx: uint256 = 0
+    sy: uint256 = 0
+    ey: int256 = 0
+    my: uint256 = 0
+    sz: uint256 = 0
+    ez: int256 = 0
+    mz: uint256 = 0
+    sx, ex, mx = self._unpack(x)
+    sy, ey, my = self._unpack(y)
+    sz, ez, mz = self._unpack(z)
+    mp: uint256 = unsafe_mul(mx, my)
+    ep: int256 = unsafe_add(ex, ey)
+    if mp == 0:
+        if mz == 0:
+            return convert((sp & sz) << 31, uint32)  # -0 only for (-0) + (-0)
+        return c  # 0 + c = c exactly
+    if mz == 0:
+        return self._pack(sp, ep, mp)
+    # (sp, ep, mp) becomes the operand with the higher least significant bit
+    if ez > ep:
+        t: uint256 = mp
+        mp = mz
+        mz = t
+        t = sp
+        sp = sz
+        sz = t
+        te: int256 = ep
+        ep = ez
+        ez = te
+    d: int256 = unsafe_sub(ep, ez)
+    if d > FMA_ALIGN_MAX:
+        d = FMA_ALIGN_MAX
+        mz = 1
+    big: uint256 = mp << convert(d, uint256)
+    e: int256 = unsafe_sub(ep, d)
+    if sp == sz:
+        return self._pack(sp, e, unsafe_add(big, mz))
+    if big > mz:
+        return self._pack(sp, e, unsafe_sub(big, mz))
+    if big < mz:
+        return self._pack(sz, e, unsafe_sub(mz, big))
+    return 0  # exact cancellation is +0 in round-to-nearest
 
 
 # ---------------------------------------------------------------------------------------------

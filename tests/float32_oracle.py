@@ -237,6 +237,39 @@ def exact_round_even(a: int) -> int:
     return round_fraction(Fraction(n), zero_negative=bool(a & SIGN))
 
 
+def exact_fma(a: int, b: int, c: int) -> int:
+    """a * b + c rounded once (IEEE 754 fusedMultiplyAdd, RNE), from the exact rational sum.
+
+    Special cases per IEEE 754 (sections 6.2, 6.3, 7.2): any NaN operand gives NaN (so does
+    inf * 0 whatever c is); an infinite product plus an infinity of the opposite sign is NaN;
+    the product's sign is sign(a) XOR sign(b), also for zero products; an exact zero sum of
+    operands with opposite signs is +0 (RNE), a sum of two zeros of the same sign keeps it.
+    """
+    if is_nan(a) or is_nan(b) or is_nan(c):
+        return NAN
+    neg_p = bool(_sign(a) ^ _sign(b))
+    zero_a, zero_b = (a & ABS) == 0, (b & ABS) == 0
+    if is_inf(a) or is_inf(b):
+        if zero_a or zero_b:
+            return NAN
+        if is_inf(c) and bool(_sign(c)) != neg_p:
+            return NAN
+        return NEG_INF if neg_p else POS_INF
+    if is_inf(c):
+        return c
+    p = to_fraction(a) * to_fraction(b)
+    total = p + to_fraction(c)
+    if total == 0:
+        # zero product + zero c of the same sign keeps it; any other exact zero is +0
+        both_negative_zero = p == 0 and neg_p and c == SIGN
+        return SIGN if both_negative_zero else 0
+    return round_fraction(total)
+
+
+#: the name used by the IR's MATMUL and other importers (same function)
+fma = exact_fma
+
+
 # ---------------------------------------------------------------------------------------------
 # numpy oracles (vectorised over uint32 arrays)
 # ---------------------------------------------------------------------------------------------
@@ -345,3 +378,28 @@ def np_frexp(a) -> tuple[np.ndarray, np.ndarray]:
     m, e = np.frexp(f32(_u32(a)))
     assert m.dtype == np.float32
     return bits_of(m), bits_of(e.astype(np.float32))
+
+
+def np_fma(a, b, c) -> np.ndarray:
+    """a * b + c rounded once, vectorised: an independent cross-check of :func:`exact_fma`.
+
+    The float64 product of two float32 values is exact (48-bit significands, exponents far
+    inside float64's range). The float64 sum ``s = p + c`` is rounded, but TwoSum gives its
+    exact error ``err``; the exact value ``s + err`` is then rounded *to odd* in float64 (if
+    ``err != 0`` and ``s`` has an even last bit, step one ulp towards ``err``), and the
+    float64 -> float32 cast (RNE) of a round-to-odd value with >= 2 extra bits is the correctly
+    rounded float32 (no double-rounding error, also for float32 subnormals and overflow).
+    IEEE float64 arithmetic also gives the special cases (inf * 0, inf - inf, signed zeros).
+    """
+    with np.errstate(all="ignore"):
+        fa = f32(_u32(a)).astype(np.float64)
+        fb = f32(_u32(b)).astype(np.float64)
+        fc = f32(_u32(c)).astype(np.float64)
+        p = fa * fb
+        s = p + fc
+        bv = s - p
+        err = (p - (s - bv)) + (fc - bv)
+        fix = np.isfinite(s) & np.isfinite(err) & (err != 0) & (s.view(np.int64) % 2 == 0)
+        s = np.where(fix, np.nextafter(s, np.where(err > 0, np.inf, -np.inf)), s)
+        r = s.astype(np.float32)
+    return bits_of(r)

@@ -9,6 +9,15 @@ near-overflow, gradual underflow, near-midpoint hard cases). Results are compare
 with numpy float32 (NaNs canonicalised) and, for every rounding operation, with the exact
 Fraction oracle of tests/float32_oracle.py.
 
+fma (a * b + c, one rounding) has the same property test over three lists (8 x 8 x 4 drawn
+values) plus 256 cases of its structured families (FMA_FAMILIES: exact and rounded
+cancellation, ties and near-ties decided by the product's low bits or by a tiny c, sticky
+bits on both sides of the alignment window, a power-of-two c, subnormal results, overflow),
+each family on its own (1,024 cases), every special triple (5,832), and the numpy oracle
+there is float64 TwoSum + round-to-odd (np_fma), independent of the Fraction one. Planted
+bugs (no sticky bit, truncation, two roundings, a too narrow alignment window) compiled
+from mutated module source must be caught by the same structured generator.
+
 Also: named edge cases on each external function, the externals against `batch`, the same
 module compiled with Venom (as contracts/Executor.vy uses it) on 2,048 cases per primitive,
 and agreement with the replay reference semantics (replay/semantics.py) when it is present.
@@ -18,6 +27,7 @@ from __future__ import annotations
 
 import math
 import struct
+from pathlib import Path
 
 import boa
 import numpy as np
@@ -52,6 +62,7 @@ OPS = [
     "ldexp",
     "frexp_exp",
     "frexp_mant",
+    "fma",
 ]
 OP = {name: i for i, name in enumerate(OPS)}
 BATCH = 512
@@ -454,6 +465,207 @@ def structured_unary(rng, n):
 
 
 # ---------------------------------------------------------------------------------------------
+# structured fma cases: a * b + c with one rounding
+# ---------------------------------------------------------------------------------------------
+
+
+def _f64_of(bits) -> np.ndarray:
+    """float32 bits -> their exact float64 values."""
+    with np.errstate(all="ignore"):
+        return orc.f32(np.asarray(bits, dtype=np.uint64).astype(np.uint32)).astype(np.float64)
+
+
+def _signs(rng, k) -> np.ndarray:
+    return rng.integers(0, 2, k, dtype=np.uint64) << np.uint64(31)
+
+
+def _with_exp(rng, k, biased) -> np.ndarray:
+    """Random sign and fraction with the given biased exponents (clipped to [0, 254])."""
+    e = np.clip(np.asarray(biased, dtype=np.int64), 0, 254).astype(np.uint64)
+    return _finite(rng, k, 0, 0) | (e << np.uint64(23))
+
+
+def _biased(bits) -> np.ndarray:
+    return ((np.asarray(bits, dtype=np.uint64) >> np.uint64(23)) & np.uint64(0xFF)).astype(np.int64)
+
+
+def _factors(rng, k, lo=64, hi=190):
+    """Random finite a, b whose exact product lies inside the normal range."""
+    return _finite(rng, k, lo, hi), _finite(rng, k, lo, hi)
+
+
+def fma_cancel_rounded(rng, k):
+    """c = -round(a*b): the result is the product's rounding error (massive cancellation)."""
+    a, b_ = _factors(rng, k)
+    c_ = _from_f64(-(_f64_of(a) * _f64_of(b_)))  # the f64 product is exact; cast is RNE
+    return a, b_, c_
+
+
+def fma_cancel_exact(rng, k):
+    """a*b has <= 24 bits and c = -a*b exactly (result +0), or c a few ulps away from it."""
+    p = rng.integers(1, 2**12, k)
+    q = rng.integers(1, 2**12, k)
+    s1 = rng.integers(-60, 60, k)
+    s2 = rng.integers(-60, 60, k)
+    a = _scaled(p, s1) | _signs(rng, k)
+    b_ = _scaled(q, s2) | _signs(rng, k)
+    c_ = _from_f64(-(_f64_of(a) * _f64_of(b_)))  # exact: p*q < 2**24
+    step = np.where(rng.integers(0, 2, k) == 0, 0, rng.integers(-2, 3, k))
+    c_ = ((c_ & np.uint64(ABS)).astype(np.int64) + step).clip(0, MAX_FINITE).astype(np.uint64)
+    return a, b_, c_ | (_from_f64(-(_f64_of(a) * _f64_of(b_))) & np.uint64(SIGN))
+
+
+def fma_tie_product_half_ulp(rng, k):
+    """a*b = odd * ulp(c)/2 exactly: c + a*b is an exact tie (while it stays in c's binade)."""
+    c_ = _finite(rng, k, 40, 200)
+    ec = _exp_of(c_)
+    m1 = rng.integers(0, 2**6, k) * 2 + 1
+    m2 = rng.integers(0, 2**6, k) * 2 + 1
+    m2 = np.where(rng.integers(0, 2, k) == 0, 1, m2)  # product exactly half an ulp, often
+    m1 = np.where(m2 == 1, np.where(rng.integers(0, 2, k) == 0, 1, m1), m1)
+    k1 = rng.integers(-20, 20, k)
+    a = _scaled(m1, k1) | _signs(rng, k)
+    b_ = _scaled(m2, ec - 1 - k1) | _signs(rng, k)
+    return a, b_, c_
+
+
+def fma_near_half_ulp_product(rng, k):
+    """a*b = ±ulp(c)/2 * (1 + delta) with |delta| ~ 2**-24 decided by the product's low bits."""
+    c_ = _finite(rng, k, 40, 200)
+    ec = _exp_of(c_)
+    x = _finite(rng, k, 127, 127) & np.uint64(ABS)  # x in [1, 2)
+    y = _from_f64(1.0 / _f64_of(x))  # 1/x rounded: x*y = 1 + O(2**-24)
+    y = y + rng.integers(-1, 2, k).astype(np.uint64)
+    k1 = rng.integers(-20, 20, k)
+    a = _from_f64(np.ldexp(_f64_of(x), k1)) | _signs(rng, k)
+    b_ = _from_f64(np.ldexp(_f64_of(y), ec - 1 - k1)) | _signs(rng, k)
+    return a, b_, c_
+
+
+def fma_power_of_two_c(rng, k):
+    """c = ±2**k and a*b of the other sign near a quarter or half of c's ulp: the result drops
+    into the binade below c, where the rounding boundary is c - ulp(c)/4 (a product just
+    under half an ulp of c must not be mistaken for a sticky bit)."""
+    c_ = _with_exp(rng, k, rng.integers(40, 200, k)) & np.uint64(0xFF800000)  # ±2**k
+    ec = _exp_of(c_)
+    x = _finite(rng, k, 127, 127) & np.uint64(ABS)  # x in [1, 2)
+    y = _from_f64(1.0 / _f64_of(x))
+    y = np.where(rng.integers(0, 4, k) == 0, ONE, y + rng.integers(-1, 2, k).astype(np.uint64))
+    x = np.where(y == ONE, ONE, x)  # some exact quarter / half ulps (ties)
+    k1 = rng.integers(-20, 20, k)
+    target = ec - rng.integers(1, 4, k)  # ulp/2, ulp/4 or ulp/8 of c
+    a = _from_f64(np.ldexp(_f64_of(x), k1)) | _signs(rng, k)
+    b_ = _from_f64(np.ldexp(_f64_of(y), target - k1))
+    b_ |= (a ^ c_ ^ np.uint64(SIGN)) & np.uint64(SIGN)  # product and c of opposite signs
+    return a, b_, c_
+
+
+def fma_tie_product_tiny_c(rng, k):
+    """a*b an exact binary32 tie (odd, 25 bits) and c tiny next to it: only c's sign (the
+    sticky bit, beyond the alignment window or inside it) decides the rounding direction."""
+    p, q = _odd_pairs(rng, k)
+    s1 = rng.integers(-50, 50, k)
+    s2 = rng.integers(-50, 50, k)
+    a = _scaled(p, s1) | _signs(rng, k)
+    b_ = _scaled(q, s2) | _signs(rng, k)
+    top = 24 + s1 + s2 + 127  # biased exponent of the product's leading bit
+    off = rng.integers(20, 110, k)
+    return a, b_, _with_exp(rng, k, top - off)
+
+
+def fma_tiny_product(rng, k):
+    """|a*b| far below |c|: alignments around and beyond the sticky window, both signs."""
+    c_ = _finite(rng, k, 60, 240)
+    a = _finite(rng, k, 20, 140)
+    target = _biased(c_) - rng.integers(10, 90, k)  # biased exponent of the product
+    return a, _with_exp(rng, k, target - _biased(a) + 127), c_
+
+
+def fma_tiny_c(rng, k):
+    """|c| far below |a*b| (random product, not a tie): alignment gaps 0 .. 100."""
+    a, b_ = _factors(rng, k, 40, 210)
+    top = _biased(a) + _biased(b_) - 127
+    return a, b_, _with_exp(rng, k, top - rng.integers(0, 100, k))
+
+
+def fma_near_midpoint_c(rng, k):
+    """c = (m - a*b) rounded, for m a midpoint next to round(a*b): a*b + c lies within about
+    2**-48 of m (often exactly on it), so the product's lowest bits decide."""
+    a, b_ = _factors(rng, k, 70, 180)
+    p = _f64_of(a) * _f64_of(b_)
+    r = p.astype(np.float32)
+    u = np.spacing(np.abs(r)).astype(np.float64)
+    m = r.astype(np.float64) + np.where(rng.integers(0, 2, k) == 0, 0.5, -0.5) * u
+    return a, b_, _from_f64(m - p)
+
+
+def fma_subnormal(rng, k):
+    """Products and sums in the subnormal range: gradual underflow, ties at 2**-150,
+    cancellation into subnormals, subnormal operands."""
+    k1, k2, k3 = _split(rng, k, 3)
+    out = []
+    # product around 2**-160 .. 2**-120, c subnormal or tiny normal
+    a = _finite(rng, k1, 1, 200)
+    target = rng.integers(-35, 8, k1)  # biased exponent of the product (<= 0: subnormal)
+    out.append((a, _with_exp(rng, k1, target - _biased(a) + 127), _finite(rng, k1, 0, 3)))
+    # a subnormal factor
+    out.append((_finite(rng, k2, 0, 0), _finite(rng, k2, 100, 170), _finite(rng, k2, 0, 8)))
+    # c = -round(a*b) with a subnormal product: the error is far below 2**-149
+    a = _finite(rng, k3, 40, 110)
+    bb = _with_exp(rng, k3, rng.integers(-10, 20, k3) - _biased(a) + 127)
+    out.append((a, bb, _from_f64(-(_f64_of(a) * _f64_of(bb)))))
+    return tuple(np.concatenate(x) for x in zip(*out, strict=True))
+
+
+def fma_overflow(rng, k):
+    """Products and sums around the overflow threshold (max finite + half an ulp = tie)."""
+    k1, k2 = _split(rng, k, 2)
+    a = _finite(rng, k1, 127, 254)
+    target = rng.integers(250, 258, k1)
+    bb = _with_exp(rng, k1, target - _biased(a) + 127)
+    c1 = _finite(rng, k1, 200, 254)
+    # a = max finite (or one below), b = ±1, c = ±2**103 (half an ulp of max finite) or so
+    a2 = MAX_FINITE - rng.integers(0, 2, k2, dtype=np.uint64)
+    b2 = np.full(k2, ONE, dtype=np.uint64) | _signs(rng, k2)
+    c2 = rng.choice(np.array([0x73000000, 0x72FFFFFF, 0x73000001, 0x72800000]), k2)
+    c2 = c2.astype(np.uint64) | np.where(rng.integers(0, 4, k2) == 0, _signs(rng, k2), b2 & SIGN)
+    return np.concatenate([a, a2]), np.concatenate([bb, b2]), np.concatenate([c1, c2])
+
+
+def fma_random(rng, k):
+    """Random finite operands, and random bit patterns (every class)."""
+    k1, k2 = _split(rng, k, 2)
+    return (
+        np.concatenate([_finite(rng, k1, 0, 254), rng.integers(0, 2**32, k2, dtype=np.uint64)]),
+        np.concatenate([_finite(rng, k1, 0, 254), rng.integers(0, 2**32, k2, dtype=np.uint64)]),
+        np.concatenate([_finite(rng, k1, 0, 254), rng.integers(0, 2**32, k2, dtype=np.uint64)]),
+    )
+
+
+FMA_FAMILIES = {
+    "cancel_rounded": fma_cancel_rounded,
+    "cancel_exact": fma_cancel_exact,
+    "tie_product_half_ulp": fma_tie_product_half_ulp,
+    "near_half_ulp_product": fma_near_half_ulp_product,
+    "power_of_two_c": fma_power_of_two_c,
+    "tie_product_tiny_c": fma_tie_product_tiny_c,
+    "tiny_product": fma_tiny_product,
+    "tiny_c": fma_tiny_c,
+    "near_midpoint_c": fma_near_midpoint_c,
+    "subnormal": fma_subnormal,
+    "overflow": fma_overflow,
+    "random": fma_random,
+}
+
+
+def structured_fma(rng, n):
+    """n fma cases (a, b, c) spread over FMA_FAMILIES."""
+    sizes = _split(rng, n, len(FMA_FAMILIES))
+    parts = [fam(rng, k) for fam, k in zip(FMA_FAMILIES.values(), sizes, strict=True)]
+    return tuple(np.concatenate(x) & np.uint64(0xFFFFFFFF) for x in zip(*parts, strict=True))
+
+
+# ---------------------------------------------------------------------------------------------
 # running and checking
 # ---------------------------------------------------------------------------------------------
 
@@ -495,6 +707,7 @@ EXACT = {
     "mul": orc.exact_mul,
     "div": orc.exact_div,
     "ldexp": orc.exact_ldexp,
+    "fma": orc.exact_fma,
 }
 STRUCTURED = {
     "add": structured_add,
@@ -549,6 +762,8 @@ def numpy_oracle(op: str, *ins) -> np.ndarray:
         return {**unary, "neg": orc.np_neg, "abs": orc.np_abs}[op](a)
     if op == "select":
         return orc.np_select(*ins)
+    if op == "fma":
+        return orc.np_fma(*ins)
     return numpy_binary(op, *ins)
 
 
@@ -606,6 +821,160 @@ def test_select_property(c, cs, xs, seed):
     check("select", ins, run(c, "select", *ins))
 
 
+def cross3(xs, ys, zs):
+    """Every (x, y, z) of three lists."""
+    a, b_ = cross(xs, ys)
+    zs = np.array(zs, dtype=np.uint64)
+    return np.repeat(a, len(zs)), np.repeat(b_, len(zs)), np.tile(zs, len(a))
+
+
+@pytest.mark.slow
+@PROPERTY
+@given(
+    xs=st.lists(f32_bits(), min_size=8, max_size=8),
+    ys=st.lists(f32_bits(), min_size=8, max_size=8),
+    zs=st.lists(f32_bits(), min_size=4, max_size=4),
+    seed=st.integers(0, 2**63),
+)
+def test_fma_property(c, xs, ys, zs, seed):
+    """10,240 cases: 256 from the cross product of hypothesis-drawn specials (8 x 8 x 4), 256
+    from the structured fma families, per example."""
+    a1, b1, c1 = cross3(xs, ys, zs)
+    a2, b2, c2 = structured_fma(np.random.default_rng(seed), BATCH - len(a1))
+    ins = tuple(
+        np.concatenate([u, v]) & np.uint64(0xFFFFFFFF) for u, v in ((a1, a2), (b1, b2), (c1, c2))
+    )
+    check("fma", ins, run(c, "fma", *ins))
+
+
+FMA_FAMILY_CASES = 1024  # per family (two batches)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", sorted(FMA_FAMILIES))
+def test_fma_families(c, family):
+    """Each hard-case family on its own (fixed seeds), against both oracles."""
+    rng = np.random.default_rng(sorted(FMA_FAMILIES).index(family))
+    ins = tuple(
+        np.asarray(x, dtype=np.uint64) & np.uint64(0xFFFFFFFF)
+        for x in FMA_FAMILIES[family](rng, FMA_FAMILY_CASES)
+    )
+    check("fma", ins, run(c, "fma", *ins))
+
+
+#: every class fma distinguishes, with both signs: 18**3 = 5,832 triples
+FMA_SPECIAL_MAGS = [0, MIN_SUB, MAX_SUB, MIN_NORMAL, ONE, 0x3FC00000, MAX_FINITE, POS_INF]
+FMA_SPECIAL_MAGS += [NAN, POS_INF + 1]
+
+
+@pytest.mark.slow
+def test_fma_all_special_triples(c):
+    """Every combination of ±0, subnormals, 1, 1.5, max finite, ±inf and NaNs (quiet,
+    signalling, both signs) as a, b and c: inf * 0, inf - inf, signed zero sums, overflow."""
+    mags = np.array(FMA_SPECIAL_MAGS, dtype=np.uint64)
+    vals = np.concatenate([mags, mags | np.uint64(SIGN)])
+    ins = cross3(vals, vals, vals)
+    assert len(ins[0]) == len(vals) ** 3
+    check("fma", ins, run(c, "fma", *ins))
+
+
+# ---------------------------------------------------------------------------------------------
+# planted bugs: mutants of the fma path must be caught by the hard-case generator
+# ---------------------------------------------------------------------------------------------
+
+SOFTFLOAT = "contracts/softfloat.vy"
+
+
+def _function(src: str, name: str) -> tuple[int, int]:
+    """(start, end) of the text of `def name(...)` up to the next decorated function."""
+    start = src.index(f"\ndef {name}(") + 1
+    end = src.index("\n@internal", start)
+    return start, end
+
+
+def _replace_once(text: str, old: str, new: str) -> str:
+    assert text.count(old) == 1, f"mutation site {old!r} found {text.count(old)} times"
+    return text.replace(old, new)
+
+
+def _mutate_fma(src: str, old: str, new: str, count: int = 1) -> str:
+    """Replace `old` by `new` inside the body of fma only (exactly `count` occurrences)."""
+    start, end = _function(src, "fma")
+    body = src[start:end]
+    assert body.count(old) == count, f"mutation site {old!r} found {body.count(old)} times"
+    return src[:start] + body.replace(old, new) + src[end:]
+
+
+def mutant_no_sticky(src: str) -> str:
+    """Drop the sticky bit: an addend beyond the alignment window is ignored."""
+    return _mutate_fma(src, "        mz = 1\n", "        mz = 0\n")
+
+
+def mutant_truncate(src: str) -> str:
+    """fma rounds toward zero (truncates) instead of to nearest-even: its four `_pack`
+    calls go to copies of `_pack`/`_round` without the round-up step."""
+    start, end = _function(src, "_round")
+    round_rz = _replace_once(src[start:end], "def _round(", "def _round_rz(")
+    round_rz = _replace_once(
+        round_rz,
+        "    if rem > half or (rem == half and kept & 1 == 1):\n"
+        "        kept = unsafe_add(kept, 1)\n",
+        "",
+    )
+    start, end = _function(src, "_pack")
+    pack_rz = _replace_once(src[start:end], "def _pack(", "def _pack_rz(")
+    pack_rz = _replace_once(pack_rz, "self._round(", "self._round_rz(")
+    src = _mutate_fma(src, "self._pack(", "self._pack_rz(", count=4)
+    return src + "\n\n@internal\n@pure\n" + round_rz + "\n@internal\n@pure\n" + pack_rz
+
+
+def mutant_unfused(src: str) -> str:
+    """fma computed as add(mul(a, b), c): two roundings."""
+    src = _mutate_fma(src, "def fma(", "def _fma_fused(")
+    return src + (
+        "\n\n@internal\n@pure\n"
+        "def fma(a: uint32, b: uint32, c: uint32) -> uint32:\n"
+        "    return self.add(self.mul(a, b), c)\n"
+    )
+
+
+def mutant_narrow_window(src: str) -> str:
+    """An alignment window of 48 instead of 50 bits: a product just below half an ulp of a
+    power-of-two c would be taken for a sticky bit (50 is the smallest safe width but one)."""
+    return _replace_once(
+        src, "FMA_ALIGN_MAX: constant(int256) = 50", "FMA_ALIGN_MAX: constant(int256) = 48"
+    )
+
+
+MUTANTS = {
+    "no_sticky": mutant_no_sticky,
+    "truncate": mutant_truncate,
+    "unfused": mutant_unfused,
+    "narrow_window": mutant_narrow_window,
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mutant", sorted(MUTANTS))
+def test_planted_fma_bug_is_caught(c, tmp_path, mutant):
+    """Compile Float32.vy against a mutated softfloat module (a planted rounding bug in fma)
+    and check that comparing with the exact oracle over structured_fma finds it, while the
+    real module agrees with the oracle on the same cases."""
+    original = Path(SOFTFLOAT).read_text()
+    mutated = MUTANTS[mutant](original)
+    assert mutated != original
+    (tmp_path / "softfloat.vy").write_text(mutated)
+    (tmp_path / "Float32.vy").write_text(Path(CONTRACT).read_text())
+    bad = boa.load(str(tmp_path / "Float32.vy"))
+    ins = structured_fma(np.random.default_rng(0), BATCH)
+    want = np.array([orc.fma(*map(int, t)) for t in zip(*ins, strict=True)], dtype=np.uint64)
+    assert_bits("fma", ins, run(c, "fma", *ins), want)  # control: the real module
+    wrong = int(np.count_nonzero(run(bad, "fma", *ins) != want))
+    assert wrong > 0, f"mutant {mutant} not caught by {BATCH} structured fma cases"
+    with pytest.raises(AssertionError):
+        check("fma", ins, run(bad, "fma", *ins))
+
+
 # ---------------------------------------------------------------------------------------------
 # the same module compiled by Venom (contracts/Executor.vy, the on-chain verdict, uses
 # `# pragma experimental-codegen`): a smaller cross-check against the same oracles
@@ -629,6 +998,8 @@ def test_venom_build_matches_oracles(c_venom, op):
         if op == "select":
             xs = [int(x) for x in rng.choice(specials, 16)]
             ins = select_inputs(rng, [int(x) for x in rng.choice(specials, 8)], xs)
+        elif op == "fma":
+            ins = structured_fma(rng, BATCH)
         elif op in UNARY_STRUCTURED:
             ins = (UNARY_STRUCTURED[op](rng, BATCH)[0],)
         else:
@@ -658,6 +1029,7 @@ def test_external_functions_match_batch(c):
         "frexp_exp": 1,
         "frexp_mant": 1,
         "select": 3,
+        "fma": 3,
     }
     for op in OPS:
         k = arity.get(op, 2)
@@ -672,6 +1044,10 @@ def test_external_functions_match_batch(c):
 def test_batch_rejects_mismatched_lengths(c):
     with boa.reverts("length of b"):
         c.batch(OP["add"], [1, 2], [1], [])
+    with boa.reverts("length of b"):
+        c.batch(OP["fma"], [1, 2], [1], [1, 2])
+    with boa.reverts("length of c"):
+        c.batch(OP["fma"], [1, 2], [1, 2], [1])
     with boa.reverts("unknown op"):
         c.batch(99, [1], [1], [])
 
@@ -873,12 +1249,74 @@ P0, N0 = 0, SIGN
         ("frexp_mant", (0xFFC00001,), NAN),
         ("frexp_exp", (b(0.5),), b(0.0)),
         ("frexp_exp", (b(0.25),), b(-1.0)),
+        # fma: NaN and infinities
+        ("fma", (NAN, b(1.0), b(1.0)), NAN),
+        ("fma", (b(1.0), 0xFFC00001, b(1.0)), NAN),
+        ("fma", (b(1.0), b(1.0), POS_INF + 1), NAN),  # signalling NaN c
+        ("fma", (POS_INF, P0, b(1.0)), NAN),  # inf * 0
+        ("fma", (N0, NEG_INF, NEG_INF), NAN),  # inf * 0 + inf: still NaN
+        ("fma", (P0, POS_INF, NAN), NAN),
+        ("fma", (POS_INF, b(2.0), NEG_INF), NAN),  # inf - inf
+        ("fma", (NEG_INF, b(-2.0), NEG_INF), NAN),  # (+inf) + (-inf)
+        ("fma", (NEG_INF, b(2.0), NEG_INF), NEG_INF),
+        ("fma", (POS_INF, MIN_SUB, b(-1.0)), POS_INF),
+        ("fma", (b(-2.0), POS_INF, MAX_FINITE), NEG_INF),
+        ("fma", (b(2.0), b(3.0), NEG_INF), NEG_INF),
+        ("fma", (MAX_FINITE, MAX_FINITE, NEG_INF), NEG_INF),  # finite product: not NaN
+        ("fma", (P0, P0, POS_INF), POS_INF),
+        # fma: signed zeros (product sign = sign(a) xor sign(b), also for zero products)
+        ("fma", (P0, P0, P0), P0),
+        ("fma", (N0, P0, N0), N0),  # (-0) + (-0)
+        ("fma", (P0, b(-1.0), N0), N0),
+        ("fma", (N0, N0, N0), P0),  # (+0) + (-0)
+        ("fma", (N0, b(5.0), P0), P0),  # (-0) + (+0)
+        ("fma", (P0, b(-1.0), b(-3.0)), b(-3.0)),
+        ("fma", (N0, MAX_FINITE, MIN_SUB), MIN_SUB),
+        ("fma", (b(1.5), b(2.0), b(-3.0)), P0),  # exact cancellation: +0
+        ("fma", (b(-1.5), b(2.0), b(3.0)), P0),
+        ("fma", (b(-1.5), b(-2.0), b(-3.0)), P0),
+        ("fma", (MIN_SUB, b(0.5), N0), P0),  # 2**-150 rounds to +0 (the sign of the exact sum)
+        ("fma", (MIN_SUB, b(-0.5), P0), N0),  # -2**-150 rounds to -0
+        ("fma", (b(2.0**-75), b(-(2.0**-75)), P0), N0),
+        # fma: one rounding, not two
+        ("fma", (b(1.0 + 2.0**-23), b(1.0 + 2.0**-23), b(-(1.0 + 2.0**-22))), b(2.0**-46)),
+        ("fma", (b(1.0 / 3.0), b(3.0), b(-1.0)), b(2.0**-25)),  # mul + add gives +0
+        ("fma", (MAX_FINITE, b(2.0), SIGN | MAX_FINITE), MAX_FINITE),  # mul overflows, fma not
+        ("fma", (b(2.0**-100), b(2.0**-100), b(1.0)), b(1.0)),
+        ("fma", (b(2.0**-100), b(-(2.0**-100)), b(1.0)), b(1.0)),
+        # fma: ties and sticky (1 + 2**-12)**2 = 1 + 2**-11 + 2**-24 is an exact tie
+        ("fma", (b(1 + 2.0**-12), b(1 + 2.0**-12), P0), b(1 + 2.0**-11)),  # to even
+        ("fma", (b(1 + 2.0**-12), b(1 + 2.0**-12), b(2.0**-60)), b(1 + 2.0**-11 + 2.0**-23)),
+        ("fma", (b(1 + 2.0**-12), b(1 + 2.0**-12), b(2.0**-80)), b(1 + 2.0**-11 + 2.0**-23)),
+        ("fma", (b(1 + 2.0**-12), b(1 + 2.0**-12), b(-(2.0**-80))), b(1 + 2.0**-11)),
+        ("fma", (b(-1 - 2.0**-12), b(1 + 2.0**-12), b(-(2.0**-149))), b(-1 - 2.0**-11 - 2.0**-23)),
+        ("fma", (b(2.0**-24), b(1.0), b(1.0)), b(1.0)),  # c + half an ulp: tie to even
+        ("fma", (b(2.0**-24), b(1.0), b(1.0 + 2.0**-23)), b(1.0 + 2.0**-22)),
+        ("fma", (b(2.0**-24), b(1.0 + 2.0**-20), b(1.0)), b(1.0 + 2.0**-23)),  # just above
+        ("fma", (b(-(2.0**-25)), b(1.0 + 2.0**-20), b(1.0)), b(1.0 - 2.0**-24)),  # below 1
+        ("fma", (b(2.0**-25), b(1.0), b(-1.0)), b(-1.0)),  # -1 + 2**-25: tie -> even
+        ("fma", (b(1.5 * 2.0**-13), b(-1.5 * 2.0**-13), b(1.0)), 0x3F7FFFFF),  # 1 - 1.125 * 2**-25
+        ("fma", (b(2.0**-13), b(-(2.0**-12)), b(1.0)), b(1.0)),  # 1 - 2**-25: tie -> even
+        # fma: subnormal results and operands, overflow
+        ("fma", (MIN_SUB, b(0.5), MIN_SUB), 2),  # 1.5 * 2**-149: tie -> 2 (even)
+        ("fma", (MIN_SUB, b(0.5), SIGN | MIN_SUB), N0),  # -2**-150: tie -> -0
+        ("fma", (MIN_NORMAL, b(0.5), SIGN | MIN_SUB), 0x003FFFFF),
+        ("fma", (MAX_SUB, b(2.0), MIN_SUB), 0x00FFFFFF),
+        ("fma", (MAX_SUB, MAX_SUB, MIN_SUB), MIN_SUB),
+        ("fma", (MAX_SUB, MAX_SUB, P0), P0),
+        ("fma", (MAX_FINITE, b(1.0), b(2.0**103)), POS_INF),  # tie at overflow -> inf
+        ("fma", (MAX_FINITE, b(1.0), b(2.0**102)), MAX_FINITE),
+        ("fma", (MAX_FINITE, b(-1.0), b(-(2.0**103))), NEG_INF),
+        ("fma", (MAX_FINITE, b(1.0 + 2.0**-23), SIGN | MAX_FINITE), b((2**24 - 1) * 2.0**81)),
+        ("fma", (b(2.0**64), b(2.0**64), b(-1.0)), POS_INF),
+        ("fma", (b(3.0), b(1.0 / 3.0), b(1e-30)), None),
+        ("fma", (b(1.1), b(1.1), b(-1.21)), None),
     ],
 )
 def test_edge_cases(c, op, args, want):
     got = getattr(c, op)(*args)
     if want is None:  # no closed form: the exact oracle decides
-        want = {"sqrt": orc.exact_sqrt}[op](*args)
+        want = {"sqrt": orc.exact_sqrt, "fma": orc.exact_fma}[op](*args)
     assert got == want, f"{op}({', '.join(hex(x) for x in args)}) = {got:#010x}, want {want:#010x}"
 
 
@@ -887,10 +1325,12 @@ def test_edge_cases(c, op, args, want):
 # ---------------------------------------------------------------------------------------------
 
 REPLAY_NAMES = {"maximum": "MAX", "minimum": "MIN", "round_even": "ROUND", "abs": "ABS"}
+#: fma is no elementwise opcode (MATMUL's FMA chain is checked through the executor)
+REPLAY_OPS = [op for op in OPS if op != "fma"]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("op", REPLAY_OPS)
 def test_matches_replay_semantics(c, op):
     semantics = pytest.importorskip("replay.semantics")
     ir = pytest.importorskip("protocol.ir")
