@@ -53,13 +53,17 @@ import boa  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from protocol.ir import REDUCTION_OPS, Opcode, OpDescriptor, Operand, arity  # noqa: E402
+from protocol.ir import RANGED_OPS, REDUCTION_OPS, Opcode, OpDescriptor, Operand, arity  # noqa: E402
 
 TARGET = 5000
 #: fma's own target (issue 11: one MATMUL term)
 FMA_TARGET = 3500
 #: The issue's target for one MATMUL partial step (excluding proofs).
 MATMUL_TARGET = 15000
+#: v0's MATMUL partial step, acc + round(x*y) (bench/results/gas_float32.json before IR v1):
+#: median 3,534, max 3,846 gas; v1's FMA step may cost at most 20 % more (issue 11).
+MATMUL_V0 = {"median": 3534, "max": 3846}
+FMA_STEP_LIMIT = 1.2
 EXECUTOR = ROOT / "contracts" / "Executor.vy"
 IDENTITY_DESC = """
 # pragma version ~=0.4.3
@@ -280,9 +284,12 @@ PRIMITIVE = {
     Opcode.FREXP_MANT: "frexp_mant",
     Opcode.COPY: "neg",  # the specials and random patterns of a unary op
     Opcode.SELECT: "select",
+    Opcode.FMA: "fma",
     Opcode.REDUCE_SUM: "add",
     Opcode.REDUCE_MAX: "maximum",
-    Opcode.MATMUL: "mul",
+    Opcode.MATMUL: "fma",
+    Opcode.INDEX_ADD: "add",
+    Opcode.GATHER: "neg",  # the table element's specials and random patterns
 }
 #: Element-level opcodes in protocol order; LOAD_BATCH and FREE are never executed here.
 EXECUTOR_OPS = [op for op in Opcode if op not in (Opcode.LOAD_BATCH, Opcode.FREE)]
@@ -291,8 +298,13 @@ EXECUTOR_OPS = [op for op in Opcode if op not in (Opcode.LOAD_BATCH, Opcode.FREE
 def executor_descriptor(op: Opcode) -> bytes:
     """A realistic descriptor of ``op``: output [64, 128], C-order operands, R = 64."""
     reduction = op in REDUCTION_OPS
+    ranged = op in RANGED_OPS
     operands = tuple(
-        Operand(slot=1 + k, strides=(128, 1), reduce_stride=1 if reduction else 0)
+        Operand(
+            slot=1 + k,
+            strides=(128, 1),
+            reduce_stride=1 if reduction or (ranged and k == 1) else 0,
+        )
         for k in range(arity(op))
     )
     return OpDescriptor(
@@ -300,7 +312,7 @@ def executor_descriptor(op: Opcode) -> bytes:
         out=7,
         shape=(64, 128),
         operands=operands,
-        reduce_len=64 if reduction else 0,
+        reduce_len=64 if ranged else 0,
         imm=f(1.0) if op == Opcode.FILL else 0,
     ).encode()
 
@@ -310,13 +322,18 @@ def executor_inputs(op: Opcode, rng: np.random.Generator, n_random: int) -> list
     if op == Opcode.FILL:
         return [(x, 0, 0) for x in specials()]
     base = inputs(PRIMITIVE[op], rng, n_random)
+    if op == Opcode.GATHER:  # (index, table element): rows in range, past the end, NaN, -1
+        rows = [f(0.0), f(5.0), f(63.0), f(64.0), f(-1.0), f(0.5), 0x7FC00000, f(1e30)]
+        return [(rows[i % len(rows)], a[0], 0) for i, a in enumerate(base)]
     if op not in REDUCTION_OPS:
         return [tuple(a) + (0,) * (3 - len(a)) for a in base]
     normal = [int(v) for v in rng.standard_normal(3 * n_random).astype(np.float32).view(np.uint32)]
     typical = [tuple(normal[3 * i : 3 * i + 3]) for i in range(n_random)]
-    if op == Opcode.MATMUL:  # (x, y) from mul's set, acc from add's
-        accs = [a for a, _ in inputs("add", rng, n_random)]
-        return [(accs[i % len(accs)], x, y) for i, (x, y) in enumerate(base)] + typical
+    if op == Opcode.MATMUL:  # fma's triples (x, y, acc), as (acc, x, y)
+        return [(c, x, y) for x, y, c in base] + typical
+    if op == Opcode.INDEX_ADD:  # indices that hit the row (0) and that don't, acc/y from add's
+        hits = [f(0.0), f(-0.0), f(1.0), f(2.5), 0x7FC00000]
+        return [(a, hits[i % len(hits)], x) for i, (a, x) in enumerate(base)]
     return [(acc, x, 0) for acc, x in base] + [(a, x, 0) for a, x, _ in typical]
 
 
@@ -331,7 +348,8 @@ def measure_executor(rng: np.random.Generator, n_random: int) -> tuple[dict, lis
     for op in EXECUTOR_OPS:
         desc = executor_descriptor(op)
         fn = "partial_step" if op in REDUCTION_OPS else "element"
-        samples = [(gas_of(ex, fn, (desc, *a)), a) for a in executor_inputs(op, rng, n_random)]
+        pre = (desc, 0) if op in REDUCTION_OPS else (desc,)  # partial_step's f = element 0
+        samples = [(gas_of(ex, fn, (*pre, *a)), a) for a in executor_inputs(op, rng, n_random)]
         gas = [g for g, _ in samples]
         worst_gas, worst_args = max(samples)
         med = statistics.median(gas)
@@ -347,6 +365,13 @@ def measure_executor(rng: np.random.Generator, n_random: int) -> tuple[dict, lis
         }
         if op in REDUCTION_OPS:
             entry["initial_acc"] = gas_of(ex, "initial_acc", (desc,))
+        if op == Opcode.GATHER:
+            entry["gather_row"] = gas_of(ex, "gather_row", (desc, f(5.0)))
+        if op == Opcode.MATMUL:
+            entry["v0_add_mul"] = MATMUL_V0
+            entry["ratio_to_v0_median"] = round(med / MATMUL_V0["median"], 3)
+            entry["ratio_to_v0_max"] = round(worst_gas / MATMUL_V0["max"], 3)
+            entry["limit_ratio"] = FMA_STEP_LIMIT
         section[op.name] = entry
         ok = "yes" if worst_gas <= target else "NO"
         worst = ", ".join(f"0x{x:08x}" for x in worst_args)

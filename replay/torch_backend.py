@@ -489,6 +489,7 @@ class TorchExecutor:
         fast = (
             self.sum_strategy == "embedding_bag"
             and len(shape) >= 1
+            and math.prod(shape) > 0
             and all(st == 0 for st in oi.strides)
             and ov.strides[0] == 0
         )
