@@ -1,0 +1,153 @@
+"""Whole dispute games over the IR v1 ops, on ape's local network and on anvil.
+
+The job is one training step of a small model that uses every new op (tests/game_programs.py:
+a pixel-intensity embedding (GATHER, gradient by INDEX_ADD), a zero-padded convolution
+(im2col GATHER reading index -1 as zero, then an FMA-chain MATMUL), max pooling (REDUCE_MAX),
+layer norm (REDUCE_SUM), a linear head). A trainer fault in each of those ops loses — through
+the partial bisection and the FMA / indexed-accumulation one-step for reductions, through the
+index witness (and, for a padding element, the single-witness "no row" path) for gathers — and
+an honest trainer beats a challenger that lies about each of them.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from functools import cache
+
+import numpy as np
+import pytest
+from game_programs import mixed_targets, mixed_train_program
+
+from protocol.game import JobStatus, Phase
+from protocol.ir import Program, index_value, operand_index
+from protocol.market import ApeMarket
+from replay.dataset import Dataset, DatasetSpec
+from replay.dispute import ChallengerPlayer, Computation, Fault, TrainerPlayer, job_spec_for, play
+
+STEPS, EVERY, BATCH = 4, 2, 16
+STAKE, BOND, REWARD = 10**18, 10**17, 5 * 10**17
+MAX_MOVES = 40
+
+
+@cache
+def setup() -> tuple[Program, Dataset, dict[str, np.ndarray]]:
+    program, init = mixed_train_program(BATCH)
+    return program, Dataset(DatasetSpec(batch_size=BATCH)), init
+
+
+def computation(fault: Fault | None = None) -> Computation:
+    program, dataset, init = setup()
+    return Computation(program, dataset, init, STEPS, EVERY, fault=fault)
+
+
+@cache
+def honest() -> Computation:
+    return computation()
+
+
+#: the op roles of tests/game_programs.py each fault targets
+TARGETS: dict[str, tuple[str, ...]] = {
+    "fma-matmul": ("conv_matmul", "fc_matmul", "conv_dW_matmul"),
+    "embedding-gather": ("embedding_gather",),
+    "index-add": ("embedding_index_add",),
+    "padded-conv": ("conv_im2col_gather",),
+    "pooling": ("pool_reduce_max",),
+    "layer-norm": ("layernorm_sum", "layernorm_sumsq"),
+}
+
+
+def _padding_elements(program: Program, init: dict[str, np.ndarray], j: int) -> list[int]:
+    """Elements of GATHER op ``j`` whose index selects no row (zero padding)."""
+    op = program.ops[j]
+    index = init[program.slots[op.operands[0].slot].name].reshape(-1)
+    return [
+        f
+        for f in range(op.numel)
+        if (row := index_value(float(index[operand_index(op, 0, f)]))) is None
+        or row >= op.reduce_len
+    ]
+
+
+@cache
+def fault_for(target: str, seed: int) -> Fault:
+    """A fault in an op of ``target`` that really changes the committed checkpoints."""
+    program, _, init = setup()
+    roles = mixed_targets(program)
+    ops = [roles[role] for role in TARGETS[target]]
+    rng = random.Random(seed)
+    for _ in range(50):
+        j = rng.choice(ops)
+        if target == "padded-conv":
+            pads = _padding_elements(program, init, j)
+            assert pads, "the padded convolution reads no padding"
+            element = rng.choice(pads)
+        else:
+            element = rng.randrange(program.ops[j].numel)
+        fault = Fault(kind="element", step=rng.randrange(STEPS - 1), op=j, element=element)
+        if computation(fault).checkpoint_roots() != honest().checkpoint_roots():
+            return fault
+    raise AssertionError(f"no effective fault in a {target} op")
+
+
+def seed_of(target: str) -> int:
+    return zlib.crc32(target.encode())
+
+
+@pytest.fixture(scope="module")
+def market(chain):
+    executor = chain.deploy("Executor")
+    return chain.deploy("TrainProof", executor.address)
+
+
+def advance(seconds: int) -> None:
+    from ape import chain as ape_chain
+
+    ape_chain.pending_timestamp += seconds
+    ape_chain.mine()
+
+
+def run_dispute(chain, market, trainer_comp: Computation, challenger_comp: Computation):
+    requester, trainer_acct, challenger_acct = (chain.test_account(i) for i in (3, 4, 5))
+    spec = job_spec_for(honest(), stake=STAKE, bond=BOND, clock=3600, window=7200, train_time=3600)
+    receipt = market.register_job(spec.as_tuple(), sender=requester, value=REWARD)
+    job_id = int(receipt.events[0].job_id)
+    market.accept_job(job_id, sender=trainer_acct, value=STAKE)
+    trainer = TrainerPlayer(ApeMarket(market, trainer_acct), trainer_comp, job_id)
+    challenger = ChallengerPlayer(ApeMarket(market, challenger_acct), challenger_comp, job_id)
+    trainer.commit()
+    committed = trainer_comp.checkpoint_roots()
+    interval = challenger.first_bad_interval(committed)
+    assert interval is not None, "the challenger's computation must disagree somewhere"
+    game_id = challenger.open(committed, interval, BOND)
+    result = play(trainer, challenger, game_id, advance)
+    assert len(result.moves) <= MAX_MOVES
+    market.settle(game_id, sender=requester)
+    assert chain.provider.get_balance(market.address) == market.liabilities()
+    return result, job_id
+
+
+REDUCTIONS = {"fma-matmul", "index-add", "pooling", "layer-norm"}
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_cheating_trainer_loses(chain, market, target: str) -> None:
+    fault = fault_for(target, seed_of(target))
+    result, job_id = run_dispute(chain, market, computation(fault), honest())
+    assert not result.trainer_won, f"trainer with {fault} won"
+    assert result.timeouts == 0
+    assert market.jobs(job_id).status == JobStatus.REJECTED
+    phases = [m.phase for m in result.moves]
+    assert phases[-1] == Phase.ONE_STEP
+    assert (Phase.PARTIAL_PICK in phases) == (
+        target in REDUCTIONS and setup()[0].ops[fault.op].reduce_len > 1
+    )
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_honest_trainer_beats_a_lying_challenger(chain, market, target: str) -> None:
+    fault = fault_for(target, 7 + seed_of(target))
+    result, job_id = run_dispute(chain, market, honest(), computation(fault))
+    assert result.trainer_won, f"challenger with {fault} won"
+    assert result.timeouts == 0
+    assert market.jobs(job_id).status == JobStatus.COMMITTED
