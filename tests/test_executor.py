@@ -555,3 +555,53 @@ def test_index_add_adds_exactly_the_rows_own_index(ex) -> None:
     assert ex.partial_step(d, 0, acc, fbits(-0.0), y) == summed
     with boa.reverts("executor: not a GATHER"):
         ex.gather_row(d, 0)
+
+
+def _index_patterns(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Index bit patterns: rows 0..9 (and -0), negatives, fractions, NaNs, infinities, huge
+    integers, subnormals and any bit pattern."""
+    ints = rng.integers(-3, 10, n).astype(np.float32)
+    halves = ints + np.float32(0.5)
+    pick = rng.integers(0, 4, n)
+    values = np.where(pick == 0, ints, np.where(pick == 1, halves, ints)).astype(np.float32)
+    bits_ = values.view(np.uint32)
+    other = random_bits(rng, n)
+    return np.where(rng.random(n) < 0.6, bits_, other).astype(np.uint32)
+
+
+def test_gather_and_index_add_on_random_indices(ex) -> None:
+    """gather_row, GATHER's element and INDEX_ADD's partial step against the numpy reference
+    on 2,048 random index patterns (the index classes themselves: INDEX_CASES above)."""
+    rng = np.random.default_rng(11)
+    n = 2_048
+    rows = 6
+    gather = OpDescriptor(
+        opcode=Opcode.GATHER, out=2, shape=(3,), reduce_len=rows,
+        operands=(Operand(slot=0, strides=(1,)), Operand(slot=1, strides=(1,), reduce_stride=3)),
+    ).encode()  # fmt: skip
+    index_add = OpDescriptor(
+        opcode=Opcode.INDEX_ADD, out=2, shape=(4, 2), reduce_len=9,
+        operands=(
+            Operand(slot=0, strides=(0, 0), reduce_stride=1),
+            Operand(slot=1, strides=(0, 1), reduce_stride=2),
+        ),
+    ).encode()  # fmt: skip
+    idx, table, acc = _index_patterns(rng, n), random_bits(rng, n), random_bits(rng, n)
+    valid, _ = semantics.index_rows(as_f32(idx), rows)
+    want_gather = as_bits(semantics.gather_value(valid, as_f32(table)))
+    flats = rng.integers(0, 8, n)
+    with np.errstate(all="ignore"):
+        want_add = as_bits(
+            semantics.reduce_step(
+                Opcode.INDEX_ADD, as_f32(acc), [as_f32(idx), as_f32(table)], flats // 2
+            )
+        )
+    for k in range(n):
+        x, y = int(idx[k]), int(table[k])
+        row = ex.gather_row(gather, x)
+        assert row == (
+            int(semantics.index_rows(as_f32(idx[k : k + 1]), rows)[1][0]) + 1 if valid[k] else 0
+        )
+        assert ex.element(gather, x, y, 0) == want_gather[k], (hex(x), hex(y))
+        got = ex.partial_step(index_add, int(flats[k]), int(acc[k]), x, y)
+        assert got == want_add[k], (int(flats[k]), hex(int(acc[k])), hex(x), hex(y))
