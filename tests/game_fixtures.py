@@ -204,7 +204,7 @@ def committed_job(
     """Register, accept and commit a job; the trainer commits computation ``name``."""
     spec = spec or job_spec()
     job_id = new_job(tp, requester, spec)
-    tp.accept_job(job_id, sender=trainer, value=spec.stake)
+    tp.accept_job(job_id, tp.jobs(job_id).job_hash, sender=trainer, value=spec.stake)
     tp.commit_run(job_id, list(checkpoints(name)[1:]), sender=trainer)
     return job_id
 
