@@ -384,9 +384,8 @@ class GameDriver:
         if g.phase.over:
             return g
         call = self.next_call(g)
-        if call is None:
-            clock = g.trainer_clock if g.phase.trainer_moves else g.challenger_clock
-            boa.env.time_travel(seconds=clock + 1)
+        if call is None:  # past the deadline (the trainer's clock is shared by the job's games)
+            boa.env.time_travel(seconds=max(1, g.deadline + 1 - boa.env.timestamp))
             self.tp.timeout(self.game_id, sender=anyone or self.challenger)
         else:
             self.send(call, g.seq)
