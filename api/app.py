@@ -465,12 +465,18 @@ def create_app(
                 .group_by(Attestation.interval)
                 .order_by(Attestation.interval)
             ).all()
+            bonded = bonded_per_interval(s, job)
             n = s.scalar(
                 select(func.count())
                 .select_from(Attestation)
                 .where(Attestation.job_id == job_id, Attestation.run_root == (job.run_root or ""))
             )
-        per = [IntervalCoverage(interval=int(i), challengers=int(c)) for i, c in rows]
+        per = [
+            IntervalCoverage(
+                interval=int(i), challengers=int(c), bonded_challengers=bonded.get(int(i), 0)
+            )
+            for i, c in rows
+        ]
         out = Coverage(
             job_id=job.id,
             run_root=job.run_root,
@@ -478,6 +484,8 @@ def create_app(
             attestations=n or 0,
             covered_1=sum(1 for p in per if p.challengers >= 1) / intervals,
             covered_3=sum(1 for p in per if p.challengers >= 3) / intervals,
+            bonded_covered_1=sum(1 for p in per if p.bonded_challengers >= 1) / intervals,
+            bonded_covered_3=sum(1 for p in per if p.bonded_challengers >= 3) / intervals,
             per_interval=per,
         )
         return cached(request, out)
@@ -795,3 +803,32 @@ def _short(data: dict[str, Any]) -> dict[str, Any]:
     return {
         k: (v[:66] + "…" if isinstance(v, str) and len(v) > 200 else v) for k, v in data.items()
     }
+
+
+def bonded_signers(s: Session, job: Job) -> set[str]:
+    """Addresses (lower case) that have put money at risk in the contract: challengers of
+    any indexed dispute (a bond of at least MIN_BOND, 25 % of it burned if they lose) and
+    trainers of other jobs (a stake). The job's own trainer and requester never count: their
+    word about their own job is worth nothing (docs/protocol.md §6)."""
+    who = {c.lower() for c in s.scalars(select(Game.challenger).distinct())}
+    who |= {
+        t.lower()
+        for t in s.scalars(select(Job.trainer).where(Job.id != job.id, Job.trainer.is_not(None)))
+        if t
+    }
+    return who - {a.lower() for a in (job.trainer, job.requester) if a}
+
+
+def bonded_per_interval(s: Session, job: Job) -> dict[int, int]:
+    """Per interval of the job's commitment, the distinct bonded signers that attested it."""
+    bonded = bonded_signers(s, job)
+    pairs = s.execute(
+        select(Attestation.interval, Attestation.challenger)
+        .where(Attestation.job_id == job.id, Attestation.run_root == (job.run_root or ""))
+        .distinct()
+    ).all()
+    out: dict[int, int] = {}
+    for interval, signer in pairs:
+        if signer.lower() in bonded:
+            out[int(interval)] = out.get(int(interval), 0) + 1
+    return out

@@ -56,6 +56,8 @@ GAME_VIEW_FIELDS = (
     "challenger_clock",
     "last_move",
     "settled",
+    "deadline",
+    "live",
 )
 
 

@@ -207,7 +207,10 @@ class AttestationOut(BaseModel):
 
 class IntervalCoverage(BaseModel):
     interval: int
-    challengers: int
+    challengers: int = Field(description="distinct signers (any key)")
+    bonded_challengers: int = Field(
+        0, description="distinct signers that have posted a bond or a stake (docs §6)"
+    )
 
 
 class Coverage(BaseModel):
@@ -217,4 +220,10 @@ class Coverage(BaseModel):
     attestations: int
     covered_1: float = Field(description="fraction of intervals replayed by >= 1 challenger")
     covered_3: float = Field(description="fraction of intervals replayed by >= 3 challengers")
+    bonded_covered_1: float = Field(
+        0.0, description="fraction of intervals attested by >= 1 bonded signer (docs §6)"
+    )
+    bonded_covered_3: float = Field(
+        0.0, description="fraction of intervals attested by >= 3 bonded signers (docs §6)"
+    )
     per_interval: list[IntervalCoverage]

@@ -58,7 +58,7 @@ def commit_to_verdict(steps: int, every: int) -> dict[str, float | int]:
         market = ApeMarket(contract, ch.test_account(1))
         spec = job_spec_for(
             example_computation("digits-mlp", steps, every),
-            stake=2 * ETH, bond=ETH // 10, clock=600, window=600, train_time=600,
+            stake=2 * ETH, bond=ETH // 10, clock=3600, window=3600, train_time=600,
         )  # fmt: skip
         market.transact("register_job", spec.as_tuple(), value=ETH, key="job")
         common = {"rpc": node.url, "deployment": tmp / "deployment.json", "poll": 0.05}

@@ -104,7 +104,9 @@ def real_games(steps: int, every: int) -> dict[str, object]:
             )
             receipt = market.register_job(spec.as_tuple(), sender=requester, value=REWARD)
             job_id = int(receipt.events[0].job_id)
-            market.accept_job(job_id, sender=trainer_acct, value=STAKE)
+            market.accept_job(
+                job_id, market.jobs(job_id).job_hash, sender=trainer_acct, value=STAKE
+            )
             trainer = TrainerPlayer(ApeMarket(market, trainer_acct), trainer_comp, job_id)
             challenger = ChallengerPlayer(
                 ApeMarket(market, challenger_acct), challenger_comp, job_id
@@ -161,7 +163,7 @@ def arity_sweep(span: int) -> dict[str, object]:
         with boa.env.prank(requester):
             job_id = market.register_job(spec, value=REWARD)
         with boa.env.prank(trainer):
-            market.accept_job(job_id, value=STAKE)
+            market.accept_job(job_id, market.jobs(job_id).job_hash, value=STAKE)
             market.commit_run(job_id, roots[1:])
         tree = MerkleTree([leaf_hash(r) for r in roots])
         with boa.env.prank(challenger):

@@ -28,7 +28,6 @@ from pydantic import Field
 from protocol import attestation
 from protocol.agent import Agent, AgentConfig, setup_logging
 from protocol.blobs import BlobError, open_store
-from protocol.game import JobStatus
 from protocol.market import Commitment
 from replay.checkpoint import CheckpointError
 from replay.dispute import (
@@ -215,7 +214,9 @@ class ChallengerService:
         g = m.game(game_id)
         if g.phase.over:
             if not g.settled:
-                m.transact("settle", game_id, key=f"settle:{game_id}")
+                self._abandon_frozen(job_id)  # a won game pays once none of its job runs
+                if m.transact("settle", game_id, key=f"settle:{game_id}") is None:
+                    return  # an earlier game of the job still runs: settle later
                 log.info("event=settled game=%d phase=%s", game_id, g.phase.name)
             credit = m.credits(self.agent.address)
             if credit:
@@ -224,16 +225,28 @@ class ChallengerService:
             self.db.delete(key)
             self.db.put(f"done:{key}", str(game_id))
             return
-        if m.job(job_id).status != JobStatus.COMMITTED:
+        if not g.live:  # frozen by a lower-numbered game that rejected the job
+            m.transact("abandon", game_id, key=f"abandon:{game_id}")
+            log.info("event=abandoned game=%d", game_id)
             return
         if g.phase.trainer_moves:
-            if self.agent.now() - g.last_move > g.trainer_clock:
+            if self.agent.now() > g.deadline:
                 m.transact("timeout", game_id, key=f"timeout:{game_id}")
                 log.info("event=timeout game=%d", game_id)
             return
         player = ChallengerPlayer(m, self._computation_for(job_id, interval), job_id)
         if player.move(game_id) is not None:
             log.info("event=moved game=%d seq=%d phase=%s", game_id, g.seq, g.phase.name)
+
+    def _abandon_frozen(self, job_id: int) -> None:
+        """Abandon the job's games frozen by the game that rejected it (their bonds go back
+        at settle), so that the winner's share can be paid."""
+        m = self.market
+        for other in m.games_of(job_id):
+            o = m.game(other)
+            if not o.phase.over and not o.live:
+                m.transact("abandon", other, key=f"abandon:{other}")
+                log.info("event=abandoned game=%d", other)
 
     # ---- coverage attestations
 

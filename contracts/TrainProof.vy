@@ -45,6 +45,34 @@ WINNER_SHARE_BPS: constant(uint256) = 5000
 BOND_BURN_BPS: constant(uint256) = 2500
 BPS: constant(uint256) = 10000
 
+# @dev Job parameter bounds (docs/protocol.md §4.5), enforced by register_job; the Python
+#      mirror is protocol/game.py (a test compares it with the deployed values).
+#      MIN_CLOCK: an honest party's chess clock must cover every move of one game at one
+#      transaction per block while other games share its time (§4.3): 1 h.
+MIN_CLOCK: public(constant(uint64)) = 3600
+# @dev MIN_WINDOW: time for watchers to fetch, replay sampled intervals and open disputes.
+MIN_WINDOW: public(constant(uint64)) = 3600
+# @dev MAX_DURATION: the longest clock, window and train time (365 days); with it no
+#      accepted_at + train_time or committed_at + window overflows uint64, and clocks fit
+#      the 48-bit fields of a game's turn word.
+MAX_DURATION: public(constant(uint64)) = 31536000
+# @dev MIN_BOND: a losing challenger pays the honest trainer's gas for a whole dispute
+#      (<= 1.2M gas on digits-mlp, bench/gas_game.py) with 75 % of it, and burns >= 1 wei.
+MIN_BOND: public(constant(uint256)) = 10000000000000000
+# @dev MIN_STAKE: the winner's share of a slashed stake covers at least one bond.
+MIN_STAKE: public(constant(uint256)) = 20000000000000000
+# @dev Most ops per step and positions per interval (the 32-bit op and 64-bit position
+#      fields of a game).
+MAX_PROGRAM_LEN: constant(uint256) = 4294967295
+MAX_SPAN: constant(uint256) = 18446744073709551615
+# @dev MTH({}) = sha256(""): the only data root of a tensor with no elements.
+EMPTY_DATA_ROOT: constant(bytes32) = 0xe3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
+# @dev Virtual time (§4.3) counts seconds in units of 2^-16.
+_VSHIFT: constant(uint256) = 16
+_M56: constant(uint256) = 72057594037927935
+_M48: constant(uint256) = 281474976710655
+_M96: constant(uint256) = 79228162514264337593543950335
+
 # job status
 OPEN: constant(uint8) = 1
 ACCEPTED: constant(uint8) = 2
@@ -114,8 +142,9 @@ struct Job:
 struct Game:
     # Ten storage slots; a move reads and writes only the few it needs. Packed words:
     #   who    = challenger (160 bits) << 96 | job_id (96)
-    #   turn   = phase (8) << 224 | seq (32) << 192 | trainer clock (64) << 128
-    #            | challenger clock (64) << 64 | last move timestamp (64)
+    #   turn   = phase (8) << 248 | seq (32) << 216 | trainer clock (48) << 168
+    #            | challenger clock (48) << 120 | last move timestamp (64) << 56
+    #            | job virtual time at the last move (56)
     #   bounds = interval (64) << 192 | lo (64) << 128 | hi (64) << 64 | element (64)
     #   opened = step (64) << 192 | op (32) << 160 | numel (32) << 128
     #            | node_lo (64) << 64 | node_hi (64)
@@ -137,6 +166,7 @@ struct Turn:
     trainer_clock: uint256  # seconds left
     challenger_clock: uint256
     last_move: uint256  # timestamp
+    vstart: uint256  # the job's virtual time at the last move (units of 2^-16 s)
 
 
 struct GameView:
@@ -163,6 +193,8 @@ struct GameView:
     challenger_clock: uint256
     last_move: uint256
     settled: bool
+    deadline: uint256  # the last second the party on turn may move (at today's open games)
+    live: bool  # running, and not frozen by a lower-numbered game that rejected the job
 
 
 struct OperandWitness:
@@ -269,6 +301,11 @@ burned: public(uint256)
 # @notice Wei held for jobs (rewards, stakes), games (bonds) and credits: with `burned`,
 #         always exactly this contract's balance.
 held: public(uint256)
+# @notice Per job, the games' shared clock (docs/protocol.md §4.3), packed:
+#         winner game (64) << 192 | running games (32) << 160 | last update (64) << 96
+#         | virtual time (96, units of 2^-16 s). The winner is the lowest game id the
+#         challenger won (0: none yet); games above it are frozen, games below it still run.
+job_clock: public(HashMap[uint256, uint256])
 
 
 @deploy
@@ -288,7 +325,9 @@ def __init__(executor: IExecutor):
 def register_job(spec: JobSpec) -> uint256:
     """
     @notice Register a training job, escrowing `msg.value` as its reward.
-    @dev The job hash binds every field of the spec, the reward and the requester.
+    @dev The job hash binds every field of the spec, the reward and the requester. Every
+         parameter is bounded (MIN_/MAX_ constants, docs/protocol.md §4.5): no deadline
+         can overflow, no clock is too short for an honest party, no bond is free.
     @param spec The job's commitments and parameters.
     @return The job id.
     """
@@ -296,7 +335,13 @@ def register_job(spec: JobSpec) -> uint256:
     assert spec.steps % spec.every == 0  # dev: k must divide N
     assert convert(spec.steps // spec.every, uint256) <= MAX_CHECKPOINTS  # dev: too many checkpoints
     assert spec.program_len > 0 and spec.slots > 0  # dev: empty program
-    assert spec.clock > 0 and spec.window > 0 and spec.train_time > 0  # dev: zero duration
+    assert convert(spec.program_len, uint256) <= MAX_PROGRAM_LEN  # dev: program too long
+    assert convert(spec.every, uint256) * convert(spec.program_len, uint256) <= MAX_SPAN  # dev: interval too long
+    assert spec.clock >= MIN_CLOCK and spec.clock <= MAX_DURATION  # dev: bad clock
+    assert spec.window >= MIN_WINDOW and spec.window <= MAX_DURATION  # dev: bad window
+    assert spec.train_time > 0 and spec.train_time <= MAX_DURATION  # dev: bad train time
+    assert spec.bond >= MIN_BOND  # dev: bond too small
+    assert spec.stake >= MIN_STAKE  # dev: stake too small
     job_id: uint256 = self.job_count + 1
     self.job_count = job_id
     job_hash: bytes32 = sha256(abi_encode(spec, msg.value, msg.sender))
@@ -319,13 +364,17 @@ def register_job(spec: JobSpec) -> uint256:
 
 @external
 @payable
-def accept_job(job_id: uint256):
+def accept_job(job_id: uint256, job_hash: bytes32):
     """
     @notice Become the job's trainer by staking exactly the required stake.
+    @dev `job_hash` binds what the trainer accepts: after a reorg the same id may name
+         another spec, and then the call reverts.
     @param job_id The job.
+    @param job_hash The hash of the job the trainer means (JobRegistered's job_hash).
     """
     job: Job = self.jobs[job_id]
     assert job.status == OPEN  # dev: job not open
+    assert job.job_hash == job_hash  # dev: wrong job hash
     assert msg.value == job.spec.stake  # dev: wrong stake
     self.jobs[job_id].trainer = msg.sender
     self.jobs[job_id].status = ACCEPTED
@@ -477,14 +526,18 @@ def open_dispute(
     assert merkle._verify(job.run_root, merkle._leaf_hash32(root_hi), interval + 1, n_roots, proof_hi)  # dev: bad proof of C_c+1
     game_id: uint256 = self.game_count + 1
     self.game_count = game_id
-    span: uint256 = convert(job.spec.every * job.spec.program_len, uint256)
+    span: uint256 = convert(job.spec.every, uint256) * convert(job.spec.program_len, uint256)
     clock: uint256 = convert(job.spec.clock, uint256)
+    cw: uint256 = self.job_clock[job_id]
+    v: uint256 = self._vnow(cw)
+    self._set_clock(job_id, 0, ((cw >> 160) & _M32) + 1, v)
     turn: Turn = Turn(
         phase=TRACE_REVEAL if span > 1 else OPEN_OP,
         seq=0,
         trainer_clock=clock,
         challenger_clock=clock,
         last_move=block.timestamp,
+        vstart=v,
     )
     self.games[game_id] = Game(
         who=(convert(msg.sender, uint256) << 96) | job_id,
@@ -625,7 +678,9 @@ def open_op(
     assert commitments._tensor_root(commitments.DTYPE_FLOAT32, numel, data_root) == new_value  # dev: tensor fields mismatch
     chunks: uint256 = commitments._chunk_count(numel)
     if chunks == 0:
-        self._resolve(game_id, t, True, "empty output")
+        # no element to bisect: the only tensor of numel 0 has data root MTH({}); any other
+        # root hides data in the state and loses here (docs/protocol.md §4.2)
+        self._resolve(game_id, t, data_root == EMPTY_DATA_ROOT, "empty output")
         return
     self.games[game_id].opened = self._opened(step, j, convert(numel, uint256), 0, chunks)
     self.games[game_id].pre_root = v_lo
@@ -801,33 +856,40 @@ def one_step(
 def timeout(game_id: uint256):
     """
     @notice Anyone: end a game whose party on turn has run out of clock; that party loses.
+    @dev The trainer's clock runs on the job's virtual time (§4.3), the challenger's on
+         block time; `game(id).deadline` is the last second the party on turn may move.
     @param game_id The game.
     """
     t: Turn = self._unpack(self.games[game_id].turn)
     assert t.phase != 0 and t.phase < TRAINER_WON  # dev: game not running
-    assert self.jobs[self.games[game_id].who & _M64].status == COMMITTED  # dev: job not committed
-    elapsed: uint256 = block.timestamp - t.last_move
+    cw: uint256 = self.job_clock[self.games[game_id].who & _M64]
+    assert cw >> 192 == 0 or game_id < cw >> 192  # dev: job not committed
     if self._trainer_to_move(t.phase):
-        assert elapsed > t.trainer_clock  # dev: trainer has time
+        assert self._vnow(cw) - t.vstart > t.trainer_clock << _VSHIFT  # dev: trainer has time
         self._resolve(game_id, t, False, "trainer timeout")
     else:
-        assert elapsed > t.challenger_clock  # dev: challenger has time
+        assert block.timestamp - t.last_move > t.challenger_clock  # dev: challenger has time
         self._resolve(game_id, t, True, "challenger timeout")
 
 
 @external
 def abandon(game_id: uint256):
     """
-    @notice Anyone: close a running game of a job already rejected by another game; the
-            challenger gets its bond back at `settle` (the commitment is void anyway).
+    @notice Anyone: close a running game opened after the game that rejected the job (the
+            lowest-numbered game a challenger won); its challenger gets its bond back at
+            `settle`. Games opened before it keep running (docs/protocol.md §4.4).
     @param game_id The game.
     """
     t: Turn = self._unpack(self.games[game_id].turn)
     assert t.phase != 0 and t.phase < TRAINER_WON  # dev: game not running
     job_id: uint256 = self.games[game_id].who & _M64
-    assert self.jobs[job_id].status == REJECTED  # dev: job not rejected
+    cw: uint256 = self.job_clock[job_id]
+    winner: uint256 = cw >> 192
+    assert winner != 0  # dev: job not rejected
+    assert game_id > winner  # dev: game still live
     self._end(game_id, t, ABANDONED)
     self.jobs[job_id].open_games -= 1
+    self._set_clock(job_id, winner, ((cw >> 160) & _M32) - 1, self._vnow(cw))
     log GameResolved(game_id=game_id, job_id=job_id, trainer_won=False, reason="abandoned")
 
 
@@ -835,9 +897,11 @@ def abandon(game_id: uint256):
 def settle(game_id: uint256):
     """
     @notice Anyone: pay out a finished game, once. Trainer won: the bond goes to the
-            trainer, BOND_BURN_BPS of it burned. Challenger won: bond back plus
-            WINNER_SHARE_BPS of the stake to the challenger, the rest of the stake burned,
-            the reward back to the requester. Abandoned: bond back.
+            trainer, BOND_BURN_BPS of it burned. Challenger won: the lowest-numbered such
+            game (the job's winner) gets its bond back plus WINNER_SHARE_BPS of the stake,
+            the rest of the stake is burned and the reward goes back to the requester, once
+            no game of the job runs any more; any other won game gets its bond back.
+            Abandoned: bond back.
     @param game_id The game.
     """
     phase: uint8 = self._unpack(self.games[game_id].turn).phase
@@ -853,10 +917,15 @@ def settle(game_id: uint256):
         self._burn(burn)
         self._credit(job.trainer, bond - burn, "challenger bond")
     elif phase == CHALLENGER_WON:
-        share: uint256 = job.spec.stake * WINNER_SHARE_BPS // BPS
-        self._burn(job.spec.stake - share)
-        self._credit(challenger, bond + share, "bond and stake share")
-        self._credit(job.requester, job.reward, "reward refund")
+        cw: uint256 = self.job_clock[who & _M64]
+        if game_id == cw >> 192:
+            assert (cw >> 160) & _M32 == 0  # dev: games still open
+            share: uint256 = job.spec.stake * WINNER_SHARE_BPS // BPS
+            self._burn(job.spec.stake - share)
+            self._credit(challenger, bond + share, "bond and stake share")
+            self._credit(job.requester, job.reward, "reward refund")
+        else:
+            self._credit(challenger, bond, "bond refund")
     else:
         self._credit(challenger, bond, "bond refund")
 
@@ -871,6 +940,7 @@ def game(game_id: uint256) -> GameView:
     """
     g: Game = self.games[game_id]
     t: Turn = self._unpack(g.turn)
+    winner: uint256 = self.job_clock[g.who & _M64] >> 192
     return GameView(
         job_id=g.who & _M64,
         challenger=convert(g.who >> 96, address),
@@ -895,6 +965,8 @@ def game(game_id: uint256) -> GameView:
         challenger_clock=t.challenger_clock,
         last_move=t.last_move,
         settled=self.settled[game_id],
+        deadline=self._deadline(game_id, t),
+        live=t.phase != 0 and t.phase < TRAINER_WON and (winner == 0 or game_id < winner),
     )
 
 
@@ -921,18 +993,19 @@ def to_move(game_id: uint256) -> address:
 @internal
 @pure
 def _pack(t: Turn) -> uint256:
-    return (convert(t.phase, uint256) << 224) | (t.seq << 192) | (t.trainer_clock << 128) | (t.challenger_clock << 64) | t.last_move
+    return (convert(t.phase, uint256) << 248) | (t.seq << 216) | (t.trainer_clock << 168) | (t.challenger_clock << 120) | (t.last_move << 56) | t.vstart
 
 
 @internal
 @pure
 def _unpack(word: uint256) -> Turn:
     return Turn(
-        phase=convert(word >> 224, uint8),
-        seq=(word >> 192) & _M32,
-        trainer_clock=(word >> 128) & _M64,
-        challenger_clock=(word >> 64) & _M64,
-        last_move=word & _M64,
+        phase=convert(word >> 248, uint8),
+        seq=(word >> 216) & _M32,
+        trainer_clock=(word >> 168) & _M48,
+        challenger_clock=(word >> 120) & _M48,
+        last_move=(word >> 56) & _M64,
+        vstart=word & _M56,
     )
 
 
@@ -1018,21 +1091,27 @@ def _begin(game_id: uint256, seq: uint256, by_trainer: bool) -> Turn:
 @internal
 @view
 def _begin_any(game_id: uint256, seq: uint256) -> Turn:
-    """Checks the game runs, the move names the current move count, and the clock of the
-    party on turn has not run out; returns the turn with that clock charged and `seq`
-    advanced. The caller stores it with the new phase (`_end` or `_resolve`)."""
+    """Checks the game runs (its job has no winner, or a later one), the move names the
+    current move count, and the clock of the party on turn has not run out; returns the
+    turn with that clock charged and `seq` advanced. The trainer's clock is charged the
+    job's virtual time since its turn began (§4.3), rounded up to whole seconds; the
+    challenger's the block time. The caller stores it with the new phase."""
     t: Turn = self._unpack(self.games[game_id].turn)
     assert t.phase != 0 and t.phase < TRAINER_WON  # dev: game not running
-    assert self.jobs[self.games[game_id].who & _M64].status == COMMITTED  # dev: job not committed
+    cw: uint256 = self.job_clock[self.games[game_id].who & _M64]
+    assert cw >> 192 == 0 or game_id < cw >> 192  # dev: job not committed
     assert seq == t.seq  # dev: stale move
-    elapsed: uint256 = block.timestamp - t.last_move
+    v: uint256 = self._vnow(cw)
     if self._trainer_to_move(t.phase):
-        assert elapsed <= t.trainer_clock  # dev: clock expired
-        t.trainer_clock -= elapsed
+        spent: uint256 = v - t.vstart
+        assert spent <= t.trainer_clock << _VSHIFT  # dev: clock expired
+        t.trainer_clock -= (spent + (1 << _VSHIFT) - 1) >> _VSHIFT
     else:
+        elapsed: uint256 = block.timestamp - t.last_move
         assert elapsed <= t.challenger_clock  # dev: clock expired
         t.challenger_clock -= elapsed
     t.last_move = block.timestamp
+    t.vstart = v
     t.seq = seq + 1
     return t
 
@@ -1046,15 +1125,24 @@ def _end(game_id: uint256, t: Turn, phase: uint8):
 
 @internal
 def _resolve(game_id: uint256, t: Turn, trainer_won: bool, reason: String[32]):
-    """Ends a game with a verdict; a trainer loss rejects the commitment. Payouts: `settle`."""
+    """Ends a game with a verdict; a trainer loss rejects the commitment (the first one)
+    and makes this game the job's winner if it is the lowest-numbered one the challenger
+    won. Payouts: `settle`."""
     job_id: uint256 = self.games[game_id].who & _M64
     self.jobs[job_id].open_games -= 1
+    cw: uint256 = self.job_clock[job_id]
+    winner: uint256 = cw >> 192
+    v: uint256 = self._vnow(cw)
     if trainer_won:
         self._end(game_id, t, TRAINER_WON)
     else:
         self._end(game_id, t, CHALLENGER_WON)
-        self.jobs[job_id].status = REJECTED
-        log JobClosed(job_id=job_id, status=REJECTED)
+        if winner == 0:
+            self.jobs[job_id].status = REJECTED
+            log JobClosed(job_id=job_id, status=REJECTED)
+        if winner == 0 or game_id < winner:
+            winner = game_id
+    self._set_clock(job_id, winner, ((cw >> 160) & _M32) - 1, v)
     log GameResolved(game_id=game_id, job_id=job_id, trainer_won=trainer_won, reason=reason)
 
 
@@ -1072,3 +1160,46 @@ def _burn(amount: uint256):
     """Moves `amount` of held wei to `burned`, locked forever."""
     self.held -= amount
     self.burned += amount
+
+
+@internal
+@view
+def _vnow(cw: uint256) -> uint256:
+    """The job's virtual time now (units of 2^-16 s), from its clock word: it advances at
+    1 / (running games) per second while no game rejected the job, so n games waiting on
+    the trainer share its time; at 1 per second after (a rejected trainer is a proven
+    cheater). The trainer's clock in a game is charged this time, not block time."""
+    v: uint256 = cw & _M96
+    elapsed: uint256 = (block.timestamp - ((cw >> 96) & _M64)) << _VSHIFT
+    if cw >> 192 != 0:
+        return v + elapsed
+    running: uint256 = (cw >> 160) & _M32
+    if running == 0:
+        return v
+    return v + elapsed // running
+
+
+@internal
+def _set_clock(job_id: uint256, winner: uint256, running: uint256, v: uint256):
+    """Stores a job's clock word, with virtual time `v` as of now."""
+    self.job_clock[job_id] = (winner << 192) | (running << 160) | (block.timestamp << 96) | v
+
+
+@internal
+@view
+def _deadline(game_id: uint256, t: Turn) -> uint256:
+    """The last second at which the party on turn may still move (0 once the game is over),
+    assuming the job's running games stay as they are."""
+    if t.phase == 0 or t.phase >= TRAINER_WON:
+        return 0
+    if not self._trainer_to_move(t.phase):
+        return t.last_move + t.challenger_clock
+    cw: uint256 = self.job_clock[self.games[game_id].who & _M64]
+    at: uint256 = (cw >> 96) & _M64
+    budget: uint256 = t.vstart + (t.trainer_clock << _VSHIFT)
+    v: uint256 = cw & _M96
+    if v > budget:
+        return at - 1
+    if cw >> 192 != 0:
+        return at + ((budget - v) >> _VSHIFT)
+    return at + (((budget - v + 1) * ((cw >> 160) & _M32) - 1) >> _VSHIFT)

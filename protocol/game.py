@@ -19,6 +19,24 @@ PARTIAL_ARITY = 8
 #: Elements of float32 per chunk (CHUNK_BYTES / 4).
 ELEMENTS_PER_CHUNK = 256
 
+# Job parameter bounds (the contract's public constants of the same names; register_job
+# enforces them, docs/protocol.md §4.5).
+#: Shortest chess clock per party per game, s.
+MIN_CLOCK = 3600
+#: Shortest challenge window, s.
+MIN_WINDOW = 3600
+#: Longest clock, window and train time, s (365 days: no deadline overflows uint64).
+MAX_DURATION = 365 * 86400
+#: Smallest bond, wei.
+MIN_BOND = 10**16
+#: Smallest stake, wei.
+MIN_STAKE = 2 * 10**16
+#: Most ops per step; most trace positions per interval (k * L).
+MAX_PROGRAM_LEN = 2**32 - 1
+MAX_SPAN = 2**64 - 1
+#: A block, s: the pace of a trainer that sends one transaction per block (§4.3).
+BLOCK_TIME = 12
+
 
 class JobStatus(IntEnum):
     OPEN = 1
@@ -133,6 +151,8 @@ class GameState(BaseModel):
     challenger_clock: int
     last_move: int
     settled: bool
+    deadline: int  # the last second the party on turn may move (at today's running games)
+    live: bool  # running and not frozen by a lower-numbered game that rejected the job
 
     @classmethod
     def from_chain(cls, raw: Any) -> GameState:
@@ -191,3 +211,65 @@ def element_bits(chunk: bytes, index: int) -> int:
 def as_word(bits: int) -> bytes:
     """A float32 bit pattern (or any small integer) as a 32-byte big-endian word."""
     return bits.to_bytes(32, "big")
+
+
+def job_problems(spec: JobSpec) -> list[str]:
+    """Why ``register_job`` would refuse ``spec`` (its parameter bounds), one line each;
+    empty when none applies. The prover refuses such a job before staking on it."""
+    problems = []
+    if spec.steps % spec.every:
+        problems.append(f"every={spec.every} does not divide steps={spec.steps}")
+    if spec.program_len > MAX_PROGRAM_LEN or spec.every * spec.program_len > MAX_SPAN:
+        problems.append(f"interval of {spec.every} x {spec.program_len} ops is too long")
+    if not MIN_CLOCK <= spec.clock <= MAX_DURATION:
+        problems.append(f"clock={spec.clock}s outside [{MIN_CLOCK}, {MAX_DURATION}]")
+    if not MIN_WINDOW <= spec.window <= MAX_DURATION:
+        problems.append(f"window={spec.window}s outside [{MIN_WINDOW}, {MAX_DURATION}]")
+    if not 0 < spec.train_time <= MAX_DURATION:
+        problems.append(f"train_time={spec.train_time}s outside [1, {MAX_DURATION}]")
+    if spec.bond < MIN_BOND:
+        problems.append(f"bond={spec.bond} wei below {MIN_BOND}")
+    if spec.stake < MIN_STAKE:
+        problems.append(f"stake={spec.stake} wei below {MIN_STAKE}")
+    return problems
+
+
+def trainer_moves_bound(spec: JobSpec, max_numel: int, max_reduce: int) -> int:
+    """Most trainer moves one game of ``spec`` can take: trace reveals over k * L positions,
+    open_op, chunk reveals down ceil(numel / 256) chunks, open_chunk, partial reveals over
+    ``max_reduce`` terms."""
+
+    def rounds(n: int, arity: int) -> int:
+        r = 0
+        while n > 1:
+            n = -(-n // arity)
+            r += 1
+        return r
+
+    chunks = -(-max_numel // ELEMENTS_PER_CHUNK)
+    depth = max(chunks - 1, 0).bit_length()
+    return (
+        rounds(spec.every * spec.program_len, TRACE_ARITY)
+        + 2
+        + depth
+        + rounds(max_reduce, PARTIAL_ARITY)
+    )
+
+
+def harmonic(n: int) -> float:
+    """H_n = 1 + 1/2 + ... + 1/n (0 for n = 0)."""
+    return sum(1 / i for i in range(1, n + 1))
+
+
+def clock_needed(moves: int, disputes: int, per_move: float = BLOCK_TIME) -> float:
+    """Clock (s) an honest trainer that answers the oldest waiting game first, one move per
+    ``per_move`` seconds, needs to win ``disputes`` parallel games of ``moves`` trainer moves
+    each: every move is charged at most ``per_move * H_disputes`` of virtual time (§4.3)."""
+    return moves * per_move * harmonic(max(disputes, 1))
+
+
+def answer_order(games: list[tuple[int, GameState]]) -> list[int]:
+    """The live games where the trainer is on turn, oldest wait first: the order in which
+    §4.3's bound holds."""
+    waiting = [(g.last_move, gid) for gid, g in games if g.live and g.phase.trainer_moves]
+    return [gid for _, gid in sorted(waiting)]

@@ -16,9 +16,20 @@ from pydantic import BaseModel, Field
 
 from protocol.agent import Agent, AgentConfig, setup_logging
 from protocol.blobs import BlobError, FileStore
-from protocol.game import JobStatus
+from protocol.game import (
+    MIN_CLOCK,
+    JobSpec,
+    JobStatus,
+    answer_order,
+    clock_needed,
+    job_problems,
+    trainer_moves_bound,
+)
+from protocol.ir import REDUCTION_OPS
+from protocol.market import Market
 from replay.checkpoint import CheckpointError
 from replay.dispute import (
+    Computation,
     TrainerPlayer,
     example_computation,
     parse_fault,
@@ -34,6 +45,12 @@ class ProverConfig(AgentConfig):
     store: str = Field(description="blob store folder to publish checkpoints into")
     example: str = Field("digits-mlp", description="the example the job trains")
     fault: str | None = Field(None, description="inject a fault (demos and tests)")
+    survive: int = Field(
+        100, ge=1, description="parallel disputes the job's clock must let this prover answer"
+    )
+    seconds_per_move: float = Field(
+        24.0, gt=0, description="this prover's slowest pace per move (block time + compute), s"
+    )
 
 
 class ProverStatus(BaseModel):
@@ -68,7 +85,13 @@ class ProverService:
         m, cfg, me = self.market, self.cfg, self.agent.address
         job = m.job(cfg.job)
         if job.status == JobStatus.OPEN:
-            m.transact("accept_job", cfg.job, value=job.spec.stake, key=f"accept:{cfg.job}")
+            why = unsafe_job(job.spec, self.comp, cfg.survive, cfg.seconds_per_move)
+            if why is not None:
+                log.error("event=refused job=%d why=%r", cfg.job, why)
+                return ProverStatus(done=True, status=job.status, games=0)
+            m.transact(
+                "accept_job", cfg.job, job.job_hash, value=job.spec.stake, key=f"accept:{cfg.job}"
+            )
             log.info("event=accepted job=%d stake=%d", cfg.job, job.spec.stake)
             return ProverStatus(done=False, status=job.status, games=0)
         if job.trainer.lower() != me.lower():
@@ -80,12 +103,12 @@ class ProverService:
             )
             log.info("event=committed job=%d", cfg.job)
             return ProverStatus(done=False, status=job.status, games=0)
-        games = m.games_of(cfg.job)
+        games = oldest_wait_first(m, m.games_of(cfg.job))
         settled = True
         for game_id in games:
             g = m.game(game_id)
             if not g.phase.over:
-                if g.phase.trainer_moves and (game_id, g.seq) not in self._stuck:
+                if g.live and g.phase.trainer_moves and (game_id, g.seq) not in self._stuck:
                     if self.player.move(game_id) is None:
                         self._stuck.add((game_id, g.seq))
                         log.warning(
@@ -168,3 +191,33 @@ class ProverService:
                 log.info("event=done job=%d status=%s", self.cfg.job, status.status.name)
                 return status
             time.sleep(self.cfg.poll)
+
+
+def unsafe_job(
+    spec: JobSpec, comp: Computation, survive: int = 100, seconds_per_move: float = 24.0
+) -> str | None:
+    """Why this prover must not stake on ``spec`` (None when it may): a parameter the
+    contract refuses (protocol.game.job_problems), or a chess clock too short to answer
+    ``survive`` parallel disputes at ``seconds_per_move`` per move (docs/protocol.md §4.3)."""
+    problems = job_problems(spec)
+    if problems:
+        return "; ".join(problems)
+    ops = comp.program.ops
+    max_numel = max((op.numel for op in ops), default=0)
+    max_reduce = max((op.reduce_len for op in ops if op.opcode in REDUCTION_OPS), default=0)
+    moves = trainer_moves_bound(spec, max_numel, max_reduce)
+    need = max(MIN_CLOCK, clock_needed(moves, survive, seconds_per_move))
+    if spec.clock < need:
+        return (
+            f"clock={spec.clock}s < {need:.0f}s needed for {moves} moves per game "
+            f"in {survive} parallel disputes at {seconds_per_move:g}s per move"
+        )
+    return None
+
+
+def oldest_wait_first(market: Market, game_ids: list[int]) -> list[int]:
+    """The job's games with the ones waiting on the trainer first, longest wait first (the
+    order in which one move per block is enough, docs/protocol.md §4.3), then the rest."""
+    states = {gid: market.game(gid) for gid in game_ids}
+    first = answer_order(list(states.items()))
+    return first + [gid for gid in game_ids if gid not in first]

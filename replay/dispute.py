@@ -517,8 +517,7 @@ def play(
             break
         player: Player = trainer if g.phase.trainer_moves else challenger
         if player.move(game_id) is None:
-            clock = g.trainer_clock if g.phase.trainer_moves else g.challenger_clock
-            advance_time(clock + 1)
+            advance_time(max(1, g.deadline + 1 - g.last_move))  # now >= last_move
             market.transact("timeout", game_id, key=f"timeout:{game_id}")
             timeouts += 1
     g = market.game(game_id)

@@ -204,7 +204,7 @@ def committed_job(
     """Register, accept and commit a job; the trainer commits computation ``name``."""
     spec = spec or job_spec()
     job_id = new_job(tp, requester, spec)
-    tp.accept_job(job_id, sender=trainer, value=spec.stake)
+    tp.accept_job(job_id, tp.jobs(job_id).job_hash, sender=trainer, value=spec.stake)
     tp.commit_run(job_id, list(checkpoints(name)[1:]), sender=trainer)
     return job_id
 
@@ -384,9 +384,8 @@ class GameDriver:
         if g.phase.over:
             return g
         call = self.next_call(g)
-        if call is None:
-            clock = g.trainer_clock if g.phase.trainer_moves else g.challenger_clock
-            boa.env.time_travel(seconds=clock + 1)
+        if call is None:  # past the deadline (the trainer's clock is shared by the job's games)
+            boa.env.time_travel(seconds=max(1, g.deadline + 1 - boa.env.timestamp))
             self.tp.timeout(self.game_id, sender=anyone or self.challenger)
         else:
             self.send(call, g.seq)

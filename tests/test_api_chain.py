@@ -122,7 +122,7 @@ def test_dispute_followed_move_by_move(world) -> None:
     listed = client.get("/v1/jobs", params={"requester": str(requester)}).json()
     assert [j["id"] for j in listed["items"]] == [job_id]
 
-    market.accept_job(job_id, sender=trainer_acct, value=STAKE)
+    market.accept_job(job_id, market.jobs(job_id).job_hash, sender=trainer_acct, value=STAKE)
     indexer.sync()
     assert check_job(market, client, job_id)["status"] == "training"
 
@@ -198,7 +198,7 @@ def test_reorg_rolls_back(world) -> None:
     job_id = int(
         market.register_job(spec.as_tuple(), sender=requester, value=REWARD).events[0].job_id
     )
-    market.accept_job(job_id, sender=trainer_acct, value=STAKE)
+    market.accept_job(job_id, market.jobs(job_id).job_hash, sender=trainer_acct, value=STAKE)
     trainer = TrainerPlayer(ApeMarket(market, trainer_acct), honest, job_id)
     trainer.commit()
     indexer.sync()

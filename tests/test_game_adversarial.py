@@ -153,10 +153,10 @@ def test_accept_job_wrong_stake(tp, people) -> None:
     job_id = new_job(tp, people["requester"])
     for value in (0, STAKE - 1, STAKE + 1):
         with reverts(tp, "wrong stake"):
-            tp.accept_job(job_id, sender=people["trainer"], value=value)
-    tp.accept_job(job_id, sender=people["trainer"], value=STAKE)
+            tp.accept_job(job_id, tp.jobs(job_id).job_hash, sender=people["trainer"], value=value)
+    tp.accept_job(job_id, tp.jobs(job_id).job_hash, sender=people["trainer"], value=STAKE)
     with reverts(tp, "job not open"):
-        tp.accept_job(job_id, sender=people["anyone"], value=STAKE)
+        tp.accept_job(job_id, tp.jobs(job_id).job_hash, sender=people["anyone"], value=STAKE)
     assert tp.held() == REWARD + STAKE
     assert_books(tp)
 
@@ -175,7 +175,7 @@ def test_open_dispute_wrong_bond(tp, people) -> None:
 
 def test_commit_at_the_deadline_succeeds(tp, people) -> None:
     job_id = new_job(tp, people["requester"])
-    tp.accept_job(job_id, sender=people["trainer"], value=STAKE)
+    tp.accept_job(job_id, tp.jobs(job_id).job_hash, sender=people["trainer"], value=STAKE)
     boa.env.time_travel(seconds=TRAIN_TIME)
     with reverts(tp, "deadline not passed"):
         tp.expire_job(job_id, sender=people["anyone"])
@@ -185,7 +185,7 @@ def test_commit_at_the_deadline_succeeds(tp, people) -> None:
 
 def test_commit_after_deadline_then_expire(tp, people) -> None:
     job_id = new_job(tp, people["requester"])
-    tp.accept_job(job_id, sender=people["trainer"], value=STAKE)
+    tp.accept_job(job_id, tp.jobs(job_id).job_hash, sender=people["trainer"], value=STAKE)
     boa.env.time_travel(seconds=TRAIN_TIME + 1)
     with reverts(tp, "commit deadline passed"):
         tp.commit_run(job_id, list(checkpoints()[1:]), sender=people["trainer"])
@@ -812,7 +812,7 @@ def _attacker_earns_credit(tp: Any, requester: str) -> Any:
     attacker = reentrant_deployer().deploy(tp.address)
     funder = account()
     job_id = new_job(tp, requester)
-    data = tp.accept_job.prepare_calldata(job_id)
+    data = tp.accept_job.prepare_calldata(job_id, tp.jobs(job_id).job_hash)
     attacker.forward(data, value=STAKE, sender=funder)
     attacker.forward(tp.commit_run.prepare_calldata(job_id, list(checkpoints()[1:])))
     boa.env.time_travel(seconds=WINDOW + 1)

@@ -92,7 +92,7 @@ def new_job(chain, market) -> tuple[int, object, object, object]:
     spec = job_spec_for(honest(), stake=STAKE, bond=BOND, clock=3600, window=7200, train_time=3600)
     receipt = market.register_job(spec.as_tuple(), sender=requester, value=REWARD)
     job_id = int(receipt.events[0].job_id)
-    market.accept_job(job_id, sender=trainer, value=STAKE)
+    market.accept_job(job_id, market.jobs(job_id).job_hash, sender=trainer, value=STAKE)
     return job_id, requester, trainer, challenger
 
 

@@ -12,17 +12,27 @@ predicts which calls succeed, who wins a game where one side computed honestly (
 was on turn at a timeout), and every wei. Runs on the deployed (Venom) build; the exact
 revert reasons are test_game_adversarial's job.
 
+The model also keeps each job's shared game clock (docs/protocol.md §4.3: virtual time
+advancing at 1 / running games per second, at 1 after a rejection) and its winner (the
+lowest-numbered game a challenger won: games below it keep running, games above it are
+frozen until abandoned; only the winner is paid the stake share, once no game of the job
+runs; other won games get their bond back).
+
 Invariants after every step:
 - the contract's balance == liabilities() == held() + burned();
 - held() == the model's escrow of live jobs (reward, stake) + bonds of unsettled games
   + all credits; burned() and every account's credits equal the model's;
-- each job's open_games equals the model's count of its running games;
+- each job's open_games equals the model's count of its running games, and its clock word
+  (winner, running games, virtual time) equals the model's;
+- every live game's `deadline` is the last second at which the model lets the party on
+  turn move;
 and a withdraw pays the account exactly its credit, once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,7 +65,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from protocol.game import GameState, JobStatus, Phase
+from protocol.game import MIN_BOND, MIN_STAKE, GameState, JobStatus, Phase
 
 #: The runs a party may hold: honest, or with a fault the game settles at the one-step
 #: (add), in the partial bisection (matmul), at open_op (batch: the trainer cannot open)
@@ -66,11 +76,13 @@ for _name in RUNS:  # the expensive part, once per process
 
 INTERVALS = len(checkpoints()) - 1
 REWARDS = (0, 1, REWARD)
-STAKES = (0, 3, STAKE)
-BONDS = (0, 3, BOND)
+# the smallest the contract accepts, odd ones (rounding of the shares), and large ones
+STAKES = (MIN_STAKE, MIN_STAKE + 3, STAKE)
+BONDS = (MIN_BOND, MIN_BOND + 3, BOND)
 # every job's durations (s): distinct, so that time steps land exactly on each limit; the
 # clocks are the longest, so that games often outlive the jumps to the other limits
-TRAIN_TIME, WINDOW, CLOCK = 1000, 2000, 4000
+TRAIN_TIME, WINDOW, CLOCK = 1000, 3600, 4000
+_V = 16  # virtual time counts 2^-16 s
 TIME_STEPS = (1, 500, TRAIN_TIME, WINDOW, CLOCK)
 
 # job escrow per status: (reward held, stake held)
@@ -90,6 +102,24 @@ class JobModel:
     accepted_at: int = 0
     committed_at: int = 0
     paid_out: bool = False  # a rejected job's reward and stake went out at settle
+    winner: int | None = None  # the lowest-numbered game the challenger won
+    v: int = 0  # virtual time at `at` (units of 2^-16 s)
+    at: int = 0
+    running: int = 0  # running games, frozen ones included
+
+    def vnow(self, now: int) -> int:
+        elapsed = (now - self.at) << _V
+        if self.winner is not None:
+            return self.v + elapsed
+        return self.v if self.running == 0 else self.v + elapsed // self.running
+
+    def fold(self, now: int, delta: int) -> int:
+        self.v, self.at = self.vnow(now), now
+        self.running += delta
+        return self.v
+
+    def frozen(self, game_id: int) -> bool:
+        return self.winner is not None and game_id > self.winner
 
     def escrow(self) -> int:
         if self.status in _LIVE:
@@ -112,6 +142,7 @@ class GameModel:
     expected: str | None  # "trainer" / "challenger" when one side computed honestly
     phase: Phase = Phase.TRACE_REVEAL
     settled: bool = False
+    vstart: int = 0  # the job's virtual time at the last move
 
     @property
     def running(self) -> bool:
@@ -226,9 +257,7 @@ class TrainProofMachine(RuleBasedStateMachine):
             boa.env.time_travel(seconds=target - self.now)
 
     def _clock_limit(self, g: GameModel) -> int:
-        state = g.driver.state()
-        clock = state.trainer_clock if state.phase.trainer_moves else state.challenger_clock
-        return state.last_move + clock
+        return g.driver.state().deadline  # checked against the model by `deadlines`
 
     def _jobs(self, *status: JobStatus) -> list[JobModel]:
         return [j for j in self.m.jobs if j.status in status]
@@ -236,9 +265,26 @@ class TrainProofMachine(RuleBasedStateMachine):
     def _running(self) -> list[GameModel]:
         return [g for g in self.m.games if g.running]
 
+    def _expired_at(self, g: GameModel, state: GameState, when: int) -> bool:
+        """Whether the party on turn in ``g`` is out of clock at time ``when``."""
+        if state.phase.trainer_moves:
+            return g.job.vnow(when) - g.vstart > state.trainer_clock << _V
+        return when - state.last_move > state.challenger_clock
+
     def _on_turn_expired(self, g: GameModel, state: GameState) -> bool:
-        clock = state.trainer_clock if state.phase.trainer_moves else state.challenger_clock
-        return self.now - state.last_move > clock
+        return self._expired_at(g, state, self.now)
+
+    def _send(self, g: GameModel, call: Call, seq: int) -> None:
+        """A correct move: the trainer's clock is charged the virtual time, rounded up."""
+        before = g.driver.state()
+        v = g.job.vnow(self.now)
+        g.driver.send(call, seq)
+        after = g.driver.state()
+        if before.phase.trainer_moves and not after.phase.over:
+            charged = -(-(v - g.vstart) >> _V)
+            assert after.trainer_clock == before.trainer_clock - charged
+        g.vstart = v
+        self._after_move(g)
 
     def _after_move(self, g: GameModel, by_timeout: str | None = None) -> None:
         """Read the game's phase; if it ended, check the winner and update the model."""
@@ -246,6 +292,7 @@ class TrainProofMachine(RuleBasedStateMachine):
         if not state.phase.over:
             g.phase = state.phase
             return
+        g.job.fold(self.now, -1)
         assert state.phase in (Phase.TRAINER_WON, Phase.CHALLENGER_WON)
         winner = "trainer" if state.phase == Phase.TRAINER_WON else "challenger"
         expected = by_timeout or g.expected
@@ -255,6 +302,8 @@ class TrainProofMachine(RuleBasedStateMachine):
         event(f"game won by the {winner} ({'timeout' if by_timeout else 'played'})")
         if winner == "challenger":
             g.job.status = JobStatus.REJECTED
+            if g.job.winner is None or g.id < g.job.winner:
+                g.job.winner = g.id
 
     # ------------------------------------------------------------ a running start
 
@@ -302,9 +351,12 @@ class TrainProofMachine(RuleBasedStateMachine):
         job = data.draw(st.sampled_from(self._jobs(JobStatus.OPEN)))
         trainer = self.people[who]
         if wrong_stake:
-            self._reverts("accept_job", job.id, sender=trainer, value=job.stake + 1, job=job)
+            self._reverts(
+                "accept_job", job.id, self.tp.jobs(job.id).job_hash,
+                sender=trainer, value=job.stake + 1, job=job,
+            )  # fmt: skip
             return
-        self.tp.accept_job(job.id, sender=trainer, value=job.stake)
+        self.tp.accept_job(job.id, self.tp.jobs(job.id).job_hash, sender=trainer, value=job.stake)
         job.status, job.trainer, job.accepted_at = JobStatus.ACCEPTED, trainer, self.now
 
     @precondition(lambda self: self._jobs(JobStatus.ACCEPTED))
@@ -410,9 +462,9 @@ class TrainProofMachine(RuleBasedStateMachine):
         driver = GameDriver(
             self.tp, game_id, job.trainer, challenger, computation(job.run), computation(run)
         )
-        self.m.games.append(
-            GameModel(game_id, job, challenger, run, interval, driver, job.bond, expected)
-        )
+        model = GameModel(game_id, job, challenger, run, interval, driver, job.bond, expected)
+        model.vstart = job.fold(self.now, +1)
+        self.m.games.append(model)
 
     @precondition(lambda self: self._running())
     @rule(data=st.data(), how=st.sampled_from(["right", "stale", "sender", "wrong"]))
@@ -425,7 +477,7 @@ class TrainProofMachine(RuleBasedStateMachine):
         if call is None:  # the party on turn has no valid move: it can only run out of time
             event("move: none")
             return
-        frozen = g.job.status != JobStatus.COMMITTED
+        frozen = g.job.frozen(g.id)
         if frozen or self._on_turn_expired(g, state):
             event(f"move: {'frozen' if frozen else 'expired'}")
             # job not committed, or the clock of the party on turn ran out
@@ -444,8 +496,7 @@ class TrainProofMachine(RuleBasedStateMachine):
         elif how == "wrong":
             self._reverts_move(g, _wrong(call, state), state.seq)
         else:
-            g.driver.send(call, state.seq)
-            self._after_move(g)
+            self._send(g, call, state.seq)
 
     @precondition(lambda self: self._running())
     @rule(data=st.data(), count=st.integers(2, 25))
@@ -455,15 +506,14 @@ class TrainProofMachine(RuleBasedStateMachine):
         self._at_limit(data, self._clock_limit(g), after=False)
         for _ in range(count):
             state = g.driver.state()
-            if not g.running or g.job.status != JobStatus.COMMITTED:
+            if not g.running or g.job.frozen(g.id):
                 return
             if self._on_turn_expired(g, state):
                 return
             call = g.driver.next_call(state)
             if call is None:
                 return
-            g.driver.send(call, state.seq)
-            self._after_move(g)
+            self._send(g, call, state.seq)
             event(f"reached {g.phase.name}")
 
     @precondition(lambda self: self._running())
@@ -471,7 +521,7 @@ class TrainProofMachine(RuleBasedStateMachine):
     def play_out(self, data: st.DataObject) -> None:
         """Play a running game to its end (a party without a move runs out of time)."""
         g = data.draw(st.sampled_from(self._running()))
-        if g.job.status != JobStatus.COMMITTED:
+        if g.job.frozen(g.id):
             return
         for _ in range(100):
             state = g.driver.state()
@@ -481,10 +531,7 @@ class TrainProofMachine(RuleBasedStateMachine):
             call = g.driver.next_call(state)
             if call is None or self._on_turn_expired(g, state):
                 if not self._on_turn_expired(g, state):
-                    clock = (
-                        state.trainer_clock if state.phase.trainer_moves else state.challenger_clock
-                    )
-                    boa.env.time_travel(seconds=state.last_move + clock + 1 - self.now)
+                    boa.env.time_travel(seconds=state.deadline + 1 - self.now)
                 self.tp.timeout(g.id, sender=self.outsider)
                 winner = "challenger" if loser == "trainer" else "trainer"
                 if call is None:  # no move at all: the same verdict a played game gives
@@ -492,8 +539,7 @@ class TrainProofMachine(RuleBasedStateMachine):
                 else:
                     self._after_move(g, by_timeout=winner)
                 return
-            g.driver.send(call, state.seq)
-            self._after_move(g)
+            self._send(g, call, state.seq)
         assert not g.running
 
     @rule(data=st.data(), seconds=st.sampled_from(TIME_STEPS), to_limit=st.booleans())
@@ -507,9 +553,7 @@ class TrainProofMachine(RuleBasedStateMachine):
         limits = [j.accepted_at + TRAIN_TIME for j in self._jobs(JobStatus.ACCEPTED)]
         limits += [j.committed_at + WINDOW for j in self._jobs(JobStatus.COMMITTED)]
         for g in self._running():
-            state = g.driver.state()
-            clock = state.trainer_clock if state.phase.trainer_moves else state.challenger_clock
-            limits.append(state.last_move + clock)
+            limits.append(g.driver.state().deadline)
         ahead = [t + past for t in limits if t + past > self.now]
         if ahead:
             boa.env.time_travel(seconds=data.draw(st.sampled_from(ahead)) - self.now)
@@ -517,11 +561,11 @@ class TrainProofMachine(RuleBasedStateMachine):
     @precondition(lambda self: self._running())
     @rule(data=st.data())
     def timeout(self, data: st.DataObject) -> None:
-        live = [g for g in self._running() if g.job.status == JobStatus.COMMITTED]
+        live = [g for g in self._running() if not g.job.frozen(g.id)]
         g = self._pick(data, self._running(), live)
         self._at_limit(data, self._clock_limit(g))
         state = g.driver.state()
-        if g.job.status != JobStatus.COMMITTED or not self._on_turn_expired(g, state):
+        if g.job.frozen(g.id) or not self._on_turn_expired(g, state):
             self._reverts("timeout", g.id, sender=self.outsider, game=g)
             return
         self.tp.timeout(g.id, sender=self.outsider)
@@ -530,22 +574,28 @@ class TrainProofMachine(RuleBasedStateMachine):
     @precondition(lambda self: self._running())
     @rule(data=st.data())
     def abandon(self, data: st.DataObject) -> None:
-        frozen = [g for g in self._running() if g.job.status == JobStatus.REJECTED]
+        frozen = [g for g in self._running() if g.job.frozen(g.id)]
         g = self._pick(data, self._running(), frozen)
-        if g.job.status != JobStatus.REJECTED:
+        if not g.job.frozen(g.id):  # no winner yet, or a game below it (still live)
             self._reverts("abandon", g.id, sender=self.outsider, game=g)
             return
         self.tp.abandon(g.id, sender=self.outsider)
         g.phase = Phase.ABANDONED
+        g.job.fold(self.now, -1)
         event("abandoned")
 
     @precondition(lambda self: self.m.games)
     @rule(data=st.data())
     def settle(self, data: st.DataObject) -> None:
-        g = self._pick(
-            data, self.m.games, [g for g in self.m.games if not (g.running or g.settled)]
-        )
-        if g.running or g.settled:
+        def payable(g: GameModel) -> bool:
+            if g.running or g.settled:
+                return False
+            if g.phase == Phase.CHALLENGER_WON and g.id == g.job.winner:
+                return not any(o.job is g.job for o in self._running())  # the share waits
+            return True
+
+        g = self._pick(data, self.m.games, [g for g in self.m.games if payable(g)])
+        if not payable(g):
             self._reverts("settle", g.id, sender=self.outsider, game=g)
             return
         self.tp.settle(g.id, sender=self.outsider)
@@ -557,7 +607,7 @@ class TrainProofMachine(RuleBasedStateMachine):
             burn = g.bond * BOND_BURN_BPS // BPS
             self.m.burned += burn
             self.m.credit(job.trainer, g.bond - burn)
-        elif g.phase == Phase.CHALLENGER_WON:
+        elif g.phase == Phase.CHALLENGER_WON and g.id == job.winner:
             share = job.stake * WINNER_SHARE_BPS // BPS
             self.m.burned += job.stake - share
             self.m.credit(g.challenger, g.bond + share)
@@ -599,11 +649,31 @@ class TrainProofMachine(RuleBasedStateMachine):
             onchain = tp.jobs(job.id)
             assert onchain.status == job.status
             assert onchain.open_games == sum(1 for g in self._running() if g.job is job)
+            word = tp.job_clock(job.id)
+            assert word >> 192 == (job.winner or 0)
+            assert (word >> 160) & (2**32 - 1) == job.running == onchain.open_games
+            if job.running or job.winner:
+                assert (word & (2**96 - 1), (word >> 96) & (2**64 - 1)) == (job.v, job.at)
+
+    @invariant()
+    def deadlines(self) -> None:
+        """A live game's deadline is the last second its party on turn may move."""
+        for g in self._running():
+            state = g.driver.state()
+            assert state.live == (not g.job.frozen(g.id))
+            if not state.live:
+                continue
+            d = state.deadline
+            if d < g.job.at:  # out of clock since before the last change of the job's clock
+                assert self._on_turn_expired(g, state)
+                continue
+            assert not self._expired_at(g, state, d) and self._expired_at(g, state, d + 1)
 
 
 # about 30 s on one core (the whole file runs in one xdist worker)
+# STATEFUL_EXAMPLES=1000 for the acceptance run (about 10 minutes on one core)
 TrainProofMachine.TestCase.settings = settings(
-    max_examples=60,
+    max_examples=int(os.environ.get("STATEFUL_EXAMPLES", "60")),
     stateful_step_count=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],

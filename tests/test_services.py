@@ -42,7 +42,8 @@ from replay.dispute import example_computation, job_spec_for
 STEPS, EVERY = 4, 2
 ETH = 10**18
 STAKE, BOND, REWARD = 2 * ETH, ETH // 10, ETH
-WINDOW = 120
+WINDOW = 3600  # the shortest the contract accepts (MIN_WINDOW, = MIN_CLOCK)
+JUMP = 300  # chain seconds passed every 5 polls
 REPO = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.xdist_group(name="services")
@@ -58,7 +59,7 @@ def world(tmp_path):
         market = ch.at("TrainProof", deployment.contracts["TrainProof"])
         spec = job_spec_for(
             example_computation("digits-mlp", STEPS, EVERY),
-            stake=STAKE, bond=BOND, clock=600, window=WINDOW, train_time=600,
+            stake=STAKE, bond=BOND, clock=WINDOW, window=WINDOW, train_time=600,
         )  # fmt: skip
         market.register_job(spec.as_tuple(), sender=ch.test_account(1), value=REWARD)
         yield node, path, ApeMarket(market, ch.test_account(1)), tmp_path
@@ -99,7 +100,7 @@ def run_both(
         if status.done and not c._games():
             return
         if i % 5 == 4:  # let chain time pass: clocks and the challenge window run on it
-            rpc(node.url, "evm_increaseTime", [WINDOW // 4])
+            rpc(node.url, "evm_increaseTime", [JUMP])
             rpc(node.url, "evm_mine")
     raise AssertionError("the services did not finish")
 

@@ -38,7 +38,8 @@ async function jobView(id) {
     <section><b>run root</b> <code>${esc(j.run_root || "—")}</code><br>
     <b>trainer</b> <code>${esc(j.trainer || "—")}</code> · <b>stake</b> ${esc(j.stake)} wei ·
     <b>challenge deadline</b> ${when(j.challenge_deadline)}<br>
-    <b>coverage</b> ≥1 challenger: ${(cov.covered_1 * 100).toFixed(0)} %, ≥3: ${(cov.covered_3 * 100).toFixed(0)} %</section>
+    <b>bonded coverage</b> <span title="signers that have posted a dispute bond or a stake">≥1 bonded challenger: ${(cov.bonded_covered_1 * 100).toFixed(0)} %, ≥3: ${(cov.bonded_covered_3 * 100).toFixed(0)} %</span><br>
+    <b>raw coverage</b> <span title="any key that signed, unvetted">≥1 key: ${(cov.covered_1 * 100).toFixed(0)} %, ≥3: ${(cov.covered_3 * 100).toFixed(0)} %</span></section>
     <h3>timeline</h3><table id="timeline"><thead><tr><th>block</th><th>time</th><th>event</th><th></th></tr></thead><tbody>${timeline}</tbody></table>
     <h3>disputes</h3><ul id="games">${games || "<li>none</li>"}</ul>
     <h3>checkpoints</h3><ol start="0">${cps.checkpoints.map((c) => `<li>step ${c.step}: <code>${short(c.root)}</code></li>`).join("")}</ol>`;
