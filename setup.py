@@ -19,7 +19,10 @@ setup(
             "replay._kernels",
             sources=["replay/_kernels.c"],
             # only explicit fmaf: never let the compiler contract anything else
-            extra_compile_args=["-O3", "-std=c11", "-pthread", "-ffp-contract=off", "-fno-math-errno"],
+            extra_compile_args=[
+                *("-O3", "-std=c11", "-pthread"),
+                *("-ffp-contract=off", "-fno-math-errno"),
+            ],
             extra_link_args=["-pthread", "-lm"],
             optional=True,
         ),

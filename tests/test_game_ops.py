@@ -112,7 +112,7 @@ def run_dispute(chain, market, trainer_comp: Computation, challenger_comp: Compu
     spec = job_spec_for(honest(), stake=STAKE, bond=BOND, clock=3600, window=7200, train_time=3600)
     receipt = market.register_job(spec.as_tuple(), sender=requester, value=REWARD)
     job_id = int(receipt.events[0].job_id)
-    market.accept_job(job_id, sender=trainer_acct, value=STAKE)
+    market.accept_job(job_id, market.jobs(job_id).job_hash, sender=trainer_acct, value=STAKE)
     trainer = TrainerPlayer(ApeMarket(market, trainer_acct), trainer_comp, job_id)
     challenger = ChallengerPlayer(ApeMarket(market, challenger_acct), challenger_comp, job_id)
     trainer.commit()

@@ -122,7 +122,7 @@ def game(tp: Any, trainer: Computation, challenger: Computation) -> GameDriver:
 
 
 def _accept(tp: Any, job_id: int, trainer: str, stake: int) -> None:
-    tp.accept_job(job_id, sender=trainer, value=stake)
+    tp.accept_job(job_id, tp.jobs(job_id).job_hash, sender=trainer, value=stake)
 
 
 def snapshot(d: GameDriver) -> tuple:

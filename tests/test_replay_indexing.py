@@ -31,7 +31,11 @@ def _run(program: Program, state: dict[str, np.ndarray], backend: str, **kw) -> 
     return ex.get_state()["out"]
 
 
-BACKENDS = [("numpy", {}), ("torch", {"sum_strategy": "embedding_bag"}), ("torch", {"sum_strategy": "loop"})]  # fmt: skip
+BACKENDS = [
+    ("numpy", {}),
+    ("torch", {"sum_strategy": "embedding_bag"}),
+    ("torch", {"sum_strategy": "loop"}),
+]
 
 
 def _bits(a: np.ndarray) -> np.ndarray:
@@ -52,7 +56,10 @@ def test_gather_is_a_row_lookup_with_zero_for_no_row(backend, kw, seed) -> None:
     )
     op = OpDescriptor(
         opcode=Opcode.GATHER, out=2, shape=(P, D), reduce_len=V,
-        operands=(Operand(slot=1, strides=(1, 0)), Operand(slot=0, strides=(0, 1), reduce_stride=D)),
+        operands=(
+            Operand(slot=1, strides=(1, 0)),
+            Operand(slot=0, strides=(0, 1), reduce_stride=D),
+        ),
     )  # fmt: skip
     program = Program(slots=slots, ops=(op,))
     validate_program(program)
@@ -114,7 +121,10 @@ def test_matmul_is_the_sequential_fma_chain(backend, kw) -> None:
     )
     op = OpDescriptor(
         opcode=Opcode.MATMUL, out=2, shape=(m, n), reduce_len=k,
-        operands=(Operand(slot=0, strides=(k, 0), reduce_stride=1), Operand(slot=1, strides=(0, 1), reduce_stride=n)),
+        operands=(
+            Operand(slot=0, strides=(k, 0), reduce_stride=1),
+            Operand(slot=1, strides=(0, 1), reduce_stride=n),
+        ),
     )  # fmt: skip
     program = Program(slots=slots, ops=(op,))
     got = _run(program, {"a": a, "b": b, "out": np.zeros((m, n), np.float32)}, backend, **kw)
