@@ -26,10 +26,11 @@ import time
 from pydantic import Field
 
 from protocol import attestation
-from protocol.agent import Agent, AgentConfig, setup_logging
+from protocol.agent import Agent, AgentConfig, is_transient, poll_forever, setup_logging
 from protocol.blobs import BlobError, open_store
 from protocol.game import JobStatus
 from protocol.market import Commitment
+from protocol.units import eth
 from replay.checkpoint import CheckpointError
 from replay.dispute import (
     ChallengerPlayer,
@@ -49,6 +50,9 @@ class ChallengerConfig(AgentConfig):
     rate: float = Field(0.25, gt=0, le=1, description="probability of replaying each interval")
     confirmations: int = Field(2, ge=0, description="blocks a commitment must be buried under")
     lie: bool = Field(False, description="dispute honest commitments and lie (demos and tests)")
+    from_block: int | None = Field(
+        None, ge=0, description="first block to look for commitments in (default: deployment)"
+    )
     attest_to: str | None = Field(
         None,
         pattern=r"^https?://",
@@ -58,6 +62,10 @@ class ChallengerConfig(AgentConfig):
 
 #: Longest wait between two tries of an attestation the API did not take yet.
 ATTEST_MAX_BACKOFF_S = 300
+#: Longest wait between two tries of a dispute that did not land (the window is hours).
+DISPUTE_MAX_BACKOFF_S = 60
+#: State-file key prefix of a dispute decided on and not on-chain yet.
+PENDING = "pending_dispute:"
 
 
 def detection_probability(rate: float, intervals: int, bad_fraction: float) -> float:
@@ -75,10 +83,24 @@ class ChallengerService:
         self.db = self.agent.db
         self.store = open_store(cfg.store)
         self._comps: dict[tuple[int, int], Computation] = {}
+        self._recover_pending()
         log.info(
             "event=start rate=%.3f p_catch_one_bad_interval=%.3f note=%s",
             cfg.rate, cfg.rate, "per commitment, for a cheat confined to a single interval",
         )  # fmt: skip
+        self.agent.startup_line(
+            log, "challenger", f"RunCommitted of {cfg.example} jobs from block "
+            f"{self._last_checked() + 1}, {cfg.confirmations} confirmations, replaying each "
+            f"interval with probability {cfg.rate}, checkpoints from {cfg.store}",
+        )  # fmt: skip
+
+    def _last_checked(self) -> int:
+        """The last block whose commitments were checked (``--from-block`` skips ahead)."""
+        stored = self.db.get("last_block")
+        last = int(stored) if stored is not None else self.market.start_block - 1
+        if self.cfg.from_block is not None:
+            last = max(last, self.cfg.from_block - 1)
+        return last
 
     # ---- what it remembers
 
@@ -94,15 +116,110 @@ class ChallengerService:
     def step(self) -> None:
         head = self.agent.head()
         safe = head - self.cfg.confirmations
-        last = int(self.db.get("last_block") or self.market.start_block - 1)
+        last = self._last_checked()
         if safe > last:
             for commitment in self.market.commitments(last + 1, safe):
                 if self._job_record(commitment.job_id) is None:
                     self._check(commitment)
             self.db.put("last_block", str(safe))
+        self._retry_disputes()
         for key, game_id in self._games():
             self._play(key, game_id)
         self._send_attestations()
+
+    # ---- disputes that did not land yet
+
+    def _pending_disputes(self) -> list[tuple[int, int, dict[str, float]]]:
+        out = []
+        for key, raw in self.db.items(PENDING):
+            job_s, interval_s = key.removeprefix(PENDING).split(":")
+            out.append((int(job_s), int(interval_s), json.loads(raw)))
+        return out
+
+    def _recover_pending(self) -> None:
+        """At start: every dispute this challenger decided on and has no game for is due now
+        (also those a version without retries recorded as disputed and then forgot)."""
+        for job_key, raw in self.db.items("job:"):
+            record = json.loads(raw)
+            if record.get("verdict") != "disputed":
+                continue
+            job_id, interval = int(job_key.removeprefix("job:")), int(record["interval"])
+            key = f"game:{job_id}:{interval}"
+            if self.db.get(key) is None and self.db.get(f"done:{key}") is None:
+                pending = self.db.get(f"{PENDING}{job_id}:{interval}")
+                tries = json.loads(pending)["tries"] if pending else 0
+                self.db.put(
+                    f"{PENDING}{job_id}:{interval}", json.dumps({"tries": tries, "next": 0.0})
+                )
+        for job_id, interval, _ in self._pending_disputes():
+            log.warning("event=dispute_pending job=%d interval=%d note=%s", job_id, interval,
+                        "decided before a restart and not on-chain yet: retrying now")  # fmt: skip
+
+    def _retry_disputes(self) -> None:
+        now = time.time()
+        for job_id, interval, pending in self._pending_disputes():
+            if pending["next"] <= now:
+                self._try_dispute(job_id, interval)
+
+    def _try_dispute(
+        self, job_id: int, interval: int, committed: list[bytes] | None = None
+    ) -> None:
+        """Open the dispute of ``interval``; on failure retry later with backoff, loudly,
+        until it lands or the challenge window closes."""
+        key = f"{PENDING}{job_id}:{interval}"
+        raw = self.db.get(key)
+        pending = json.loads(raw) if raw else {"tries": 0, "next": 0.0}
+        job = self.market.job(job_id)
+        mine = self._my_game(job_id, interval)
+        if mine is not None:  # it landed (maybe sent before a crash)
+            self._landed(job_id, interval, mine)
+            return
+        closes = job.committed_at + job.spec.window
+        if job.status != JobStatus.COMMITTED or self.agent.now() > closes:
+            self.db.delete(key)
+            log.error("event=dispute_abandoned job=%d interval=%d status=%s tries=%d why=%s",
+                      job_id, interval, job.status.name, pending["tries"],
+                      "the challenge window closed before the dispute could be sent")  # fmt: skip
+            return
+        if committed is None:
+            committed = [job.spec.initial_root, *self._committed_roots(job_id)]
+        comp = self._computation_for(job_id, interval)
+        why = "the dispute transaction was not accepted (see the outbox lines above)"
+        try:
+            game_id = ChallengerPlayer(self.market, comp, job_id).open(
+                committed, interval, job.spec.bond
+            )
+        except Exception as e:  # a node error or a transaction not mined: retried like a refusal
+            if not is_transient(e):
+                raise
+            game_id, why = None, f"{type(e).__name__}: {str(e)[:160]}"
+        if game_id is not None:
+            self._landed(job_id, interval, game_id)
+            return
+        balance = int(self.agent.w3.eth.get_balance(self.agent.address))
+        if balance < job.spec.bond:
+            why = (f"balance {eth(balance)} is below the bond {eth(job.spec.bond)} plus gas: "
+                   f"fund {self.agent.address}")  # fmt: skip
+        pending["tries"] += 1
+        delay = min(DISPUTE_MAX_BACKOFF_S, 2 ** pending["tries"])
+        pending["next"] = time.time() + delay
+        self.db.put(key, json.dumps(pending))
+        log.error("event=dispute_failed job=%d interval=%d tries=%d retry_in_s=%d "
+                  "window_closes_at=%d why=%r", job_id, interval, pending["tries"], delay,
+                  job.committed_at + job.spec.window, why)  # fmt: skip
+
+    def _my_game(self, job_id: int, interval: int) -> int | None:
+        me = self.agent.address.lower()
+        for game_id in self.market.games_of(job_id):
+            g = self.market.game(game_id)
+            if g.challenger.lower() == me and g.interval == interval:
+                return game_id
+        return None
+
+    def _landed(self, job_id: int, interval: int, game_id: int) -> None:
+        self.db.put(f"game:{job_id}:{interval}", str(game_id))
+        self.db.delete(f"{PENDING}{job_id}:{interval}")
+        log.info("event=disputed job=%d interval=%d game=%d", job_id, interval, game_id)
 
     def _games(self) -> list[tuple[str, int]]:
         return [(k, int(v)) for k, v in self.db.items("game:")]
@@ -140,13 +257,10 @@ class ChallengerService:
             return
         self._comps[(c.job_id, bad)] = comp
         record.update(verdict="disputed", interval=bad)
+        # the intent to dispute is kept with the verdict: until the dispute lands it is retried
+        self.db.put(f"{PENDING}{c.job_id}:{bad}", json.dumps({"tries": 0, "next": 0.0}))
         self._save_job(c.job_id, record)
-        game_id = ChallengerPlayer(self.market, comp, c.job_id).open(committed, bad, job.spec.bond)
-        if game_id is None:
-            log.warning("event=dispute_failed job=%d interval=%d", c.job_id, bad)
-            return
-        self.db.put(f"game:{c.job_id}:{bad}", str(game_id))
-        log.info("event=disputed job=%d interval=%d game=%d", c.job_id, bad, game_id)
+        self._try_dispute(c.job_id, bad, committed)
 
     def _find_bad(
         self, job_id: int, committed: list[bytes], sample: list[int], honest: Computation
@@ -268,11 +382,9 @@ class ChallengerService:
                          job_s, interval_s, status, pending["tries"])  # fmt: skip
 
     def run(self, max_polls: int | None = None) -> None:
-        polls = 0
-        while max_polls is None or polls < max_polls:
-            self.step()
-            polls += 1
-            time.sleep(self.cfg.poll)
+        """Poll (forever, or ``max_polls`` times); a node that stops answering is retried
+        with backoff, the state kept."""
+        poll_forever(self.step, self.cfg.poll, log, self.cfg.rpc, max_polls=max_polls)
 
 
 def _first_matmul(comp: Computation) -> int:

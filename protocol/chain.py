@@ -82,7 +82,22 @@ class Deployment(BaseModel):
         try:
             return cls.model_validate(json.loads(path.read_text()))
         except FileNotFoundError as e:
-            raise ChainError(f"no deployment file at {path}: run the deploy step first") from e
+            raise ChainError(
+                f"no deployment file at {path}: run `trainproof deploy --out {path}` first"
+            ) from e
+        except IsADirectoryError as e:
+            raise ChainError(f"{path} is a folder: pass the deployment file inside it") from e
+        except (ValueError, UnicodeDecodeError) as e:  # bad JSON or a missing/wrong field
+            first = str(e).splitlines()
+            why = first[0] if first else type(e).__name__
+            if hasattr(e, "errors"):
+                errs = e.errors()  # type: ignore[attr-defined]
+                why = "; ".join(
+                    f"{'.'.join(str(x) for x in er['loc']) or 'file'}: {er['msg']}" for er in errs
+                )
+            raise ChainError(
+                f"{path} is not a deployment file ({why}): write it with trainproof deploy"
+            ) from None
 
 
 def _quiet_ape() -> None:

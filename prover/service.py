@@ -9,14 +9,15 @@ where it stopped and never sends a move twice.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from protocol.agent import Agent, AgentConfig, setup_logging
+from protocol.agent import Agent, AgentConfig, AgentError, poll_forever, setup_logging
 from protocol.blobs import BlobError, FileStore
 from protocol.game import JobStatus
+from protocol.market import JobView, Web3Market
+from protocol.units import eth
 from replay.checkpoint import CheckpointError
 from replay.dispute import (
     TrainerPlayer,
@@ -47,7 +48,7 @@ class ProverService:
         self.cfg = cfg
         self.agent = Agent(cfg)
         self.market = self.agent.market
-        job = self.market.job(cfg.job)
+        job = existing_job(self.market, cfg.job)
         honest = example_computation(cfg.example, job.spec.steps, job.spec.every)
         problem = spec_mismatch(job.spec, honest)
         if problem:
@@ -62,6 +63,10 @@ class ProverService:
         if self.agent.db.get(f"published:{cfg.job}"):
             self._resume_from_checkpoints()
         self._stuck: set[tuple[int, int]] = set()
+        self.agent.startup_line(
+            log, "prover", f"job {cfg.job} ({cfg.example}, {job.spec.steps} steps, status "
+            f"{job.status.name}, stake {eth(job.spec.stake)}, reward {eth(job.reward)})",
+        )  # fmt: skip
 
     def step(self) -> ProverStatus:
         """One poll: do whatever the job needs next."""
@@ -162,9 +167,25 @@ class ProverService:
         )
 
     def run(self, until_done: bool = True) -> ProverStatus:
-        while True:
-            status = self.step()
-            if status.done and until_done:
-                log.info("event=done job=%d status=%s", self.cfg.job, status.status.name)
-                return status
-            time.sleep(self.cfg.poll)
+        """Poll until the job is over (forever unless ``until_done``); a node that stops
+        answering is retried with backoff, the state kept."""
+        status = poll_forever(
+            self.step, self.cfg.poll, log, self.cfg.rpc, done=lambda s: until_done and s.done
+        )
+        log.info("event=done job=%d status=%s", self.cfg.job, status.status.name)
+        return status
+
+
+def existing_job(market: Web3Market, job_id: int) -> JobView:
+    """Job ``job_id``, or a one-line error when the contract has no such job."""
+    count = int(market.contract.functions.job_count().call())
+    if not 1 <= job_id <= count:
+        raise AgentError(
+            f"no job {job_id} on TrainProof at {market.address} (it has {count} job"
+            f"{'' if count == 1 else 's'}): pass --job 1..{count}, or register one with "
+            "trainproof job register"
+            if count
+            else f"no job {job_id} on TrainProof at {market.address}: it has no jobs yet; "
+            "register one with trainproof job register"
+        )
+    return market.job(job_id)
