@@ -27,9 +27,10 @@ from pydantic import Field
 
 from protocol import attestation
 from protocol.agent import Agent, AgentConfig, is_transient, poll_forever, setup_logging
-from protocol.blobs import BlobError, open_store
+from protocol.blobs import BlobError, StoreUnreachable, open_store
 from protocol.game import JobStatus
 from protocol.market import Commitment
+from protocol.pnl import Ledger, PnL
 from protocol.units import eth
 from replay.checkpoint import CheckpointError
 from replay.dispute import (
@@ -64,6 +65,8 @@ class ChallengerConfig(AgentConfig):
 ATTEST_MAX_BACKOFF_S = 300
 #: Longest wait between two tries of a dispute that did not land (the window is hours).
 DISPUTE_MAX_BACKOFF_S = 60
+#: Polls without a new block after which a commitment waiting for confirmations is reported.
+STALL_POLLS = 20
 #: State-file key prefix of a dispute decided on and not on-chain yet.
 PENDING = "pending_dispute:"
 
@@ -88,11 +91,29 @@ class ChallengerService:
             "event=start rate=%.3f p_catch_one_bad_interval=%.3f note=%s",
             cfg.rate, cfg.rate, "per commitment, for a cheat confined to a single interval",
         )  # fmt: skip
+        self.ledger = Ledger(self.agent, "challenger")
         self.agent.startup_line(
             log, "challenger", f"RunCommitted of {cfg.example} jobs from block "
             f"{self._last_checked() + 1}, {cfg.confirmations} confirmations, replaying each "
             f"interval with probability {cfg.rate}, checkpoints from {cfg.store}",
         )  # fmt: skip
+
+    def _warn_if_head_stalls(self, head: int, first_unconfirmed: int) -> None:
+        """A plain anvil mines only when a transaction arrives: a commitment newer than
+        ``--confirmations`` blocks then waits for blocks that never come. Say so, once."""
+        seen, polls = getattr(self, "_stall", (None, 0))
+        polls = polls + 1 if seen == head else 0
+        self._stall = (head, polls)
+        if polls != STALL_POLLS or self.cfg.confirmations == 0 or first_unconfirmed > head:
+            return
+        waiting = self.market.commitments(first_unconfirmed, head)
+        if waiting:
+            log.warning("event=waiting_for_blocks jobs=%s head=%d confirmations=%d note=%r",
+                        [c.job_id for c in waiting], head, self.cfg.confirmations,
+                        f"no new block for {STALL_POLLS} polls: a commitment waits for "
+                        f"{self.cfg.confirmations} blocks on top of it; a plain anvil mines only "
+                        "on transactions: start it with --block-time 1, or pass "
+                        "--confirmations 0 on a dev chain")  # fmt: skip
 
     def _last_checked(self) -> int:
         """The last block whose commitments were checked (``--from-block`` skips ahead)."""
@@ -117,6 +138,7 @@ class ChallengerService:
         head = self.agent.head()
         safe = head - self.cfg.confirmations
         last = self._last_checked()
+        self._warn_if_head_stalls(head, max(last + 1, safe + 1))
         if safe > last:
             for commitment in self.market.commitments(last + 1, safe):
                 if self._job_record(commitment.job_id) is None:
@@ -126,6 +148,21 @@ class ChallengerService:
         for key, game_id in self._games():
             self._play(key, game_id)
         self._send_attestations()
+        self.ledger.report(log)
+
+    def summary(self) -> PnL:
+        """The final lines: what it checked, each game's outcome in words, the P&L."""
+        records = [(int(k.removeprefix("job:")), json.loads(v)) for k, v in self.db.items("job:")]
+        for job_id, record in records:
+            status = self.market.job(job_id).status.name
+            log.info("event=job job=%d verdict=%s status=%s", job_id, record["verdict"], status)
+        games = [int(v) for _, v in self.db.items("game:")]
+        games += [int(v) for _, v in self.db.items("done:game:")]
+        for words in self.ledger.outcomes(games):
+            log.info("event=outcome %s", words)
+        totals = self.ledger.report(log, final=True)
+        assert totals is not None
+        return totals
 
     # ---- disputes that did not land yet
 
@@ -251,7 +288,7 @@ class ChallengerService:
                 for interval in matched:
                     pending = {"run_root": "0x" + c.run_root.hex(), "tries": 0, "next": 0.0}
                     self.db.put(f"attest:{c.job_id}:{interval}", json.dumps(pending))
-        log.info("event=checked job=%d intervals=%d sampled=%s bad=%s", c.job_id, m, sample, bad)
+        log_check(c.job_id, m, sample, bad, self.cfg.rate, self.cfg.lie)
         if bad is None:
             self._save_job(c.job_id, record)
             return
@@ -287,6 +324,11 @@ class ChallengerService:
             return honest
         try:
             state = fetch_checkpoint(self.store, honest.program, committed[c])
+        except StoreUnreachable as e:
+            log.warning("event=store_unreachable job=%d interval=%d store=%s why=%r note=%s",
+                        job_id, c, self.cfg.store, str(e),
+                        "nothing known about the checkpoint: replaying from C_0")  # fmt: skip
+            return None
         except (BlobError, CheckpointError) as e:
             log.warning("event=checkpoint_rejected job=%d interval=%d why=%r", job_id, c, str(e))
             return None
@@ -331,10 +373,12 @@ class ChallengerService:
             if not g.settled:
                 m.transact("settle", game_id, key=f"settle:{game_id}")
                 log.info("event=settled game=%d phase=%s", game_id, g.phase.name)
+            for words in self.ledger.outcomes([game_id]):
+                log.info("event=outcome job=%d %s", job_id, words)
             credit = m.credits(self.agent.address)
             if credit:
                 m.transact("withdraw", key=f"withdraw:{game_id}:{credit}")
-                log.info("event=withdrew game=%d amount=%d", game_id, credit)
+                log.info("event=withdrew game=%d amount=%r", game_id, eth(credit))
             self.db.delete(key)
             self.db.put(f"done:{key}", str(game_id))
             return
@@ -384,7 +428,30 @@ class ChallengerService:
     def run(self, max_polls: int | None = None) -> None:
         """Poll (forever, or ``max_polls`` times); a node that stops answering is retried
         with backoff, the state kept."""
-        poll_forever(self.step, self.cfg.poll, log, self.cfg.rpc, max_polls=max_polls)
+        try:
+            poll_forever(self.step, self.cfg.poll, log, self.cfg.rpc, max_polls=max_polls)
+        finally:  # also when stopped (Ctrl-C, SIGTERM): the summary is the last word
+            try:
+                self.summary()
+            except Exception as e:  # the node may be what stopped it
+                log.warning("event=summary_unavailable why=%r", f"{type(e).__name__}: {e}")
+
+
+def log_check(
+    job_id: int, intervals: int, sample: list[int], bad: int | None, rate: float, lie: bool
+) -> None:
+    """What checking a commitment found, in words: an empty sample is no clean check."""
+    if lie:
+        log.info("event=checked job=%d result=%r", job_id, "lying on purpose (--lie)")
+    elif not sample:
+        log.info("event=not_checked job=%d intervals=%d sampled=0 note=%r", job_id, intervals,
+                 f"no interval drawn at rate {rate}: not checked this time")  # fmt: skip
+    elif bad is None:
+        log.info("event=checked job=%d intervals=%d sampled=%s result=%r", job_id, intervals,
+                 sample, f"all {len(sample)} sampled intervals match")  # fmt: skip
+    else:
+        log.warning("event=checked job=%d intervals=%d sampled=%s result=%r", job_id, intervals,
+                    sample, f"interval {bad} does not match the commitment: disputing")  # fmt: skip
 
 
 def _first_matmul(comp: Computation) -> int:

@@ -19,6 +19,7 @@ import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -100,6 +101,24 @@ class Deployment(BaseModel):
             ) from None
 
 
+@cache
+def contracts_project() -> Any:
+    """trainproof's own ape project (its contracts/ and ape-config.yaml), found through the
+    package rather than the working directory, so the installed ``trainproof`` works from any
+    folder."""
+    from protocol.anvil import REPO_ROOT
+
+    if not (REPO_ROOT / "contracts" / "TrainProof.vy").is_file():
+        raise ChainError(
+            f"trainproof's contract sources are not next to the package ({REPO_ROOT}/contracts): "
+            "install trainproof from a checkout (pip install -e PATH)"
+        )
+    _quiet_ape()
+    from ape import Project
+
+    return Project(REPO_ROOT)
+
+
 def _quiet_ape() -> None:
     warnings.filterwarnings("ignore", module="pydantic_settings")
     from ape.logging import LogLevel, logger
@@ -126,12 +145,11 @@ class Chain:
 
     def contract_type(self, name: str) -> Any:
         """The compiled contract container ``name`` (compiles contracts/ on first use)."""
-        from ape import project
-
+        project = contracts_project()
         try:
             return getattr(project, name)
         except AttributeError as e:
-            raise ChainError(f"no contract named {name!r} in contracts/: {e}") from e
+            raise ChainError(f"no contract named {name!r} in {project.path}/contracts: {e}") from e
 
     def deploy(self, name: str, *args: Any, sender: Any = None) -> Any:
         """Deploy contract ``name`` with constructor ``args``; returns the ape contract instance."""

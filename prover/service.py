@@ -17,6 +17,7 @@ from protocol.agent import Agent, AgentConfig, AgentError, poll_forever, setup_l
 from protocol.blobs import BlobError, FileStore
 from protocol.game import JobStatus
 from protocol.market import JobView, Web3Market
+from protocol.pnl import Ledger, PnL
 from protocol.units import eth
 from replay.checkpoint import CheckpointError
 from replay.dispute import (
@@ -63,18 +64,34 @@ class ProverService:
         if self.agent.db.get(f"published:{cfg.job}"):
             self._resume_from_checkpoints()
         self._stuck: set[tuple[int, int]] = set()
+        self.ledger = Ledger(self.agent, "prover")
         self.agent.startup_line(
             log, "prover", f"job {cfg.job} ({cfg.example}, {job.spec.steps} steps, status "
             f"{job.status.name}, stake {eth(job.spec.stake)}, reward {eth(job.reward)})",
         )  # fmt: skip
 
     def step(self) -> ProverStatus:
-        """One poll: do whatever the job needs next."""
+        """One poll: do whatever the job needs next; the P&L line when it changed."""
+        status = self._step()
+        self.ledger.report(log)
+        return status
+
+    def summary(self) -> PnL:
+        """The final lines: each game's outcome in words, the job's status, the P&L."""
+        job = self.market.job(self.cfg.job)
+        for words in self.ledger.outcomes(self.market.games_of(self.cfg.job)):
+            log.info("event=outcome job=%d %s", self.cfg.job, words)
+        log.info("event=job_status job=%d status=%s", self.cfg.job, job.status.name)
+        totals = self.ledger.report(log, final=True)
+        assert totals is not None
+        return totals
+
+    def _step(self) -> ProverStatus:
         m, cfg, me = self.market, self.cfg, self.agent.address
         job = m.job(cfg.job)
         if job.status == JobStatus.OPEN:
             m.transact("accept_job", cfg.job, value=job.spec.stake, key=f"accept:{cfg.job}")
-            log.info("event=accepted job=%d stake=%d", cfg.job, job.spec.stake)
+            log.info("event=accepted job=%d stake=%r", cfg.job, eth(job.spec.stake))
             return ProverStatus(done=False, status=job.status, games=0)
         if job.trainer.lower() != me.lower():
             raise SystemExit(f"job {cfg.job} was accepted by {job.trainer}, not by {me}")
@@ -106,7 +123,8 @@ class ProverService:
                 settled = False
             elif not g.settled:
                 m.transact("settle", game_id, key=f"settle:{game_id}")
-                log.info("event=settled game=%d phase=%s", game_id, g.phase.name)
+                log.info("event=settled game=%d phase=%s %s", game_id, g.phase.name,
+                         self._outcome(game_id))  # fmt: skip
         job = m.job(cfg.job)
         if (
             job.status == JobStatus.COMMITTED
@@ -121,7 +139,7 @@ class ProverService:
             credit = m.credits(me)
             if credit:
                 m.transact("withdraw", key=f"withdraw:{cfg.job}:{credit}")
-                log.info("event=withdrew job=%d amount=%d", cfg.job, credit)
+                log.info("event=withdrew job=%d amount=%r", cfg.job, eth(credit))
             return ProverStatus(done=True, status=job.status, games=len(games))
         return ProverStatus(done=False, status=job.status, games=len(games))
 
@@ -173,7 +191,12 @@ class ProverService:
             self.step, self.cfg.poll, log, self.cfg.rpc, done=lambda s: until_done and s.done
         )
         log.info("event=done job=%d status=%s", self.cfg.job, status.status.name)
+        self.summary()
         return status
+
+    def _outcome(self, game_id: int) -> str:
+        words = self.ledger.outcomes([game_id])
+        return f"outcome={words[0]!r}" if words else ""
 
 
 def existing_job(market: Web3Market, job_id: int) -> JobView:
