@@ -15,7 +15,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 import typer.core
 
@@ -51,15 +50,15 @@ def one_line(e: BaseException) -> str | None:
 class _OneLineErrors(typer.core.TyperGroup):
     """Every command: an error the user can fix ends in one line on stderr, exit code 2."""
 
-    def invoke(self, ctx: click.Context) -> object:
+    def invoke(self, ctx: typer.Context) -> object:
         try:
             return super().invoke(ctx)
         except Exception as e:
             line = one_line(e)
             if line is None:
                 raise
-            click.echo(f"error: {line}", err=True)
-            raise click.exceptions.Exit(2) from None
+            typer.echo(f"error: {line}", err=True)
+            raise typer.Exit(2) from None
 
 
 app = typer.Typer(
