@@ -79,8 +79,18 @@ def serve(
     port: int = 8000,
     confirmations: Annotated[int, typer.Option(help="blocks before an event is indexed")] = 2,
     poll: Annotated[float, typer.Option(help="seconds between chain polls")] = 1.0,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="a browser origin allowed to call the API, e.g. https://app.example "
+            "(repeat for several; * allows any)"
+        ),
+    ] = None,
+    max_body_bytes: Annotated[
+        int, typer.Option(help="largest request body accepted, in bytes (413 above)")
+    ] = 64 * 1024,
 ) -> None:
-    """Index TrainProof's events in the background and serve /v1 and the dashboard."""
+    """Index TrainProof's events in the background and serve /v1, /docs and the dashboard."""
     import uvicorn
 
     from api.app import create_app
@@ -91,7 +101,16 @@ def serve(
     worker = threading.Thread(target=indexer.run_forever, args=(poll, stop), daemon=True)
     worker.start()
     try:
-        uvicorn.run(create_app(sessions, chain_id=chain_id, contract=address), host=host, port=port)
+        app = create_app(
+            sessions,
+            chain_id=chain_id,
+            contract=address,
+            cors_origins=cors_origin or (),
+            max_body_bytes=max_body_bytes,
+        )
+        log.info("serving http://%s:%d cors_origins=%s max_body_bytes=%d", host, port,
+                 cors_origin or [], max_body_bytes)  # fmt: skip
+        uvicorn.run(app, host=host, port=port)
     finally:
         stop.set()
         worker.join(timeout=5)
@@ -105,6 +124,7 @@ def index(
     confirmations: int = 2,
 ) -> None:
     """Index once up to the confirmed head and print the tip."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     _sessions, indexer, _cid, _addr = _setup(db, rpc, deployment, confirmations)
     result = indexer.sync()
     typer.echo(f"tip={result.tip} events={result.events} rolled_back_to={result.rolled_back_to}")
