@@ -199,3 +199,106 @@ def test_services_survive_a_node_restart(tmp_path) -> None:
                 p.send_signal(signal.SIGKILL)
                 p.wait()
         node.stop()
+
+
+# ---------------------------------------------------------------- what the logs say
+
+
+def watcher(world, **kw) -> ChallengerService:
+    node, deployment, _, tmp = world
+    cfg = {"rpc": node.url, "deployment": deployment, "db": tmp / "challenger.db",
+           "test_account": 3, "store": str(tmp / "store"), "rate": 1.0, "confirmations": 0,
+           "poll": 0.1, **kw}  # fmt: skip
+    return ChallengerService(ChallengerConfig(**cfg))
+
+
+def committed(world, fault: str | None = None):
+    p = prover(world, fault)
+    while p.step().status != JobStatus.COMMITTED:
+        pass
+    return p
+
+
+def test_an_empty_sample_says_not_checked(world, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="trainproof.challenger")
+    committed(world)
+    watcher(world, rate=1e-12).step()
+    assert "event=not_checked job=1" in caplog.text and "not checked this time" in caplog.text
+    assert "bad=None" not in caplog.text
+
+
+def test_an_unreachable_store_is_not_a_rejected_checkpoint(world, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="trainproof.challenger")
+    market = world[2]
+    p = committed(world, FAULT)
+    c = watcher(world, store=f"http://127.0.0.1:{free_port()}")
+    c.step()
+    assert "event=store_unreachable job=1 interval=1" in caplog.text
+    assert "event=checkpoint_rejected" not in caplog.text
+    assert "event=full_replay" in caplog.text  # the verdict needs no store
+    run_both(world, p, c)
+    assert market.job(1).status == JobStatus.REJECTED
+
+
+def test_a_stalled_head_with_confirmations_is_reported(world, caplog) -> None:
+    """Plain anvil mines only on transactions: after the commitment no block comes."""
+    caplog.set_level(logging.INFO, logger="trainproof.challenger")
+    committed(world)
+    c = watcher(world, confirmations=2)
+    for _ in range(25):
+        c.step()
+    assert "event=waiting_for_blocks jobs=[1]" in caplog.text
+    assert "--block-time" in caplog.text
+    assert c.db.get("job:1") is None  # still waiting, as asked
+
+
+def test_from_block_skips_history(world, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="trainproof.challenger")
+    node = world[0]
+    committed(world, FAULT)
+    head = int(str(rpc(node.url, "eth_blockNumber")), 16)
+    c = watcher(world, from_block=head + 1)
+    assert f"from block {head + 1}" in caplog.text
+    c.step()
+    assert c.db.get("job:1") is None  # the commitment is before --from-block
+    watcher(world, db=world[3] / "other.db").step()
+    assert "event=checked job=1" in caplog.text  # without it, history is checked
+
+
+# ---------------------------------------------------------------- /v1/accounts on a real chain
+
+
+def indexed_client(world, tmp_path) -> tuple[Indexer, TestClient]:
+    node, deployment_path, _, _ = world
+    deployment = Deployment.load(deployment_path)
+    address = deployment.contracts["TrainProof"]
+    sessions = make_sessions(make_engine(f"sqlite:///{tmp_path / 'api.db'}"))
+    indexer = Indexer(Web3(Web3.HTTPProvider(node.url)), address, sessions,
+                      start_block=deployment.block)  # fmt: skip
+    return indexer, TestClient(create_app(sessions, chain_id=deployment.chain_id,
+                                          contract=address))  # fmt: skip
+
+
+def test_accounts_separate_stake_returned_from_reward(world, tmp_path) -> None:
+    market = world[2]
+    p, c = prover(world), watcher(world)
+    run_both(world, p, c)
+    assert market.job(1).status == JobStatus.FINALIZED
+    indexer, client = indexed_client(world, tmp_path)
+    indexer.sync()
+    rec = client.get(f"/v1/accounts/{p.agent.address}").json()["as_trainer"]
+    assert int(rec["returned"]) == STAKE and int(rec["profit"]) == REWARD
+    assert int(rec["earned"]) == STAKE + REWARD
+
+
+def test_accounts_separate_bond_returned_from_share(world, tmp_path) -> None:
+    market = world[2]
+    p, c = prover(world, FAULT), watcher(world)
+    run_both(world, p, c)
+    assert market.job(1).status == JobStatus.REJECTED
+    indexer, client = indexed_client(world, tmp_path)
+    indexer.sync()
+    rec = client.get(f"/v1/accounts/{c.agent.address}").json()["as_challenger"]
+    assert int(rec["returned"]) == BOND and int(rec["profit"]) == STAKE // 2  # the winner's half
+    trainer = client.get(f"/v1/accounts/{p.agent.address}").json()["as_trainer"]
+    assert int(trainer["returned"]) == 0 and int(trainer["slashed"]) == STAKE
