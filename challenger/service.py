@@ -233,6 +233,8 @@ class ChallengerService:
         if game_id is not None:
             self._landed(job_id, interval, game_id)
             return
+        if self.agent.outbox.retire(f"dispute:{job_id}:{interval}"):
+            why = "the dispute transaction reverted on-chain; the next try sends a new one"
         balance = int(self.agent.w3.eth.get_balance(self.agent.address))
         if balance < job.spec.bond:
             why = (f"balance {eth(balance)} is below the bond {eth(job.spec.bond)} plus gas: "
@@ -371,13 +373,15 @@ class ChallengerService:
         g = m.game(game_id)
         if g.phase.over:
             if not g.settled:
-                m.transact("settle", game_id, key=f"settle:{game_id}")
+                if not self.agent.send(log, "settle", game_id, key=f"settle:{game_id}"):
+                    return  # said why; tried again at a later poll
                 log.info("event=settled game=%d phase=%s", game_id, g.phase.name)
             for words in self.ledger.outcomes([game_id]):
                 log.info("event=outcome job=%d %s", job_id, words)
             credit = m.credits(self.agent.address)
             if credit:
-                m.transact("withdraw", key=f"withdraw:{game_id}:{credit}")
+                if not self.agent.send(log, "withdraw", key=f"withdraw:{game_id}:{credit}"):
+                    return
                 log.info("event=withdrew game=%d amount=%r", game_id, eth(credit))
             self.db.delete(key)
             self.db.put(f"done:{key}", str(game_id))
@@ -386,8 +390,8 @@ class ChallengerService:
             return
         if g.phase.trainer_moves:
             if self.agent.now() - g.last_move > g.trainer_clock:
-                m.transact("timeout", game_id, key=f"timeout:{game_id}")
-                log.info("event=timeout game=%d", game_id)
+                if self.agent.send(log, "timeout", game_id, key=f"timeout:{game_id}"):
+                    log.info("event=timeout game=%d", game_id)
             return
         player = ChallengerPlayer(m, self._computation_for(job_id, interval), job_id)
         if player.move(game_id) is not None:

@@ -154,6 +154,42 @@ class Agent:
         self.db = StateDB(cfg.db)
         self.outbox = Outbox(self.db, self.w3, self.account)
         self.market = Web3Market(self.w3, address, self.outbox, start_block=deployment.block)
+        self._retries: dict[str, tuple[int, float]] = {}
+
+    def send(
+        self, log: logging.Logger, fn: str, *args: Any, value: int = 0, key: str
+    ) -> Any | None:
+        """``market.transact`` that says so, loudly, when the transaction does not go through
+        and holds the retry back with exponential backoff (the caller asks again at its next
+        poll, as long as the chain still needs it). Returns the receipt summary on success."""
+        tries, due = self._retries.get(key, (0, 0.0))
+        if time.monotonic() < due:
+            return None
+        why = "the node refused it or it would revert now (gas estimation failed)"
+        try:
+            sent = self.market.transact(fn, *args, value=value, key=key)
+        except Exception as e:
+            if not is_transient(e):
+                raise
+            sent, why = None, f"{type(e).__name__}: {str(e)[:160]}"
+        if sent is not None and sent.success:
+            if tries:
+                log.warning("event=send_landed key=%s after_tries=%d", key, tries)
+            self._retries.pop(key, None)
+            return sent
+        if sent is not None:  # mined and reverted: a new transaction next time
+            self.outbox.retire(key)
+            why = f"reverted on-chain (transaction {sent.hash})"
+        balance = int(self.w3.eth.get_balance(self.address))
+        if balance <= value:
+            why = (f"balance {eth(balance)} cannot pay {eth(value)} plus gas: fund "
+                   f"{self.address}")  # fmt: skip
+        tries += 1
+        delay = min(NODE_MAX_BACKOFF_S * 2, self.cfg.poll * 2**tries)
+        self._retries[key] = (tries, time.monotonic() + delay)
+        log.error("event=send_failed key=%s fn=%s tries=%d retry_in_s=%.1f why=%r", key, fn,
+                  tries, delay, why)  # fmt: skip
+        return None
 
     def startup_line(self, log: logging.Logger, role: str, watches: str) -> None:
         """The line an operator checks first: who, with what, where, watching what."""

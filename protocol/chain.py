@@ -183,7 +183,9 @@ def connect(settings: ChainSettings | None = None) -> Iterator[Chain]:
         ctx = networks.parse_network_choice(choice, provider_settings=provider_settings)
         provider = ctx.__enter__()
     except ApeException as e:
-        raise ChainError(f"cannot connect to {choice}: {e}") from e
+        raise ChainError(
+            f"cannot connect to {choice}: {e} (check --rpc and that the node is running)"
+        ) from e
     try:
         if settings.account is not None:
             sender = accounts.load(settings.account)

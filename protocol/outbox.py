@@ -140,6 +140,22 @@ class Outbox:
         log.info("event=signed key=%s nonce=%d hash=%s", key, nonce, tx_hash)
         return self._confirm(key, raw, tx_hash, nonce)
 
+    def retire(self, key: str) -> bool:
+        """Free an intent whose transaction was mined and reverted, so that asking for it
+        again builds, signs and sends a new one. The reverted transaction stays recorded (as
+        ``<key>#reverted<n>``: its gas was spent). True when there was one to retire."""
+        row = self.db.conn.execute("SELECT status FROM outbox WHERE key = ?", (key,)).fetchone()
+        if row is None or row[0] != "failed":
+            return False
+        (n,) = self.db.conn.execute(
+            "SELECT COUNT(*) FROM outbox WHERE key LIKE ?", (f"{key}#reverted%",)
+        ).fetchone()
+        self.db.conn.execute(
+            "UPDATE outbox SET key = ? WHERE key = ?", (f"{key}#reverted{int(n) + 1}", key)
+        )
+        log.warning("event=retired key=%s note=%r", key, "reverted on-chain; the next try is new")
+        return True
+
     def _next_nonce(self) -> int:
         chain = int(self.w3.eth.get_transaction_count(self.account.address, "pending"))
         row = self.db.conn.execute(

@@ -90,17 +90,17 @@ class ProverService:
         m, cfg, me = self.market, self.cfg, self.agent.address
         job = m.job(cfg.job)
         if job.status == JobStatus.OPEN:
-            m.transact("accept_job", cfg.job, value=job.spec.stake, key=f"accept:{cfg.job}")
-            log.info("event=accepted job=%d stake=%r", cfg.job, eth(job.spec.stake))
+            send = self.agent.send
+            if send(log, "accept_job", cfg.job, value=job.spec.stake, key=f"accept:{cfg.job}"):
+                log.info("event=accepted job=%d stake=%r", cfg.job, eth(job.spec.stake))
             return ProverStatus(done=False, status=job.status, games=0)
         if job.trainer.lower() != me.lower():
             raise SystemExit(f"job {cfg.job} was accepted by {job.trainer}, not by {me}")
         if job.status == JobStatus.ACCEPTED:
             self._publish()
-            m.transact(
-                "commit_run", cfg.job, self.comp.checkpoint_roots()[1:], key=f"commit:{cfg.job}"
-            )
-            log.info("event=committed job=%d", cfg.job)
+            roots = self.comp.checkpoint_roots()[1:]
+            if self.agent.send(log, "commit_run", cfg.job, roots, key=f"commit:{cfg.job}"):
+                log.info("event=committed job=%d", cfg.job)
             return ProverStatus(done=False, status=job.status, games=0)
         games = m.games_of(cfg.job)
         settled = True
@@ -122,24 +122,26 @@ class ProverService:
                         )
                 settled = False
             elif not g.settled:
-                m.transact("settle", game_id, key=f"settle:{game_id}")
-                log.info("event=settled game=%d phase=%s %s", game_id, g.phase.name,
-                         self._outcome(game_id))  # fmt: skip
+                if self.agent.send(log, "settle", game_id, key=f"settle:{game_id}"):
+                    log.info("event=settled game=%d phase=%s %s", game_id, g.phase.name,
+                             self._outcome(game_id))  # fmt: skip
         job = m.job(cfg.job)
         if (
             job.status == JobStatus.COMMITTED
             and job.open_games == 0
             and self.agent.now() > job.committed_at + job.spec.window
         ):
-            m.transact("finalize", cfg.job, key=f"finalize:{cfg.job}")
-            log.info("event=finalized job=%d", cfg.job)
+            if self.agent.send(log, "finalize", cfg.job, key=f"finalize:{cfg.job}"):
+                log.info("event=finalized job=%d", cfg.job)
             job = m.job(cfg.job)
         closed = job.status in (JobStatus.FINALIZED, JobStatus.REJECTED)
         if closed and settled:
             credit = m.credits(me)
             if credit:
-                m.transact("withdraw", key=f"withdraw:{cfg.job}:{credit}")
-                log.info("event=withdrew job=%d amount=%r", cfg.job, eth(credit))
+                if self.agent.send(log, "withdraw", key=f"withdraw:{cfg.job}:{credit}"):
+                    log.info("event=withdrew job=%d amount=%r", cfg.job, eth(credit))
+                else:
+                    return ProverStatus(done=False, status=job.status, games=len(games))
             return ProverStatus(done=True, status=job.status, games=len(games))
         return ProverStatus(done=False, status=job.status, games=len(games))
 

@@ -27,6 +27,7 @@ from protocol.anvil import AnvilNode, free_port, rpc
 from protocol.chain import ChainSettings, Deployment, connect, deploy_market
 from protocol.game import JobStatus
 from protocol.market import ApeMarket
+from prover.service import ProverConfig, ProverService
 from replay.dispute import example_computation, job_spec_for
 
 __all__ = ["world"]  # the fixture, shared with test_services
@@ -67,6 +68,31 @@ def test_failed_dispute_is_retried_after_funding_and_restart(world, caplog) -> N
     assert market.job(1).status == JobStatus.REJECTED
     (game_id,) = market.games_of(1)
     assert market.game(game_id).challenger == restarted.agent.address
+
+
+def test_a_trainer_send_that_fails_says_so_and_lands_once_funded(world, caplog) -> None:
+    node, deployment, market, tmp = world
+    caplog.set_level(logging.INFO, logger="trainproof")
+
+    def unfunded_prover() -> ProverService:
+        return ProverService(ProverConfig(
+            rpc=node.url, deployment=deployment, db=tmp / "p11.db", test_account=11, job=1,
+            store=str(tmp / "store"), poll=0.1,
+        ))  # fmt: skip
+
+    p = unfunded_prover()
+    p.step()
+    failed = [r for r in caplog.records if "event=send_failed key=accept:1" in r.getMessage()]
+    assert failed and failed[0].levelno == logging.ERROR
+    assert f"fund {p.agent.address}" in failed[0].getMessage()
+    assert "event=accepted" not in caplog.text  # not claimed when it did not happen
+    assert market.job(1).status == JobStatus.OPEN
+    rpc(node.url, "anvil_setBalance", [p.agent.address, hex(10 * 10**18)])
+    p = unfunded_prover()  # a restart: no backoff left to wait for
+    while p.step().status == JobStatus.OPEN:
+        pass
+    assert market.job(1).trainer == p.agent.address
+    assert "event=accepted job=1" in caplog.text
 
 
 def test_dispute_abandoned_only_when_the_window_closed(world, caplog) -> None:

@@ -34,7 +34,7 @@ def one_line(e: BaseException) -> str | None:
     if isinstance(e, ValidationError):
         parts = []
         for err in e.errors():
-            loc = ".".join(str(x) for x in err["loc"])
+            loc = ".".join(str(x) for x in err["loc"]).replace("rpc_url", "rpc")
             parts.append(f"--{loc.replace('_', '-')}: {err['msg']}" if loc else err["msg"])
         return "; ".join(parts) + " (see --help)"
     if isinstance(e, TrainproofError):
