@@ -121,6 +121,7 @@ class Outbox:
         ).fetchone()
         if row is not None and row[3] != "superseded":
             return self._confirm(key, bytes(row[1]), str(row[2]), int(row[0]))
+        self._flush_unsent()
         nonce = self._next_nonce()
         params = {"from": self.account.address, "nonce": nonce, "chainId": self.w3.eth.chain_id}
         try:
@@ -155,6 +156,22 @@ class Outbox:
         )
         log.warning("event=retired key=%s note=%r", key, "reverted on-chain; the next try is new")
         return True
+
+    def _flush_unsent(self) -> None:
+        """Broadcast again every recorded transaction the chain has not seen yet (killed
+        between recording and broadcasting, and its intent not asked for since): a new
+        transaction takes the next nonce, which would wait forever behind the gap."""
+        latest = int(self.w3.eth.get_transaction_count(self.account.address, "latest"))
+        rows = self.db.conn.execute(
+            "SELECT key, raw, hash FROM outbox WHERE status = 'sent' AND nonce >= ? ORDER BY nonce",
+            (latest,),
+        ).fetchall()
+        for key, raw, tx_hash in rows:
+            try:
+                self.w3.eth.send_raw_transaction(bytes(raw))
+                log.info("event=broadcast key=%s hash=%s note=%r", key, tx_hash, "recorded earlier")
+            except Exception as e:  # "already known": it is pending, nothing to do
+                log.info("event=rebroadcast key=%s note=%r", key, str(e)[:120])
 
     def _next_nonce(self) -> int:
         chain = int(self.w3.eth.get_transaction_count(self.account.address, "pending"))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_serializer
 
 from protocol.agent import Agent, AgentConfig, AgentError, poll_forever, setup_logging
 from protocol.blobs import BlobError, FileStore
@@ -42,6 +42,10 @@ class ProverStatus(BaseModel):
     done: bool
     status: JobStatus
     games: int
+
+    @field_serializer("status")
+    def _status_name(self, status: JobStatus) -> str:
+        return status.name  # operators read names, not the contract's numbers
 
 
 class ProverService:

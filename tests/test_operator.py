@@ -328,3 +328,47 @@ def test_accounts_separate_bond_returned_from_share(world, tmp_path) -> None:
     assert int(rec["returned"]) == BOND and int(rec["profit"]) == STAKE // 2  # the winner's half
     trainer = client.get(f"/v1/accounts/{p.agent.address}").json()["as_trainer"]
     assert int(trainer["returned"]) == 0 and int(trainer["slashed"]) == STAKE
+
+
+def test_outbox_retires_a_reverted_intent(tmp_path) -> None:
+    from protocol.outbox import Outbox, StateDB
+
+    db = StateDB(tmp_path / "o.db")
+    outbox = Outbox(db, w3=None, account=None)
+    db.conn.execute(
+        "INSERT INTO outbox (key, nonce, raw, hash, status, gas_used, block, created) "
+        "VALUES ('settle:1', 3, x'00', '0xab', 'failed', 21000, 9, 0)"
+    )
+    assert outbox.retire("settle:1") is True
+    assert outbox.status("settle:1") is None  # free: the next send builds a new transaction
+    assert outbox.status("settle:1#reverted1") == "failed"  # its gas was spent: still there
+    assert outbox.retire("settle:1") is False
+
+
+def test_a_recorded_but_unsent_transaction_does_not_block_the_next(world, tmp_path) -> None:
+    """Killed between recording a transaction and broadcasting it, and its intent never asked
+    for again (the game got settled by the other side): the next intent still lands."""
+    from protocol.agent import AgentConfig, load_account
+    from protocol.outbox import Outbox, StateDB
+
+    node = world[0]
+    w3 = Web3(Web3.HTTPProvider(node.url))
+    account = load_account(AgentConfig(rpc=node.url, deployment=world[1], db=tmp_path / "x.db",
+                                       test_account=5))  # fmt: skip
+    outbox = Outbox(StateDB(tmp_path / "o.db"), w3, account, poll=0.05)
+    first = w3.eth.get_transaction_count(account.address, "latest")
+
+    def transfer(params: dict) -> dict:
+        return {**params, "to": "0x" + "22" * 20, "value": 1, "gas": 21_000,
+                "maxFeePerGas": 10**10, "maxPriorityFeePerGas": 10**9}  # fmt: skip
+
+    signed = account.sign_transaction(transfer({"from": account.address, "nonce": first,
+                                                "chainId": w3.eth.chain_id}))  # fmt: skip
+    outbox.db.conn.execute(
+        "INSERT INTO outbox (key, nonce, raw, hash, status, created) "
+        "VALUES (?, ?, ?, ?, 'sent', 0)",
+        ("settle:7", first, bytes(signed.raw_transaction), signed.hash.hex()),
+    )  # as Outbox.send records it, then SIGKILL before the broadcast
+    sent = outbox.send("withdraw:7:1", transfer)
+    assert sent is not None and sent.success
+    assert w3.eth.get_transaction_count(account.address, "latest") == first + 2

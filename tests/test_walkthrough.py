@@ -93,6 +93,7 @@ def test_walkthrough_from_outside_the_checkout(outside: Path) -> None:
         try:
             wait_for("the trainer to finish", lambda: trainer.poll() is not None)
             assert trainer.returncode == 0, text("prover")[-3000:]
+            assert '{"done":true,"status":"REJECTED","games":1}' in text("prover")
             wait_for("the watcher's withdrawal", lambda: "event=withdrew" in text("challenger"))
             status_url = f"http://127.0.0.1:{api_port}/v1/jobs/1/status"
             wait_for("the API to index the verdict",
@@ -192,6 +193,10 @@ def test_operator_mistakes_end_in_one_line(outside: Path) -> None:
                   f"no EVM node answers at {dead}", "check --rpc")  # fmt: skip
         _one_line(run(["api", "index", "--rpc", dead, "--deployment", str(dep), "--db",
                        "a.db"], outside), "no EVM node answers")  # fmt: skip
+        _one_line(run(["deploy", "--rpc", dead, "--out", "d.json"], outside),
+                  "cannot connect", "check --rpc")  # fmt: skip
+        _one_line(run(["deploy", "--rpc", "localhost:8545", "--out", "d.json"], outside),
+                  "--rpc:", "not an http(s)://")  # fmt: skip
         bad = outside / "bad.json"
         bad.write_text('{"chain_id": 31337, "contracts": ')
         _one_line(run([*watch[:2], "--rpc", url, "--deployment", str(bad), "--test-account",
