@@ -86,6 +86,7 @@ class ChallengerService:
         self.db = self.agent.db
         self.store = open_store(cfg.store)
         self._comps: dict[tuple[int, int], Computation] = {}
+        self._unsent: set[tuple[int, int]] = set()
         self._recover_pending()
         log.info(
             "event=start rate=%.3f p_catch_one_bad_interval=%.3f note=%s",
@@ -396,6 +397,13 @@ class ChallengerService:
         player = ChallengerPlayer(m, self._computation_for(job_id, interval), job_id)
         if player.move(game_id) is not None:
             log.info("event=moved game=%d seq=%d phase=%s", game_id, g.seq, g.phase.name)
+        elif (game_id, g.seq) not in self._unsent:  # said once per move; tried every poll
+            self._unsent.add((game_id, g.seq))
+            log.error("event=move_not_sent game=%d seq=%d phase=%s clock_left_s=%d note=%r",
+                      game_id, g.seq, g.phase.name,
+                      g.challenger_clock - (self.agent.now() - g.last_move),
+                      "the move was not accepted (see the outbox lines); retrying every poll "
+                      "until the clock runs out")  # fmt: skip
 
     # ---- coverage attestations
 
