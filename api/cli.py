@@ -82,8 +82,9 @@ def serve(
     cors_origin: Annotated[
         list[str] | None,
         typer.Option(
+            metavar="ORIGIN",
             help="a browser origin allowed to call the API, e.g. https://app.example "
-            "(repeat for several; * allows any)"
+            "(repeat for several; * allows any)",
         ),
     ] = None,
     max_body_bytes: Annotated[
