@@ -215,9 +215,13 @@ class ChallengerService:
         closes = job.committed_at + job.spec.window
         if job.status != JobStatus.COMMITTED or self.agent.now() > closes:
             self.db.delete(key)
-            log.error("event=dispute_abandoned job=%d interval=%d status=%s tries=%d why=%s",
-                      job_id, interval, job.status.name, pending["tries"],
-                      "the challenge window closed before the dispute could be sent")  # fmt: skip
+            why = (
+                "the challenge window closed before the dispute could be sent"
+                if job.status == JobStatus.COMMITTED
+                else f"the job is {job.status.name} now: there is nothing left to dispute"
+            )
+            log.error("event=dispute_abandoned job=%d interval=%d status=%s tries=%d why=%r",
+                      job_id, interval, job.status.name, pending["tries"], why)  # fmt: skip
             return
         if committed is None:
             committed = [job.spec.initial_root, *self._committed_roots(job_id)]
