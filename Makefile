@@ -11,7 +11,7 @@ NODE_STAMP := node_modules/.trainproof-installed
 SYS_STAMP  := $(VENV)/.trainproof-system
 export PATH := $(CURDIR)/$(BIN):$(CURDIR)/node_modules/.bin:$(PATH)
 
-.PHONY: demo test lint bench setup clean
+.PHONY: demo test lint bench setup clean api-client
 
 demo: setup
 	$(BIN)/trainproof demo
@@ -26,6 +26,13 @@ lint: setup
 
 bench: setup
 	$(BIN)/python bench/commitments.py
+
+# TypeScript types of the API (api/client/schema.d.ts) from its OpenAPI document, for the
+# fetch client in api/client/client.ts; `make test` checks that both compile.
+api-client: setup
+	$(BIN)/python -c "import json; from api.app import create_app; from api.db import make_engine, make_sessions; print(json.dumps(create_app(make_sessions(make_engine('sqlite://'))).openapi()))" > api/client/openapi.json
+	node_modules/.bin/openapi-typescript api/client/openapi.json -o api/client/schema.d.ts
+	node_modules/.bin/tsc -p api/client/tsconfig.json
 
 setup: $(PY_STAMP) $(NODE_STAMP)
 

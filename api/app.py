@@ -7,7 +7,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path as FsPath
 from types import SimpleNamespace
 from typing import Annotated, Any
@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api import frontend
 from api.db import Attestation, Block, Change, Checkpoint, Event, Game, Job, Meta, Move
 from api.derive import LEVELS, phase_level, phase_name, status_filter, verification_status
 from api.schemas import (
@@ -229,15 +230,21 @@ def create_app(
     contract: str | None = None,
     now: Callable[[], float] = time.time,
     sse_poll_s: float = 0.25,
+    cors_origins: Sequence[str] = (),
+    max_body_bytes: int = frontend.MAX_BODY_BYTES,
 ) -> FastAPI:
     """The API over the index behind ``sessions``; ``chain_id``/``contract`` bind the EIP-712
-    domain of attestations (taken from the index's metadata when omitted)."""
+    domain of attestations (taken from the index's metadata when omitted). Browsers on
+    ``cors_origins`` may call it; request bodies over ``max_body_bytes`` are refused."""
     app = FastAPI(
         title="trainproof verification status",
         version="1.0.0",
         description="Job and commitment verification status, disputes, records and coverage, "
         "indexed from the TrainProof contract. Errors are RFC 9457 problem details.",
+        docs_url=None,
+        redoc_url=None,
     )
+    frontend.install(app, cors_origins, max_body_bytes)
     v1 = APIRouter(prefix="/v1", responses=_problem_responses(422))
     # Point reads for the status endpoint run outside a transaction: one statement is one
     # snapshot, and on PostgreSQL that saves the BEGIN and ROLLBACK round trips. (SQLite's
@@ -600,6 +607,12 @@ def create_app(
             for n, d in credits
             if n == "Credited" and d["reason"] in ("bond and stake share", "bond refund")
         )
+        # own money back vs earnings: finalize credits a trainer exactly stake + reward; a won
+        # game's settle credits its challenger exactly bond + share (refunds: the bond)
+        t_returned = sum(int(j.stake) for j in jobs if j.status == JobStatus.FINALIZED)
+        c_returned = sum(
+            int(d["amount"]) for n, d in credits if n == "Credited" and d["reason"] == "bond refund"
+        ) + sum(int(g.bond) for g in c_games if g.trainer_won is False and g.settled)
         record = AccountRecord(
             address=addr,
             as_trainer=RoleRecord(
@@ -608,6 +621,8 @@ def create_app(
                 losses=sum(1 for g in t_games if g.trainer_won is False),
                 slashed=str(sum(int(j.stake) for j in jobs if j.status == JobStatus.REJECTED)),
                 earned=str(t_earned),
+                returned=str(t_returned),
+                profit=str(t_earned - t_returned),
             ),
             as_challenger=RoleRecord(
                 count=len(c_games),
@@ -615,6 +630,8 @@ def create_app(
                 losses=sum(1 for g in c_games if g.trainer_won is True),
                 slashed=str(sum(int(g.bond) for g in c_games if g.trainer_won is True)),
                 earned=str(c_earned),
+                returned=str(c_returned),
+                profit=str(c_earned - c_returned),
             ),
             credited=str(sum(int(d["amount"]) for n, d in credits if n == "Credited")),
             withdrawn=str(sum(int(d["amount"]) for n, d in credits if n == "Withdrawn")),
@@ -763,6 +780,7 @@ def create_app(
                 for c in rows:
                     cursor = c.id
                     data = {
+                        "kind": c.kind,
                         "job_id": c.job_id,
                         "game_id": c.game_id,
                         "block": c.block_number,

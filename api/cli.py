@@ -3,47 +3,75 @@
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+log = logging.getLogger("trainproof.api")
 app = typer.Typer(no_args_is_help=True, help="Verification-status API: chain indexer + REST.")
 
 
-def _setup(db: str | None, rpc: str, contracts: Path, confirmations: int):  # noqa: ANN202
+#: The deployment file option, named as in every other command (``--contracts``: deprecated).
+DeploymentOpt = Annotated[
+    Path,
+    typer.Option(
+        "--deployment",
+        "--contracts",
+        help="deployment file written by `trainproof deploy` (--contracts: deprecated alias)",
+    ),
+]
+
+
+def _setup(db: str | None, rpc: str, deployment_file: Path, confirmations: int):  # noqa: ANN202
     from web3 import Web3
 
     from api.db import Meta, make_engine, make_sessions
     from api.indexer import Indexer
+    from protocol.agent import AgentError, check_code
     from protocol.chain import Deployment
 
-    deployment = Deployment.load(contracts)
+    if "--contracts" in sys.argv:
+        log.warning("--contracts is deprecated: use --deployment (as every other command)")
+    deployment = Deployment.load(deployment_file)
     if "TrainProof" not in deployment.contracts:
-        raise typer.BadParameter(f"{contracts} has no TrainProof address", param_hint="--contracts")
+        raise AgentError(f"{deployment_file} has no TrainProof address: run trainproof deploy")
     w3 = Web3(Web3.HTTPProvider(rpc, request_kwargs={"timeout": 30}))
+    if not w3.is_connected():
+        raise AgentError(
+            f"no EVM node answers at {rpc}: check --rpc (e.g. http://127.0.0.1:8545) and that "
+            "the node is running"
+        )
     chain_id = int(w3.eth.chain_id)
     if chain_id != deployment.chain_id:
-        raise typer.BadParameter(
-            f"RPC chain id {chain_id} != deployment chain id {deployment.chain_id}",
-            param_hint="--rpc",
+        raise AgentError(
+            f"{deployment_file} is for chain {deployment.chain_id}, the node at {rpc} is chain "
+            f"{chain_id}: pass the deployment file of this chain or the RPC of that one"
         )
-    sessions = make_sessions(make_engine(db))
     address = deployment.contracts["TrainProof"]
+    code = check_code(w3, address, deployment_file)
+    sessions = make_sessions(make_engine(db))
     with sessions.begin() as s:
         s.merge(Meta(key="chain_id", value=str(chain_id)))
         s.merge(Meta(key="contract", value=address))
     indexer = Indexer(
         w3, address, sessions, start_block=deployment.block, confirmations=confirmations
     )
+    log.info(
+        "start chain_id=%d rpc=%s contract=%s code=ok(%d bytes) deployed_at_block=%d head=%d "
+        "index_tip=%d confirmations=%d watch=%r",
+        chain_id, rpc, address, code, deployment.block, int(w3.eth.block_number),
+        indexer.tip(), confirmations, "TrainProof events from the deployment block on",
+    )  # fmt: skip
     return sessions, indexer, chain_id, address
 
 
 @app.command()
 def serve(
     rpc: Annotated[str, typer.Option(help="EVM JSON-RPC URL")],
-    contracts: Annotated[Path, typer.Option(help="deployment JSON (protocol.chain.Deployment)")],
+    deployment: DeploymentOpt,
     db: Annotated[
         str | None, typer.Option(help="database URL or SQLite path (default: $DATABASE_URL)")
     ] = None,
@@ -51,19 +79,39 @@ def serve(
     port: int = 8000,
     confirmations: Annotated[int, typer.Option(help="blocks before an event is indexed")] = 2,
     poll: Annotated[float, typer.Option(help="seconds between chain polls")] = 1.0,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="ORIGIN",
+            help="a browser origin allowed to call the API, e.g. https://app.example "
+            "(repeat for several; * allows any)",
+        ),
+    ] = None,
+    max_body_bytes: Annotated[
+        int, typer.Option(help="largest request body accepted, in bytes (413 above)")
+    ] = 64 * 1024,
 ) -> None:
-    """Index TrainProof's events in the background and serve /v1 and the dashboard."""
+    """Index TrainProof's events in the background and serve /v1, /docs and the dashboard."""
     import uvicorn
 
     from api.app import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    sessions, indexer, chain_id, address = _setup(db, rpc, contracts, confirmations)
+    sessions, indexer, chain_id, address = _setup(db, rpc, deployment, confirmations)
     stop = threading.Event()
     worker = threading.Thread(target=indexer.run_forever, args=(poll, stop), daemon=True)
     worker.start()
     try:
-        uvicorn.run(create_app(sessions, chain_id=chain_id, contract=address), host=host, port=port)
+        app = create_app(
+            sessions,
+            chain_id=chain_id,
+            contract=address,
+            cors_origins=cors_origin or (),
+            max_body_bytes=max_body_bytes,
+        )
+        log.info("serving http://%s:%d cors_origins=%s max_body_bytes=%d", host, port,
+                 cors_origin or [], max_body_bytes)  # fmt: skip
+        uvicorn.run(app, host=host, port=port)
     finally:
         stop.set()
         worker.join(timeout=5)
@@ -72,12 +120,13 @@ def serve(
 @app.command()
 def index(
     rpc: Annotated[str, typer.Option(help="EVM JSON-RPC URL")],
-    contracts: Annotated[Path, typer.Option(help="deployment JSON (protocol.chain.Deployment)")],
+    deployment: DeploymentOpt,
     db: Annotated[str | None, typer.Option(help="database URL or SQLite path")] = None,
     confirmations: int = 2,
 ) -> None:
     """Index once up to the confirmed head and print the tip."""
-    _sessions, indexer, _cid, _addr = _setup(db, rpc, contracts, confirmations)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    _sessions, indexer, _cid, _addr = _setup(db, rpc, deployment, confirmations)
     result = indexer.sync()
     typer.echo(f"tip={result.tip} events={result.events} rolled_back_to={result.rolled_back_to}")
 

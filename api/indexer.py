@@ -32,6 +32,9 @@ from protocol.market import trainproof_abi
 
 log = logging.getLogger("trainproof.api.indexer")
 
+#: Longest wait between two syncs while the node does not answer.
+NODE_MAX_BACKOFF_S = 30.0
+
 GAME_VIEW_FIELDS = (
     "job_id",
     "challenger",
@@ -99,6 +102,10 @@ def _plain(value: Any, abi_type: dict[str, Any]) -> Any:
     return value
 
 
+class NodeUnavailable(RuntimeError):
+    """The node did not answer as a node should; nothing was changed (the next sync retries)."""
+
+
 class ChainMoved(RuntimeError):
     """The chain reorganised while a range was being read; nothing of it was stored (the next
     sync reads it again)."""
@@ -161,10 +168,17 @@ class Indexer:
                 ranges += 1
 
     def run_forever(self, interval: float = 1.0, stop: Any = None) -> None:
-        """Poll the chain every ``interval`` seconds until ``stop`` (a threading.Event) is set."""
+        """Poll the chain every ``interval`` seconds until ``stop`` (a threading.Event) is set.
+        While the node does not answer, the index is kept and served, and the node is tried
+        again with backoff."""
+        failures = 0
         while stop is None or not stop.is_set():
+            wait = interval
             try:
                 result = self.sync()
+                if failures:
+                    log.warning("node back after %d failed syncs; tip=%d", failures, result.tip)
+                failures = 0
                 if result.events or result.rolled_back_to is not None:
                     log.info(
                         "indexed tip=%d events=%d rolled_back_to=%s",
@@ -174,12 +188,23 @@ class Indexer:
                     )
             except ChainMoved as e:
                 log.warning("reorg during sync, reading again: %s", e)
-            except Exception:
-                log.exception("sync failed; retrying")
+            except Exception as e:
+                from protocol.agent import is_transient
+
+                if not (is_transient(e) or isinstance(e, NodeUnavailable)):
+                    log.exception("sync failed; retrying")
+                else:
+                    failures += 1
+                    wait = min(NODE_MAX_BACKOFF_S, interval * 2**failures)
+                    log.warning(
+                        "node unreachable: keeping the index (tip=%d), retrying in %.1fs "
+                        "(try %d): %s",
+                        self.tip(), wait, failures, f"{type(e).__name__}: {str(e)[:160]}",
+                    )  # fmt: skip
             if stop is not None:
-                stop.wait(interval)
+                stop.wait(wait)
             else:
-                time.sleep(interval)
+                time.sleep(wait)
 
     # ------------------------------------------------------------------ ranges
 
@@ -280,11 +305,7 @@ class Indexer:
             return None
         fork: int | None = None
         for i, b in enumerate(stored):
-            try:
-                onchain = self.w3.eth.get_block(b.number)
-                h = "0x" + bytes(onchain["hash"]).hex()
-            except Exception:  # the block no longer exists (the chain got shorter)
-                h = None
+            h = self._hash_at(b.number)
             if h == b.hash:
                 if i == 0:
                     return None
@@ -294,6 +315,22 @@ class Indexer:
             fork = stored[-1].number - 1 if len(stored) == 256 else self.start_block - 1
         self.rollback(fork)
         return fork
+
+    def _hash_at(self, number: int) -> str | None:
+        """The chain's hash at height ``number``; None only when the node says the chain is
+        shorter now. Any other failure (the node down, a timeout) raises: a block that cannot
+        be read is no evidence of a reorg, and the index is kept."""
+        from web3.exceptions import BlockNotFound
+
+        try:
+            return "0x" + bytes(self.w3.eth.get_block(number)["hash"]).hex()
+        except BlockNotFound:
+            head = int(self.w3.eth.block_number)  # raises too when the node went away
+            if head < number:
+                return None  # proven: the chain is shorter than this block now
+            raise NodeUnavailable(
+                f"the node has block {head} but cannot give block {number}"
+            ) from None
 
     def rollback(self, to_block: int) -> None:
         """Forget everything after ``to_block`` and re-derive what it touched."""

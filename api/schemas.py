@@ -173,7 +173,17 @@ class RoleRecord(BaseModel):
     wins: int
     losses: int
     slashed: str = Field(description="wei lost: stakes of rejected jobs / bonds of lost games")
-    earned: str = Field(description="wei credited in this role")
+    earned: str = Field(description="wei credited in this role: returned + profit")
+    returned: str = Field(
+        "0",
+        description="wei of its own paid back: stakes of finalised jobs (trainer) / bonds of won "
+        "or abandoned games (challenger)",
+    )
+    profit: str = Field(
+        "0",
+        description="wei earned beyond its own money: rewards and bonds of lying challengers "
+        "(trainer) / shares of slashed stakes (challenger)",
+    )
 
 
 class AccountRecord(BaseModel):

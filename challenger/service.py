@@ -26,9 +26,12 @@ import time
 from pydantic import Field
 
 from protocol import attestation
-from protocol.agent import Agent, AgentConfig, setup_logging
-from protocol.blobs import BlobError, open_store
+from protocol.agent import Agent, AgentConfig, is_transient, poll_forever, setup_logging
+from protocol.blobs import BlobError, StoreUnreachable, open_store
+from protocol.game import JobStatus
 from protocol.market import Commitment
+from protocol.pnl import Ledger, PnL
+from protocol.units import eth
 from replay.checkpoint import CheckpointError
 from replay.dispute import (
     ChallengerPlayer,
@@ -48,6 +51,9 @@ class ChallengerConfig(AgentConfig):
     rate: float = Field(0.25, gt=0, le=1, description="probability of replaying each interval")
     confirmations: int = Field(2, ge=0, description="blocks a commitment must be buried under")
     lie: bool = Field(False, description="dispute honest commitments and lie (demos and tests)")
+    from_block: int | None = Field(
+        None, ge=0, description="first block to look for commitments in (default: deployment)"
+    )
     attest_to: str | None = Field(
         None,
         pattern=r"^https?://",
@@ -57,6 +63,12 @@ class ChallengerConfig(AgentConfig):
 
 #: Longest wait between two tries of an attestation the API did not take yet.
 ATTEST_MAX_BACKOFF_S = 300
+#: Longest wait between two tries of a dispute that did not land (the window is hours).
+DISPUTE_MAX_BACKOFF_S = 60
+#: Polls without a new block after which a commitment waiting for confirmations is reported.
+STALL_POLLS = 20
+#: State-file key prefix of a dispute decided on and not on-chain yet.
+PENDING = "pending_dispute:"
 
 
 def detection_probability(rate: float, intervals: int, bad_fraction: float) -> float:
@@ -74,10 +86,43 @@ class ChallengerService:
         self.db = self.agent.db
         self.store = open_store(cfg.store)
         self._comps: dict[tuple[int, int], Computation] = {}
+        self._unsent: set[tuple[int, int]] = set()
+        self._recover_pending()
         log.info(
             "event=start rate=%.3f p_catch_one_bad_interval=%.3f note=%s",
             cfg.rate, cfg.rate, "per commitment, for a cheat confined to a single interval",
         )  # fmt: skip
+        self.ledger = Ledger(self.agent, "challenger")
+        self.agent.startup_line(
+            log, "challenger", f"RunCommitted of {cfg.example} jobs from block "
+            f"{self._last_checked() + 1}, {cfg.confirmations} confirmations, replaying each "
+            f"interval with probability {cfg.rate}, checkpoints from {cfg.store}",
+        )  # fmt: skip
+
+    def _warn_if_head_stalls(self, head: int, first_unconfirmed: int) -> None:
+        """A plain anvil mines only when a transaction arrives: a commitment newer than
+        ``--confirmations`` blocks then waits for blocks that never come. Say so, once."""
+        seen, polls = getattr(self, "_stall", (None, 0))
+        polls = polls + 1 if seen == head else 0
+        self._stall = (head, polls)
+        if polls != STALL_POLLS or self.cfg.confirmations == 0 or first_unconfirmed > head:
+            return
+        waiting = self.market.commitments(first_unconfirmed, head)
+        if waiting:
+            log.warning("event=waiting_for_blocks jobs=%s head=%d confirmations=%d note=%r",
+                        [c.job_id for c in waiting], head, self.cfg.confirmations,
+                        f"no new block for {STALL_POLLS} polls: a commitment waits for "
+                        f"{self.cfg.confirmations} blocks on top of it; a plain anvil mines only "
+                        "on transactions: start it with --block-time 1, or pass "
+                        "--confirmations 0 on a dev chain")  # fmt: skip
+
+    def _last_checked(self) -> int:
+        """The last block whose commitments were checked (``--from-block`` skips ahead)."""
+        stored = self.db.get("last_block")
+        last = int(stored) if stored is not None else self.market.start_block - 1
+        if self.cfg.from_block is not None:
+            last = max(last, self.cfg.from_block - 1)
+        return last
 
     # ---- what it remembers
 
@@ -93,15 +138,132 @@ class ChallengerService:
     def step(self) -> None:
         head = self.agent.head()
         safe = head - self.cfg.confirmations
-        last = int(self.db.get("last_block") or self.market.start_block - 1)
+        last = self._last_checked()
+        self._warn_if_head_stalls(head, max(last + 1, safe + 1))
         if safe > last:
             for commitment in self.market.commitments(last + 1, safe):
                 if self._job_record(commitment.job_id) is None:
                     self._check(commitment)
             self.db.put("last_block", str(safe))
+        self._retry_disputes()
         for key, game_id in self._games():
             self._play(key, game_id)
         self._send_attestations()
+        self.ledger.report(log)
+
+    def summary(self) -> PnL:
+        """The final lines: what it checked, each game's outcome in words, the P&L."""
+        records = [(int(k.removeprefix("job:")), json.loads(v)) for k, v in self.db.items("job:")]
+        for job_id, record in records:
+            status = self.market.job(job_id).status.name
+            log.info("event=job job=%d verdict=%s status=%s", job_id, record["verdict"], status)
+        games = [int(v) for _, v in self.db.items("game:")]
+        games += [int(v) for _, v in self.db.items("done:game:")]
+        for words in self.ledger.outcomes(games):
+            log.info("event=outcome %s", words)
+        totals = self.ledger.report(log, final=True)
+        assert totals is not None
+        return totals
+
+    # ---- disputes that did not land yet
+
+    def _pending_disputes(self) -> list[tuple[int, int, dict[str, float]]]:
+        out = []
+        for key, raw in self.db.items(PENDING):
+            job_s, interval_s = key.removeprefix(PENDING).split(":")
+            out.append((int(job_s), int(interval_s), json.loads(raw)))
+        return out
+
+    def _recover_pending(self) -> None:
+        """At start: every dispute this challenger decided on and has no game for is due now
+        (also those a version without retries recorded as disputed and then forgot)."""
+        for job_key, raw in self.db.items("job:"):
+            record = json.loads(raw)
+            if record.get("verdict") != "disputed":
+                continue
+            job_id, interval = int(job_key.removeprefix("job:")), int(record["interval"])
+            key = f"game:{job_id}:{interval}"
+            if self.db.get(key) is None and self.db.get(f"done:{key}") is None:
+                pending = self.db.get(f"{PENDING}{job_id}:{interval}")
+                tries = json.loads(pending)["tries"] if pending else 0
+                self.db.put(
+                    f"{PENDING}{job_id}:{interval}", json.dumps({"tries": tries, "next": 0.0})
+                )
+        for job_id, interval, _ in self._pending_disputes():
+            log.warning("event=dispute_pending job=%d interval=%d note=%s", job_id, interval,
+                        "decided before a restart and not on-chain yet: retrying now")  # fmt: skip
+
+    def _retry_disputes(self) -> None:
+        now = time.time()
+        for job_id, interval, pending in self._pending_disputes():
+            if pending["next"] <= now:
+                self._try_dispute(job_id, interval)
+
+    def _try_dispute(
+        self, job_id: int, interval: int, committed: list[bytes] | None = None
+    ) -> None:
+        """Open the dispute of ``interval``; on failure retry later with backoff, loudly,
+        until it lands or the challenge window closes."""
+        key = f"{PENDING}{job_id}:{interval}"
+        raw = self.db.get(key)
+        pending = json.loads(raw) if raw else {"tries": 0, "next": 0.0}
+        job = self.market.job(job_id)
+        mine = self._my_game(job_id, interval)
+        if mine is not None:  # it landed (maybe sent before a crash)
+            self._landed(job_id, interval, mine)
+            return
+        closes = job.committed_at + job.spec.window
+        if job.status != JobStatus.COMMITTED or self.agent.now() > closes:
+            self.db.delete(key)
+            why = (
+                "the challenge window closed before the dispute could be sent"
+                if job.status == JobStatus.COMMITTED
+                else f"the job is {job.status.name} now: there is nothing left to dispute"
+            )
+            log.error("event=dispute_abandoned job=%d interval=%d status=%s tries=%d why=%r",
+                      job_id, interval, job.status.name, pending["tries"], why)  # fmt: skip
+            return
+        if committed is None:
+            committed = [job.spec.initial_root, *self._committed_roots(job_id)]
+        comp = self._computation_for(job_id, interval)
+        why = "the dispute transaction was not accepted (see the outbox lines above)"
+        try:
+            game_id = ChallengerPlayer(self.market, comp, job_id).open(
+                committed, interval, job.spec.bond
+            )
+        except Exception as e:  # a node error or a transaction not mined: retried like a refusal
+            if not is_transient(e):
+                raise
+            game_id, why = None, f"{type(e).__name__}: {str(e)[:160]}"
+        if game_id is not None:
+            self._landed(job_id, interval, game_id)
+            return
+        if self.agent.outbox.retire(f"dispute:{job_id}:{interval}"):
+            why = "the dispute transaction reverted on-chain; the next try sends a new one"
+        balance = int(self.agent.w3.eth.get_balance(self.agent.address))
+        if balance < job.spec.bond:
+            why = (f"balance {eth(balance)} is below the bond {eth(job.spec.bond)} plus gas: "
+                   f"fund {self.agent.address}")  # fmt: skip
+        pending["tries"] += 1
+        delay = min(DISPUTE_MAX_BACKOFF_S, 2 ** pending["tries"])
+        pending["next"] = time.time() + delay
+        self.db.put(key, json.dumps(pending))
+        log.error("event=dispute_failed job=%d interval=%d tries=%d retry_in_s=%d "
+                  "window_closes_at=%d why=%r", job_id, interval, pending["tries"], delay,
+                  job.committed_at + job.spec.window, why)  # fmt: skip
+
+    def _my_game(self, job_id: int, interval: int) -> int | None:
+        me = self.agent.address.lower()
+        for game_id in self.market.games_of(job_id):
+            g = self.market.game(game_id)
+            if g.challenger.lower() == me and g.interval == interval:
+                return game_id
+        return None
+
+    def _landed(self, job_id: int, interval: int, game_id: int) -> None:
+        self.db.put(f"game:{job_id}:{interval}", str(game_id))
+        self.db.delete(f"{PENDING}{job_id}:{interval}")
+        log.info("event=disputed job=%d interval=%d game=%d", job_id, interval, game_id)
 
     def _games(self) -> list[tuple[str, int]]:
         return [(k, int(v)) for k, v in self.db.items("game:")]
@@ -133,19 +295,16 @@ class ChallengerService:
                 for interval in matched:
                     pending = {"run_root": "0x" + c.run_root.hex(), "tries": 0, "next": 0.0}
                     self.db.put(f"attest:{c.job_id}:{interval}", json.dumps(pending))
-        log.info("event=checked job=%d intervals=%d sampled=%s bad=%s", c.job_id, m, sample, bad)
+        log_check(c.job_id, m, sample, bad, self.cfg.rate, self.cfg.lie)
         if bad is None:
             self._save_job(c.job_id, record)
             return
         self._comps[(c.job_id, bad)] = comp
         record.update(verdict="disputed", interval=bad)
+        # the intent to dispute is kept with the verdict: until the dispute lands it is retried
+        self.db.put(f"{PENDING}{c.job_id}:{bad}", json.dumps({"tries": 0, "next": 0.0}))
         self._save_job(c.job_id, record)
-        game_id = ChallengerPlayer(self.market, comp, c.job_id).open(committed, bad, job.spec.bond)
-        if game_id is None:
-            log.warning("event=dispute_failed job=%d interval=%d", c.job_id, bad)
-            return
-        self.db.put(f"game:{c.job_id}:{bad}", str(game_id))
-        log.info("event=disputed job=%d interval=%d game=%d", c.job_id, bad, game_id)
+        self._try_dispute(c.job_id, bad, committed)
 
     def _find_bad(
         self, job_id: int, committed: list[bytes], sample: list[int], honest: Computation
@@ -172,6 +331,11 @@ class ChallengerService:
             return honest
         try:
             state = fetch_checkpoint(self.store, honest.program, committed[c])
+        except StoreUnreachable as e:
+            log.warning("event=store_unreachable job=%d interval=%d store=%s why=%r note=%s",
+                        job_id, c, self.cfg.store, str(e),
+                        "nothing known about the checkpoint: replaying from C_0")  # fmt: skip
+            return None
         except (BlobError, CheckpointError) as e:
             log.warning("event=checkpoint_rejected job=%d interval=%d why=%r", job_id, c, str(e))
             return None
@@ -215,13 +379,18 @@ class ChallengerService:
         if g.phase.over:
             if not g.settled:
                 self._abandon_frozen(job_id)  # a won game pays once none of its job runs
+                # None: it would revert now, i.e. an earlier game of the job still runs (the
+                # share goes to the lowest-numbered won game): not a failure, settle later
                 if m.transact("settle", game_id, key=f"settle:{game_id}") is None:
-                    return  # an earlier game of the job still runs: settle later
+                    return
                 log.info("event=settled game=%d phase=%s", game_id, g.phase.name)
+            for words in self.ledger.outcomes([game_id]):
+                log.info("event=outcome job=%d %s", job_id, words)
             credit = m.credits(self.agent.address)
             if credit:
-                m.transact("withdraw", key=f"withdraw:{game_id}:{credit}")
-                log.info("event=withdrew game=%d amount=%d", game_id, credit)
+                if not self.agent.send(log, "withdraw", key=f"withdraw:{game_id}:{credit}"):
+                    return
+                log.info("event=withdrew game=%d amount=%r", game_id, eth(credit))
             self.db.delete(key)
             self.db.put(f"done:{key}", str(game_id))
             return
@@ -231,12 +400,19 @@ class ChallengerService:
             return
         if g.phase.trainer_moves:
             if self.agent.now() > g.deadline:
-                m.transact("timeout", game_id, key=f"timeout:{game_id}")
-                log.info("event=timeout game=%d", game_id)
+                if self.agent.send(log, "timeout", game_id, key=f"timeout:{game_id}"):
+                    log.info("event=timeout game=%d", game_id)
             return
         player = ChallengerPlayer(m, self._computation_for(job_id, interval), job_id)
         if player.move(game_id) is not None:
             log.info("event=moved game=%d seq=%d phase=%s", game_id, g.seq, g.phase.name)
+        elif (game_id, g.seq) not in self._unsent:  # said once per move; tried every poll
+            self._unsent.add((game_id, g.seq))
+            log.error("event=move_not_sent game=%d seq=%d phase=%s clock_left_s=%d note=%r",
+                      game_id, g.seq, g.phase.name,
+                      g.challenger_clock - (self.agent.now() - g.last_move),
+                      "the move was not accepted (see the outbox lines); retrying every poll "
+                      "until the clock runs out")  # fmt: skip
 
     def _abandon_frozen(self, job_id: int) -> None:
         """Abandon the job's games frozen by the game that rejected it (their bonds go back
@@ -281,11 +457,32 @@ class ChallengerService:
                          job_s, interval_s, status, pending["tries"])  # fmt: skip
 
     def run(self, max_polls: int | None = None) -> None:
-        polls = 0
-        while max_polls is None or polls < max_polls:
-            self.step()
-            polls += 1
-            time.sleep(self.cfg.poll)
+        """Poll (forever, or ``max_polls`` times); a node that stops answering is retried
+        with backoff, the state kept."""
+        try:
+            poll_forever(self.step, self.cfg.poll, log, self.cfg.rpc, max_polls=max_polls)
+        finally:  # also when stopped (Ctrl-C, SIGTERM): the summary is the last word
+            try:
+                self.summary()
+            except Exception as e:  # the node may be what stopped it
+                log.warning("event=summary_unavailable why=%r", f"{type(e).__name__}: {e}")
+
+
+def log_check(
+    job_id: int, intervals: int, sample: list[int], bad: int | None, rate: float, lie: bool
+) -> None:
+    """What checking a commitment found, in words: an empty sample is no clean check."""
+    if lie:
+        log.info("event=checked job=%d result=%r", job_id, "lying on purpose (--lie)")
+    elif not sample:
+        log.info("event=not_checked job=%d intervals=%d sampled=0 note=%r", job_id, intervals,
+                 f"no interval drawn at rate {rate}: not checked this time")  # fmt: skip
+    elif bad is None:
+        log.info("event=checked job=%d intervals=%d sampled=%s result=%r", job_id, intervals,
+                 sample, f"all {len(sample)} sampled intervals match")  # fmt: skip
+    else:
+        log.warning("event=checked job=%d intervals=%d sampled=%s result=%r", job_id, intervals,
+                    sample, f"interval {bad} does not match the commitment: disputing")  # fmt: skip
 
 
 def _first_matmul(comp: Computation) -> int:

@@ -42,6 +42,11 @@ class BlobError(TrainproofError):
     """A blob or pointer is missing, malformed, too large, or does not hash to its address."""
 
 
+class StoreUnreachable(BlobError):
+    """The store did not answer at all (connection refused, timeout): nothing was said about
+    the checkpoint itself."""
+
+
 class CheckpointPointer(BaseModel):
     """Where the blobs of the checkpoint with a given state root are."""
 
@@ -135,7 +140,7 @@ class HttpStore:
         except urllib.error.HTTPError as e:
             raise BlobError(f"{self.url}{path}: HTTP {e.code}") from None
         except OSError as e:
-            raise BlobError(f"{self.url}{path}: {e}") from None
+            raise StoreUnreachable(f"store unreachable at {self.url}: {e}") from None
         if len(data) > MAX_BLOB_BYTES:
             raise BlobError(f"{self.url}{path}: more than {MAX_BLOB_BYTES} bytes, rejected")
         return data

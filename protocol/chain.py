@@ -19,6 +19,7 @@ import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -82,7 +83,40 @@ class Deployment(BaseModel):
         try:
             return cls.model_validate(json.loads(path.read_text()))
         except FileNotFoundError as e:
-            raise ChainError(f"no deployment file at {path}: run the deploy step first") from e
+            raise ChainError(
+                f"no deployment file at {path}: run `trainproof deploy --out {path}` first"
+            ) from e
+        except IsADirectoryError as e:
+            raise ChainError(f"{path} is a folder: pass the deployment file inside it") from e
+        except (ValueError, UnicodeDecodeError) as e:  # bad JSON or a missing/wrong field
+            first = str(e).splitlines()
+            why = first[0] if first else type(e).__name__
+            if hasattr(e, "errors"):
+                errs = e.errors()  # type: ignore[attr-defined]
+                why = "; ".join(
+                    f"{'.'.join(str(x) for x in er['loc']) or 'file'}: {er['msg']}" for er in errs
+                )
+            raise ChainError(
+                f"{path} is not a deployment file ({why}): write it with trainproof deploy"
+            ) from None
+
+
+@cache
+def contracts_project() -> Any:
+    """trainproof's own ape project (its contracts/ and ape-config.yaml), found through the
+    package rather than the working directory, so the installed ``trainproof`` works from any
+    folder."""
+    from protocol.anvil import REPO_ROOT
+
+    if not (REPO_ROOT / "contracts" / "TrainProof.vy").is_file():
+        raise ChainError(
+            f"trainproof's contract sources are not next to the package ({REPO_ROOT}/contracts): "
+            "install trainproof from a checkout (pip install -e PATH)"
+        )
+    _quiet_ape()
+    from ape import Project
+
+    return Project(REPO_ROOT)
 
 
 def _quiet_ape() -> None:
@@ -111,12 +145,11 @@ class Chain:
 
     def contract_type(self, name: str) -> Any:
         """The compiled contract container ``name`` (compiles contracts/ on first use)."""
-        from ape import project
-
+        project = contracts_project()
         try:
             return getattr(project, name)
         except AttributeError as e:
-            raise ChainError(f"no contract named {name!r} in contracts/: {e}") from e
+            raise ChainError(f"no contract named {name!r} in {project.path}/contracts: {e}") from e
 
     def deploy(self, name: str, *args: Any, sender: Any = None) -> Any:
         """Deploy contract ``name`` with constructor ``args``; returns the ape contract instance."""
@@ -150,7 +183,9 @@ def connect(settings: ChainSettings | None = None) -> Iterator[Chain]:
         ctx = networks.parse_network_choice(choice, provider_settings=provider_settings)
         provider = ctx.__enter__()
     except ApeException as e:
-        raise ChainError(f"cannot connect to {choice}: {e}") from e
+        raise ChainError(
+            f"cannot connect to {choice}: {e} (check --rpc and that the node is running)"
+        ) from e
     try:
         if settings.account is not None:
             sender = accounts.load(settings.account)

@@ -76,11 +76,10 @@ def trainproof_abi() -> list[dict[str, Any]]:
         types = json.loads(build.read_text()).get("contractTypes", {})
         if "TrainProof" in types:
             return list(types["TrainProof"]["abi"])
-    from ape import project
+    from protocol.chain import contracts_project  # puts this venv's vyper on PATH for ape
 
-    import protocol.chain  # noqa: F401 - puts this venv's vyper on PATH for ape-vyper
-
-    return [a.model_dump(mode="json", by_alias=True) for a in project.TrainProof.contract_type.abi]
+    abi = contracts_project().TrainProof.contract_type.abi
+    return [a.model_dump(mode="json", by_alias=True) for a in abi]
 
 
 class ApeMarket:

@@ -121,6 +121,7 @@ class Outbox:
         ).fetchone()
         if row is not None and row[3] != "superseded":
             return self._confirm(key, bytes(row[1]), str(row[2]), int(row[0]))
+        self._flush_unsent()
         nonce = self._next_nonce()
         params = {"from": self.account.address, "nonce": nonce, "chainId": self.w3.eth.chain_id}
         try:
@@ -139,6 +140,38 @@ class Outbox:
         )  # committed (autocommit) before anything leaves this process
         log.info("event=signed key=%s nonce=%d hash=%s", key, nonce, tx_hash)
         return self._confirm(key, raw, tx_hash, nonce)
+
+    def retire(self, key: str) -> bool:
+        """Free an intent whose transaction was mined and reverted, so that asking for it
+        again builds, signs and sends a new one. The reverted transaction stays recorded (as
+        ``<key>#reverted<n>``: its gas was spent). True when there was one to retire."""
+        row = self.db.conn.execute("SELECT status FROM outbox WHERE key = ?", (key,)).fetchone()
+        if row is None or row[0] != "failed":
+            return False
+        (n,) = self.db.conn.execute(
+            "SELECT COUNT(*) FROM outbox WHERE key LIKE ?", (f"{key}#reverted%",)
+        ).fetchone()
+        self.db.conn.execute(
+            "UPDATE outbox SET key = ? WHERE key = ?", (f"{key}#reverted{int(n) + 1}", key)
+        )
+        log.warning("event=retired key=%s note=%r", key, "reverted on-chain; the next try is new")
+        return True
+
+    def _flush_unsent(self) -> None:
+        """Broadcast again every recorded transaction the chain has not seen yet (killed
+        between recording and broadcasting, and its intent not asked for since): a new
+        transaction takes the next nonce, which would wait forever behind the gap."""
+        latest = int(self.w3.eth.get_transaction_count(self.account.address, "latest"))
+        rows = self.db.conn.execute(
+            "SELECT key, raw, hash FROM outbox WHERE status = 'sent' AND nonce >= ? ORDER BY nonce",
+            (latest,),
+        ).fetchall()
+        for key, raw, tx_hash in rows:
+            try:
+                self.w3.eth.send_raw_transaction(bytes(raw))
+                log.info("event=broadcast key=%s hash=%s note=%r", key, tx_hash, "recorded earlier")
+            except Exception as e:  # "already known": it is pending, nothing to do
+                log.info("event=rebroadcast key=%s note=%r", key, str(e)[:120])
 
     def _next_nonce(self) -> int:
         chain = int(self.w3.eth.get_transaction_count(self.account.address, "pending"))

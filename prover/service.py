@@ -9,12 +9,11 @@ where it stopped and never sends a move twice.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_serializer
 
-from protocol.agent import Agent, AgentConfig, setup_logging
+from protocol.agent import Agent, AgentConfig, AgentError, poll_forever, setup_logging
 from protocol.blobs import BlobError, FileStore
 from protocol.game import (
     MIN_CLOCK,
@@ -26,7 +25,9 @@ from protocol.game import (
     trainer_moves_bound,
 )
 from protocol.ir import REDUCTION_OPS
-from protocol.market import Market
+from protocol.market import JobView, Market, Web3Market
+from protocol.pnl import Ledger, PnL
+from protocol.units import eth
 from replay.checkpoint import CheckpointError
 from replay.dispute import (
     Computation,
@@ -58,13 +59,17 @@ class ProverStatus(BaseModel):
     status: JobStatus
     games: int
 
+    @field_serializer("status")
+    def _status_name(self, status: JobStatus) -> str:
+        return status.name  # operators read names, not the contract's numbers
+
 
 class ProverService:
     def __init__(self, cfg: ProverConfig) -> None:
         self.cfg = cfg
         self.agent = Agent(cfg)
         self.market = self.agent.market
-        job = self.market.job(cfg.job)
+        job = existing_job(self.market, cfg.job)
         honest = example_computation(cfg.example, job.spec.steps, job.spec.every)
         problem = spec_mismatch(job.spec, honest)
         if problem:
@@ -79,9 +84,29 @@ class ProverService:
         if self.agent.db.get(f"published:{cfg.job}"):
             self._resume_from_checkpoints()
         self._stuck: set[tuple[int, int]] = set()
+        self.ledger = Ledger(self.agent, "prover")
+        self.agent.startup_line(
+            log, "prover", f"job {cfg.job} ({cfg.example}, {job.spec.steps} steps, status "
+            f"{job.status.name}, stake {eth(job.spec.stake)}, reward {eth(job.reward)})",
+        )  # fmt: skip
 
     def step(self) -> ProverStatus:
-        """One poll: do whatever the job needs next."""
+        """One poll: do whatever the job needs next; the P&L line when it changed."""
+        status = self._step()
+        self.ledger.report(log)
+        return status
+
+    def summary(self) -> PnL:
+        """The final lines: each game's outcome in words, the job's status, the P&L."""
+        job = self.market.job(self.cfg.job)
+        for words in self.ledger.outcomes(self.market.games_of(self.cfg.job)):
+            log.info("event=outcome job=%d %s", self.cfg.job, words)
+        log.info("event=job_status job=%d status=%s", self.cfg.job, job.status.name)
+        totals = self.ledger.report(log, final=True)
+        assert totals is not None
+        return totals
+
+    def _step(self) -> ProverStatus:
         m, cfg, me = self.market, self.cfg, self.agent.address
         job = m.job(cfg.job)
         if job.status == JobStatus.OPEN:
@@ -89,19 +114,18 @@ class ProverService:
             if why is not None:
                 log.error("event=refused job=%d why=%r", cfg.job, why)
                 return ProverStatus(done=True, status=job.status, games=0)
-            m.transact(
-                "accept_job", cfg.job, job.job_hash, value=job.spec.stake, key=f"accept:{cfg.job}"
-            )
-            log.info("event=accepted job=%d stake=%d", cfg.job, job.spec.stake)
+            send = self.agent.send
+            accept = ("accept_job", cfg.job, job.job_hash)
+            if send(log, *accept, value=job.spec.stake, key=f"accept:{cfg.job}"):
+                log.info("event=accepted job=%d stake=%r", cfg.job, eth(job.spec.stake))
             return ProverStatus(done=False, status=job.status, games=0)
         if job.trainer.lower() != me.lower():
             raise SystemExit(f"job {cfg.job} was accepted by {job.trainer}, not by {me}")
         if job.status == JobStatus.ACCEPTED:
             self._publish()
-            m.transact(
-                "commit_run", cfg.job, self.comp.checkpoint_roots()[1:], key=f"commit:{cfg.job}"
-            )
-            log.info("event=committed job=%d", cfg.job)
+            roots = self.comp.checkpoint_roots()[1:]
+            if self.agent.send(log, "commit_run", cfg.job, roots, key=f"commit:{cfg.job}"):
+                log.info("event=committed job=%d", cfg.job)
             return ProverStatus(done=False, status=job.status, games=0)
         games = oldest_wait_first(m, m.games_of(cfg.job))
         settled = True
@@ -123,23 +147,26 @@ class ProverService:
                         )
                 settled = False
             elif not g.settled:
-                m.transact("settle", game_id, key=f"settle:{game_id}")
-                log.info("event=settled game=%d phase=%s", game_id, g.phase.name)
+                if self.agent.send(log, "settle", game_id, key=f"settle:{game_id}"):
+                    log.info("event=settled game=%d phase=%s %s", game_id, g.phase.name,
+                             self._outcome(game_id))  # fmt: skip
         job = m.job(cfg.job)
         if (
             job.status == JobStatus.COMMITTED
             and job.open_games == 0
             and self.agent.now() > job.committed_at + job.spec.window
         ):
-            m.transact("finalize", cfg.job, key=f"finalize:{cfg.job}")
-            log.info("event=finalized job=%d", cfg.job)
+            if self.agent.send(log, "finalize", cfg.job, key=f"finalize:{cfg.job}"):
+                log.info("event=finalized job=%d", cfg.job)
             job = m.job(cfg.job)
         closed = job.status in (JobStatus.FINALIZED, JobStatus.REJECTED)
         if closed and settled:
             credit = m.credits(me)
             if credit:
-                m.transact("withdraw", key=f"withdraw:{cfg.job}:{credit}")
-                log.info("event=withdrew job=%d amount=%d", cfg.job, credit)
+                if self.agent.send(log, "withdraw", key=f"withdraw:{cfg.job}:{credit}"):
+                    log.info("event=withdrew job=%d amount=%r", cfg.job, eth(credit))
+                else:
+                    return ProverStatus(done=False, status=job.status, games=len(games))
             return ProverStatus(done=True, status=job.status, games=len(games))
         return ProverStatus(done=False, status=job.status, games=len(games))
 
@@ -185,12 +212,33 @@ class ProverService:
         )
 
     def run(self, until_done: bool = True) -> ProverStatus:
-        while True:
-            status = self.step()
-            if status.done and until_done:
-                log.info("event=done job=%d status=%s", self.cfg.job, status.status.name)
-                return status
-            time.sleep(self.cfg.poll)
+        """Poll until the job is over (forever unless ``until_done``); a node that stops
+        answering is retried with backoff, the state kept."""
+        status = poll_forever(
+            self.step, self.cfg.poll, log, self.cfg.rpc, done=lambda s: until_done and s.done
+        )
+        log.info("event=done job=%d status=%s", self.cfg.job, status.status.name)
+        self.summary()
+        return status
+
+    def _outcome(self, game_id: int) -> str:
+        words = self.ledger.outcomes([game_id])
+        return f"outcome={words[0]!r}" if words else ""
+
+
+def existing_job(market: Web3Market, job_id: int) -> JobView:
+    """Job ``job_id``, or a one-line error when the contract has no such job."""
+    count = int(market.contract.functions.job_count().call())
+    if not 1 <= job_id <= count:
+        raise AgentError(
+            f"no job {job_id} on TrainProof at {market.address} (it has {count} job"
+            f"{'' if count == 1 else 's'}): pass --job 1..{count}, or register one with "
+            "trainproof job register"
+            if count
+            else f"no job {job_id} on TrainProof at {market.address}: it has no jobs yet; "
+            "register one with trainproof job register"
+        )
+    return market.job(job_id)
 
 
 def unsafe_job(

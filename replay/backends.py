@@ -33,6 +33,7 @@ class Executor(Protocol):
 
 def make_executor(program: Program, backend: str = "torch", device: str = "cpu") -> Executor:
     """An executor for ``program``; the numpy reference runs on the CPU only."""
+    check_device(device)
     if backend == "numpy":
         if device != "cpu":
             raise ExecutionError(f"the numpy backend runs on the cpu, not {device!r}")
@@ -42,3 +43,11 @@ def make_executor(program: Program, backend: str = "torch", device: str = "cpu")
 
         return TorchExecutor(program, device)
     raise ExecutionError(f"unknown backend {backend!r}; choose 'torch' or 'numpy'")
+
+
+def check_device(device: str) -> None:
+    """Refuse a device other than ``cpu``, ``cuda`` or ``cuda:N`` in one line."""
+    import re
+
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise ExecutionError(f"unknown --device {device!r}: choose cpu or cuda (cuda:N for GPU N)")

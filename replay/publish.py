@@ -44,9 +44,30 @@ def publish_checkpoint(store: BlobStore, manifest_path: Path) -> CheckpointPoint
 
 
 def publish_run(store: BlobStore, run_dir: Path) -> list[CheckpointPointer]:
-    """Publish every checkpoint of a run folder written by ``trainproof train``."""
+    """Publish every checkpoint of a run folder written by ``trainproof train``, after
+    :func:`verify_run`: nothing of a damaged run is published."""
     run = read_run(run_dir)
+    verify_run(run_dir)
     return [publish_checkpoint(store, run_dir / ref.manifest) for ref in run.checkpoints]
+
+
+def verify_run(run_dir: Path) -> None:
+    """Check a run before anyone relies on it: its program and dataset roots recompile from
+    its specs, its run root is the tree of its checkpoint roots, and every checkpoint loads
+    with all checks and hashes to the root run.json lists. Raises CheckpointError naming the
+    first problem."""
+    from replay.runner import check_run_commitments
+
+    run = read_run(run_dir)
+    try:
+        program, _ = check_run_commitments(run)
+        for ref in run.checkpoints:
+            manifest = resolve_inside(run_dir, ref.manifest, "checkpoint manifest")
+            load_checkpoint(manifest, program, expected_root=from_hex(ref.state_root))
+    except CheckpointError as e:
+        raise CheckpointError(
+            f"{run_dir} not published: {e}; train the run again (or restore the damaged files)"
+        ) from None
 
 
 def publish_state(
@@ -88,4 +109,5 @@ __all__ = [
     "publish_checkpoint",
     "publish_run",
     "publish_state",
+    "verify_run",
 ]

@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -99,8 +99,10 @@ def read_run(folder: Path) -> RunManifest:
         return RunManifest.model_validate_json(path.read_bytes())
     except ValidationError as exc:
         first = exc.errors()[0]
+        where = ".".join(map(str, first["loc"]))
         raise CheckpointError(
-            f"{path} is malformed: {first['msg']} at {'.'.join(map(str, first['loc']))}"
+            f"{path} is malformed ({first['msg']}{f' at {where}' if where else ''}): it is not "
+            "a run.json written by trainproof train; train the run again"
         ) from None
 
 
@@ -144,7 +146,9 @@ def train(
             f"--steps {steps} is not a multiple of --checkpoint-every {checkpoint_every}: the run "
             "commits C_0, C_k, ..., C_N"
         )
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise SpecError(f"--out {out} is a file, not a folder: name a new folder for the run")
+    if out.exists() and any(out.iterdir()):
         raise SpecError(f"{out} exists and is not an empty folder; choose a new --out")
     ex_spec = get_example(example)
     model = ex_spec.model
@@ -154,7 +158,6 @@ def train(
     state = initial_state(model, program)
     executor.set_state(state)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = out / CHECKPOINT_DIR
     run = RunManifest(
         example=example,
         model=model,
@@ -167,6 +170,46 @@ def train(
         backend=backend,
         device=device,
     )
+    return _continue(out, run, program, dataset, executor, state, 0, on_checkpoint, on_step)
+
+
+def resume(
+    out: Path,
+    on_checkpoint: Callable[[CheckpointEvent], None] | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> RunManifest:
+    """Continue an interrupted run in ``out`` from its last checkpoint (same example, steps,
+    backend and device as it started with); a finished run is returned as it is."""
+    run = read_run(out)
+    if run.run_root is not None:
+        return run
+    program, dataset = check_run_commitments(run)
+    last = max(c.step for c in run.checkpoints)
+    ref = next(c for c in run.checkpoints if c.step == last)
+    manifest_path = resolve_inside(out, ref.manifest, "checkpoint manifest")
+    _, state = load_checkpoint(manifest_path, program, from_hex(ref.state_root))
+    executor = make_executor(program, run.backend, run.device)
+    executor.set_state(state)
+    state = executor.get_state()
+    del run.step_roots[last + 1 :]
+    return _continue(out, run, program, dataset, executor, state, last, on_checkpoint, on_step)
+
+
+def _continue(
+    out: Path,
+    run: RunManifest,
+    program: Program,
+    dataset: Dataset,
+    executor: Any,
+    state: dict[str, np.ndarray],
+    start: int,
+    on_checkpoint: Callable[[CheckpointEvent], None] | None,
+    on_step: Callable[[int], None] | None,
+) -> RunManifest:
+    """Train ``run`` from step ``start`` (its checkpoint already written) to the end."""
+    steps, checkpoint_every, model = run.steps, run.checkpoint_every, run.model
+    backend, device = run.backend, run.device
+    ckpt_dir = out / CHECKPOINT_DIR
 
     def checkpoint(step: int, values: dict[str, np.ndarray]) -> None:
         manifest = save_checkpoint(ckpt_dir, step, program, values)
@@ -183,9 +226,10 @@ def train(
                 CheckpointEvent(step, from_hex(manifest.state_root), float(values["loss"]))
             )
 
-    run.step_roots.append(to_hex(state_root_of(program, state)))
-    checkpoint(0, state)
-    for t in range(steps):
+    if start == 0:
+        run.step_roots.append(to_hex(state_root_of(program, state)))
+        checkpoint(0, state)
+    for t in range(start, steps):
         executor.run_step(dataset.batch(t))
         state = executor.get_state()
         run.step_roots.append(to_hex(state_root_of(program, state)))
@@ -265,6 +309,12 @@ def replay(
     program, dataset = check_run_commitments(run)
     k = run.checkpoint_every
     last = max(c.step for c in run.checkpoints)
+    if run.run_root is None and last == 0:
+        raise CheckpointError(
+            f"the run in {folder} is incomplete: training stopped before its first checkpoint "
+            f"after step 0 (of {run.steps}); nothing to replay yet: resume it with "
+            f"trainproof train --resume --out {folder}"
+        )
     a = 0 if from_step is None else from_step
     b = last if to_step is None else to_step
     if a % k or b % k or not 0 <= a < b <= last:

@@ -3,7 +3,8 @@
 from trainproof.demo import run_demo
 
 
-def test_demo_catches_the_cheat_and_stays_solvent(capsys) -> None:
+def test_demo_catches_the_cheat_and_stays_solvent(capsys, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # works from any folder, not only the checkout (issue 16)
     assert run_demo() == 0
     out = capsys.readouterr().out
     assert "trainer cheated" in out  # the cheating run's verdict

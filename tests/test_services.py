@@ -216,8 +216,11 @@ def test_services_survive_sigkill_mid_dispute(world) -> None:
             if not over():
                 restart(target)
                 target = "challenger" if target == "prover" else "prover"
-        while not (market.job(1).status == JobStatus.REJECTED and market.game(1).settled):
-            assert time.monotonic() < deadline, "the game did not finish"
+        watcher = load_account(AgentConfig(rpc=node.url, deployment=deployment, db=tmp / "x.db",
+                                           test_account=3)).address  # fmt: skip
+        while not (market.job(1).status == JobStatus.REJECTED and market.game(1).settled
+                   and market.credits(watcher) == 0):  # fmt: skip
+            assert time.monotonic() < deadline, "the game did not finish (settled, withdrawn)"
             time.sleep(0.5)
     finally:
         for proc in procs.values():

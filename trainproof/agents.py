@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from protocol.agent import Agent, AgentConfig
+from protocol.agent import Agent, AgentConfig, AgentError
+from protocol.units import eth
 
 Rpc = Annotated[str, typer.Option(help="EVM JSON-RPC URL, e.g. http://127.0.0.1:8545")]
 DeploymentFile = Annotated[
@@ -60,19 +64,88 @@ def register(
 
     from replay.dispute import example_computation, job_spec_for
 
+    check_job_parameters(steps, every, reward, stake, bond, clock, window, train_time)
     agent = Agent(AgentConfig(rpc=rpc, deployment=deployment, db=db, key_env=key_env,
                               test_account=test_account))  # fmt: skip
+    balance = int(agent.w3.eth.get_balance(agent.address))
+    if balance < reward:
+        raise AgentError(
+            f"--reward {eth(reward)} is more than {agent.address} holds ({eth(balance)}): fund "
+            "it or lower --reward"
+        )
     spec = job_spec_for(
         example_computation(example, steps, every),
         stake=stake, bond=bond, clock=clock, window=window, train_time=train_time,
     )  # fmt: skip
+    refusal = would_revert(agent, "register_job", spec.as_tuple(), value=reward)
+    if refusal:
+        raise AgentError(f"the contract refuses this job: {refusal}")
     sent = agent.market.transact(
         "register_job", spec.as_tuple(), value=reward, key=f"register:{secrets.token_hex(8)}"
     )
     if sent is None or not sent.success:
-        raise typer.Exit(code=1)
+        raise AgentError(
+            "the register_job transaction did not go through"
+            + ("" if sent is None else f" (reverted: {sent.hash})")
+            + ": check the balance of the account and the parameters, then try again"
+        )
     job_id = int.from_bytes(bytes(sent.logs[0]["topics"][1]), "big")
+    typer.echo(
+        f"registered job {job_id}: {steps} steps, a checkpoint every {every}, reward "
+        f"{eth(reward)}, stake {eth(stake)}, bond {eth(bond)}",
+        err=True,
+    )
     typer.echo(f'{{"job": {job_id}}}')
+
+
+#: TrainProof.vy's MAX_CHECKPOINTS: a commitment holds at most this many checkpoint roots.
+MAX_CHECKPOINTS = 1024
+
+
+def check_job_parameters(
+    steps: int, every: int, reward: int, stake: int, bond: int, *durations: int
+) -> None:
+    """Refuse parameters the contract would refuse, in one line each; warn about legal ones
+    that make the job unsafe or pointless (zero reward, stake or bond)."""
+    if steps < 1 or every < 1:
+        raise AgentError(f"--steps {steps} and --every {every} must both be at least 1")
+    if steps % every:
+        raise AgentError(
+            f"--steps {steps} is not a multiple of --every {every}: the run commits a checkpoint "
+            f"every {every} steps up to step N (try --steps {steps - steps % every or every})"
+        )
+    if steps // every > MAX_CHECKPOINTS:
+        raise AgentError(
+            f"--steps {steps} --every {every} makes {steps // every} checkpoints; a commitment "
+            f"holds at most {MAX_CHECKPOINTS}: raise --every to at least "
+            f"{-(-steps // MAX_CHECKPOINTS)} or lower --steps"
+        )
+    for name, value in (("reward", reward), ("stake", stake), ("bond", bond)):
+        if value < 0:
+            raise AgentError(f"--{name} {value} is negative: amounts are in wei, 0 or more")
+    if any(d <= 0 for d in durations):
+        raise AgentError("--clock, --window and --train-time must be positive (seconds)")
+    warnings = {
+        "reward": "no trainer is paid to do this job",
+        "stake": "a cheating trainer loses nothing when caught",
+        "bond": "anyone can open disputes for free and make the trainer pay gas",
+    }
+    for name, value in (("reward", reward), ("stake", stake), ("bond", bond)):
+        if value == 0:
+            typer.echo(f"warning: --{name} 0: {warnings[name]}", err=True)
+
+
+def would_revert(agent: Agent, fn: str, *args: object, value: int = 0) -> str | None:
+    """The contract's refusal of a call (its revert reason), or None when it would succeed."""
+    from web3.exceptions import ContractLogicError
+
+    try:
+        getattr(agent.market.contract.functions, fn)(*args).call(
+            {"from": agent.address, "value": value}
+        )
+    except ContractLogicError as e:
+        return str(e.message or e)
+    return None
 
 
 def prover_run(
@@ -97,7 +170,14 @@ def prover_run(
     cfg = ProverConfig(rpc=rpc, deployment=deployment, db=db, key_env=key_env,
                        test_account=test_account, job=job, store=str(store), example=example,
                        fault=fault, poll=poll)  # fmt: skip
-    status = ProverService(cfg).run()
+    service = ProverService(cfg)
+    with stopped_by_signals():
+        try:
+            status = service.run()
+        except KeyboardInterrupt:
+            service.summary()
+            typer.echo("stopped: start it again with the same --db to continue", err=True)
+            raise typer.Exit(code=130) from None
     typer.echo(status.model_dump_json())
 
 
@@ -119,6 +199,10 @@ def challenger_watch(
             "for every replayed interval that matched"
         ),
     ] = None,
+    from_block: Annotated[
+        int | None,
+        typer.Option(help="first block to look for commitments in (default: the deployment's)"),
+    ] = None,
     poll: Annotated[float, typer.Option(help="seconds between polls")] = 0.5,
     max_polls: Annotated[int | None, typer.Option(help="stop after this many polls")] = None,
 ) -> None:
@@ -129,11 +213,30 @@ def challenger_watch(
     cfg = ChallengerConfig(rpc=rpc, deployment=deployment, db=db, key_env=key_env,
                            test_account=test_account, store=store, example=example, rate=rate,
                            confirmations=confirmations, lie=lie, attest_to=attest_to,
-                           poll=poll)  # fmt: skip
+                           from_block=from_block, poll=poll)  # fmt: skip
     typer.echo(
         f"sampling each interval with probability {rate}: a cheat confined to one interval is "
         f"caught with probability {rate:.2f}; one confined to 1% of 1,000 intervals with "
         f"probability {detection_probability(rate, 1000, 0.01):.4f}",
         err=True,
     )
-    ChallengerService(cfg).run(max_polls=max_polls)
+    service = ChallengerService(cfg)
+    with stopped_by_signals():
+        try:
+            service.run(max_polls=max_polls)  # ends with the summary, also when stopped
+        except KeyboardInterrupt:
+            typer.echo("stopped: start it again with the same --db to continue", err=True)
+
+
+@contextmanager
+def stopped_by_signals() -> Iterator[None]:
+    """SIGTERM stops a service like Ctrl-C does: through its summary, not mid-air."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

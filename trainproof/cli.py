@@ -16,12 +16,53 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import typer.core
 
 from api.cli import app as api_app
 from replay.cli import replay_command, train_command
 from trainproof import agents
 
+
+def one_line(e: BaseException) -> str | None:
+    """The one line an operator reads for an error they can fix (None: a bug, keep the
+    traceback). Option names are spelt as on the command line."""
+    from pydantic import ValidationError
+
+    from protocol.agent import is_transient
+    from protocol.errors import TrainproofError
+
+    if isinstance(e, ValidationError):
+        parts = []
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"]).replace("rpc_url", "rpc")
+            parts.append(f"--{loc.replace('_', '-')}: {err['msg']}" if loc else err["msg"])
+        return "; ".join(parts) + " (see --help)"
+    if isinstance(e, TrainproofError):
+        return str(e)
+    if is_transient(e):
+        return (
+            f"the node did not answer ({type(e).__name__}): check --rpc and that the node is "
+            "running"
+        )
+    return None
+
+
+class _OneLineErrors(typer.core.TyperGroup):
+    """Every command: an error the user can fix ends in one line on stderr, exit code 2."""
+
+    def invoke(self, ctx: typer.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except Exception as e:
+            line = one_line(e)
+            if line is None:
+                raise
+            typer.echo(f"error: {line}", err=True)
+            raise typer.Exit(2) from None
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     add_completion=False,
     no_args_is_help=True,
     help=(
@@ -65,8 +106,9 @@ def blobs_publish(
     run: Annotated[Path, typer.Option(help="run folder written by `trainproof train`")],
     store: Annotated[Path, typer.Option(help="store folder (created if missing)")],
 ) -> None:
-    """Put every checkpoint of a run into a store, keyed by its state root; prints one JSON
-    line per checkpoint."""
+    """Verify a run (every checkpoint re-hashed against run.json, the run root recomputed),
+    then put every checkpoint into a store, keyed by its state root; prints one JSON line per
+    checkpoint. A damaged run is refused and nothing of it is published."""
     from protocol.blobs import FileStore
     from replay.publish import publish_run
 

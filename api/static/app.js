@@ -5,7 +5,22 @@ const $ = (sel) => document.querySelector(sel);
 const esc = (s) => String(s ?? "").replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[c]);
 const short = (h) => (h ? esc(h.slice(0, 10)) + "…" : "—");
 const badge = (s) => `<span class="badge ${esc(s)}" data-status="${esc(s)}">${esc(s)}</span>`;
-const when = (t) => (t ? new Date(t * 1000).toISOString().replace("T", " ").slice(0, 19) : "—");
+// times in UTC, saying so (the local time on hover); amounts in ETH (the exact wei on hover)
+const when = (t) => {
+  if (!t) return "—";
+  const d = new Date(t * 1000);
+  return `<time datetime="${d.toISOString()}" title="${esc(d.toString())}">${d.toISOString().replace("T", " ").slice(0, 19)} UTC</time>`;
+};
+const WEI_PER_ETH = 10n ** 18n;
+const eth = (wei) => {
+  if (wei === null || wei === undefined) return "—";
+  const w = BigInt(wei);
+  const sign = w < 0n ? "-" : "";
+  const abs = w < 0n ? -w : w;
+  const frac = (abs % WEI_PER_ETH).toString().padStart(18, "0").replace(/0+$/, "");
+  const text = `${sign}${abs / WEI_PER_ETH}${frac ? "." + frac : ""}`;
+  return `<span class="eth" data-wei="${esc(wei)}" title="${esc(wei)} wei">${text} ETH</span>`;
+};
 
 async function api(path) {
   const r = await fetch("/v1" + path);
@@ -19,10 +34,11 @@ async function jobList() {
   const rows = page.items.map((j) => `<tr class="job" data-id="${j.id}">
     <td><a href="#/jobs/${j.id}">#${j.id}</a></td><td>${badge(j.status)}</td>
     <td><code>${short(j.trainer)}</code></td><td><code>${short(j.requester)}</code></td>
-    <td>${j.steps} / ${j.every}</td><td>${j.open_games} / ${j.games_total}</td>
+    <td>${j.steps} / ${j.every}</td><td class="reward">${eth(j.reward)}</td><td>${eth(j.stake)}</td>
+    <td>${j.open_games} / ${j.games_total}</td>
     <td>${when(j.challenge_deadline)}</td></tr>`).join("");
   return `<p id="job-count">${page.total} jobs</p><table id="jobs"><thead><tr><th>job</th><th>status</th>
-    <th>trainer</th><th>requester</th><th>steps / k</th><th>open / all disputes</th>
+    <th>trainer</th><th>requester</th><th>steps / k</th><th>reward</th><th>stake</th><th>open / all disputes</th>
     <th>challenge deadline</th></tr></thead><tbody>${rows}</tbody></table>`;
 }
 
@@ -36,7 +52,8 @@ async function jobView(id) {
     level <b>${esc(g.level)}</b>${g.trainer_won === null ? "" : g.trainer_won ? " — trainer won" : " — challenger won"}</li>`).join("");
   return `<h2>job #${j.id} ${badge(j.status)}</h2>
     <section><b>run root</b> <code>${esc(j.run_root || "—")}</code><br>
-    <b>trainer</b> <code>${esc(j.trainer || "—")}</code> · <b>stake</b> ${esc(j.stake)} wei ·
+    <b>trainer</b> <code>${esc(j.trainer || "—")}</code> · <b>reward</b> <span id="reward">${eth(j.reward)}</span> ·
+    <b>stake</b> ${eth(j.stake)} · <b>bond</b> ${eth(j.bond)} ·
     <b>challenge deadline</b> ${when(j.challenge_deadline)}<br>
     <b>bonded coverage</b> <span title="signers that have posted a dispute bond or a stake">≥1 bonded challenger: ${(cov.bonded_covered_1 * 100).toFixed(0)} %, ≥3: ${(cov.bonded_covered_3 * 100).toFixed(0)} %</span><br>
     <b>raw coverage</b> <span title="any key that signed, unvetted">≥1 key: ${(cov.covered_1 * 100).toFixed(0)} %, ≥3: ${(cov.covered_3 * 100).toFixed(0)} %</span></section>
