@@ -75,7 +75,5 @@ def frees_at_end(slots: Sequence[Slot], ops: Sequence[OpDescriptor]) -> list[OpD
     in slot order (the memory bench's "before")."""
     body = [op for op in ops if op.opcode != Opcode.FREE]
     written = {op.out for op in body if not slots[op.out].persistent}
-    frees = [
-        OpDescriptor(opcode=Opcode.FREE, out=i, shape=slots[i].shape) for i in sorted(written)
-    ]
+    frees = [OpDescriptor(opcode=Opcode.FREE, out=i, shape=slots[i].shape) for i in sorted(written)]
     return body + frees

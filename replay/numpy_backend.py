@@ -8,7 +8,7 @@ loops over ``r`` (``acc_{r+1} = acc_r op term_r``), vectorised across output ele
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -20,6 +20,7 @@ from protocol.ir import (
     OpDescriptor,
     Operand,
     Program,
+    operand_index,
 )
 from replay import semantics
 from replay.errors import ExecutionError
@@ -49,9 +50,10 @@ def reduce_partials(
     op: OpDescriptor, state: SlotValues, flat: int | None = None
 ) -> list[np.ndarray]:
     """``[acc_0, acc_1, ..., acc_R]`` of a reduction (each output-shaped, or one element)."""
-    grids = [index_grid(op, o) for o in op.operands]
-    if flat is not None:
-        grids = [g.reshape(-1)[flat : flat + 1] for g in grids]
+    if flat is None:
+        grids = [index_grid(op, o) for o in op.operands]
+    else:  # one element: its own indices only, never the whole output's grid
+        grids = [np.array([operand_index(op, k, flat)]) for k in range(len(op.operands))]
     shape = grids[0].shape
     acc = np.full(shape, semantics.REDUCE_INIT[op.opcode], dtype=np.float32)
     out = [acc]
@@ -128,7 +130,16 @@ class NumpyExecutor:
 
 def slots_from_named(program: Program, values: dict[str, np.ndarray]) -> SlotValues:
     """Persistent slot values by name → a full slot list (ephemerals empty), shape-checked."""
+    check_named(program, values)
     state: SlotValues = [None] * len(program.slots)
+    for i in program.persistent_slots:
+        state[i] = np.array(values[program.slots[i].name], dtype=np.float32, order="C", copy=True)
+    return state
+
+
+def check_named(program: Program, values: Mapping[str, np.ndarray]) -> None:
+    """Raise ExecutionError unless ``values`` are exactly the persistent slots, float32 and of
+    the slots' shapes."""
     want = {program.slots[i].name for i in program.persistent_slots}
     missing = sorted(want - set(values))
     extra = sorted(set(values) - want)
@@ -144,8 +155,6 @@ def slots_from_named(program: Program, values: dict[str, np.ndarray]) -> SlotVal
                 f"slot {slot.name}: got {arr.dtype} {list(arr.shape)}, expected float32 "
                 f"{list(slot.shape)}"
             )
-        state[i] = np.array(arr, dtype=np.float32, order="C", copy=True)
-    return state
 
 
 def named_from_slots(program: Program, state: Sequence[np.ndarray | None]) -> dict[str, np.ndarray]:
