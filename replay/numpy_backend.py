@@ -8,7 +8,8 @@ loops over ``r`` (``acc_{r+1} = acc_r op term_r``), vectorised across output ele
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -20,12 +21,16 @@ from protocol.ir import (
     OpDescriptor,
     Operand,
     Program,
-    operand_index,
 )
 from replay import semantics
 from replay.errors import ExecutionError
 
 SlotValues = list[np.ndarray | None]
+
+
+#: output elements per block: execution gathers, computes and stores one block at a time, so
+#: its temporaries (int64 indices, gathered operands) stay small whatever the op's size
+BLOCK = 1 << 16
 
 
 def index_grid(op: OpDescriptor, operand: Operand) -> np.ndarray:
@@ -38,6 +43,17 @@ def index_grid(op: OpDescriptor, operand: Operand) -> np.ndarray:
     return idx
 
 
+def index_range(op: OpDescriptor, operand: Operand, lo: int, hi: int) -> np.ndarray:
+    """Flat input indices (int64, 1-d) operand reads for term r = 0 of output elements
+    ``lo .. hi-1`` (C order)."""
+    rest = np.arange(lo, hi, dtype=np.int64)
+    idx = np.full(hi - lo, operand.offset, dtype=np.int64)
+    for d, s in zip(reversed(op.shape), reversed(operand.strides), strict=True):
+        rest, i = np.divmod(rest, d)
+        idx += i * s
+    return idx
+
+
 def gather(state: SlotValues, op: OpDescriptor, k: int, grid: np.ndarray, r: int = 0) -> np.ndarray:
     operand = op.operands[k]
     src = state[operand.slot]
@@ -46,23 +62,39 @@ def gather(state: SlotValues, op: OpDescriptor, k: int, grid: np.ndarray, r: int
     return src.reshape(-1)[grid + r * operand.reduce_stride]
 
 
-def reduce_partials(
-    op: OpDescriptor, state: SlotValues, flat: int | None = None
-) -> list[np.ndarray]:
-    """``[acc_0, acc_1, ..., acc_R]`` of a reduction (each output-shaped, or one element)."""
-    if flat is None:
-        grids = [index_grid(op, o) for o in op.operands]
-    else:  # one element: its own indices only, never the whole output's grid
-        grids = [np.array([operand_index(op, k, flat)]) for k in range(len(op.operands))]
-    shape = grids[0].shape
-    acc = np.full(shape, semantics.REDUCE_INIT[op.opcode], dtype=np.float32)
-    out = [acc]
+def accumulate(
+    op: OpDescriptor, state: SlotValues, grids: Sequence[np.ndarray]
+) -> Iterator[np.ndarray]:
+    """``acc_0, acc_1, ..., acc_R`` of a reduction over the elements ``grids`` index, one at a
+    time (a caller keeps what it needs: all of them for one element, the last for a block)."""
+    acc = np.full(grids[0].shape, semantics.REDUCE_INIT[op.opcode], dtype=np.float32)
+    yield acc
     step = semantics.REDUCE_STEP[op.opcode]
     for r in range(op.reduce_len):
         terms = [gather(state, op, k, grids[k], r) for k in range(len(op.operands))]
         acc = step(acc, semantics.reduce_term(op.opcode, terms))
-        out.append(acc)
-    return out
+        yield acc
+
+
+def reduce_partials(
+    op: OpDescriptor, state: SlotValues, flat: int | None = None
+) -> list[np.ndarray]:
+    """``[acc_0, acc_1, ..., acc_R]`` of a reduction (each output-shaped, or one element).
+
+    With ``flat`` (what a dispute asks for) this is ``R + 1`` floats computed from that
+    element's own operand indices; without, ``(R + 1)·numel`` (tests only: execution keeps the
+    last, :func:`reduce_block`)."""
+    if flat is None:
+        grids = [index_grid(op, o) for o in op.operands]
+    else:  # one element: its own indices only, never the whole output's grid
+        grids = [index_range(op, o, flat, flat + 1) for o in op.operands]
+    return list(accumulate(op, state, grids))
+
+
+def reduce_block(op: OpDescriptor, state: SlotValues, lo: int, hi: int) -> np.ndarray:
+    """``acc_R`` of output elements ``lo .. hi-1`` of a reduction (1-d)."""
+    grids = [index_range(op, o, lo, hi) for o in op.operands]
+    return deque(accumulate(op, state, grids), maxlen=1)[0]
 
 
 def execute_op(
@@ -70,13 +102,17 @@ def execute_op(
 ) -> np.ndarray | None:
     """The new value of slot ``op.out`` after ``op`` (None for FREE)."""
     code = op.opcode
-    if code in ELEMENTWISE_OPS:
-        grids = [index_grid(op, o) for o in op.operands]
-        args = [gather(state, op, k, grids[k]) for k in range(len(op.operands))]
-        return np.array(semantics.ELEMENTWISE[code](*args).reshape(op.shape), order="C")
-    if code in REDUCTION_OPS:
-        acc = reduce_partials(op, state)[-1]
-        return np.array(semantics.canon(acc).reshape(op.shape), order="C")
+    if code in ELEMENTWISE_OPS or code in REDUCTION_OPS:
+        out = np.empty(op.numel, dtype=np.float32)
+        for lo in range(0, op.numel, BLOCK):  # blocks of output elements: the same bits
+            hi = min(op.numel, lo + BLOCK)
+            if code in REDUCTION_OPS:
+                out[lo:hi] = semantics.canon(reduce_block(op, state, lo, hi))
+                continue
+            grids = [index_range(op, o, lo, hi) for o in op.operands]
+            args = [gather(state, op, k, grids[k]) for k in range(len(op.operands))]
+            out[lo:hi] = semantics.ELEMENTWISE[code](*args)
+        return out.reshape(op.shape)
     if code == Opcode.FILL:
         value = np.array([op.imm], dtype=np.uint32).view(np.float32)[0]
         return np.full(op.shape, value, dtype=np.float32)

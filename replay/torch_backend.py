@@ -107,6 +107,9 @@ class TorchExecutor:
         self._persistent = program.persistent_slots
         self._fns: list[OpFn] = []
         self._parts: dict[int, tuple[Callable[..., Tensor], list[OperandSpec], bool]] = {}
+        # one product-table buffer shared by every matrix product (ops run one at a time)
+        self._work = torch.empty(0, dtype=F32, device=self.device)
+        self._work_size = 0
         plan: list[int] = []
         constants: dict[int, Tensor] = {}  # slot -> value of a FILL earlier in this step
         for j, op in enumerate(program.ops):
@@ -124,6 +127,8 @@ class TorchExecutor:
             op.out for op in program.ops if op.opcode not in (Opcode.LOAD_BATCH, Opcode.FREE)
         }
         self._step = self._generate_step(plan)
+        # the fixed workspace (at most max_table_bytes), allocated once, now, not mid-step
+        self._work = torch.zeros(self._work_size, dtype=F32, device=self.device)
 
     # ------------------------------------------------------------------ state
     def set_state(self, values: dict[str, np.ndarray]) -> None:
@@ -144,6 +149,11 @@ class TorchExecutor:
         if i in self._computed:
             t = canon(t)
         return t.detach().to("cpu").contiguous().numpy().copy()
+
+    def set_slot(self, i: int, value: np.ndarray | None) -> None:
+        """Replace slot ``i``'s value (fault injection, ``replay.trace``)."""
+        self.state[i] = None if value is None else self._to_device(value)
+        self._computed.discard(i)
 
     def _to_device(self, a: np.ndarray) -> Tensor:
         return torch.from_numpy(np.array(a, dtype=np.float32, order="C", copy=True)).to(self.device)
@@ -285,15 +295,21 @@ class TorchExecutor:
     def _generate_step(self, plan: list[int]) -> Callable[[Slots, BatchTensors | None], None]:
         """The step as one generated function: element ops inline, the others called.
 
-        Same kernels and operands as the per-op closures, without their call layers.
+        Same kernels and operands as the per-op closures, without their call layers. FREEs
+        release their slot; an op that overwrites a persistent slot without reading it
+        releases the old value before computing the new one (nothing reads it any more).
         """
         ns: dict[str, object] = {"as_strided": torch.as_strided}
         lines = ["def step(s, b):"]
         for j in plan:
             op = self.program.ops[j]
-            if op.opcode == Opcode.FREE:
+            if op.opcode == Opcode.FREE or (
+                self.program.slots[op.out].persistent
+                and op.out not in {o.slot for o in op.operands}
+            ):  # a FREE, or a persistent value that is dead once this op starts: release it
                 lines.append(f"    s[{int(op.out)}] = None")
-                continue
+                if op.opcode == Opcode.FREE:
+                    continue
             parts = self._parts.get(id(op))
             if parts is None:
                 ns[f"f{j}"] = self._fns[j]
@@ -393,14 +409,14 @@ class TorchExecutor:
         per_outer = 4 * max(1, rows) * max(1, inner)
         step = max(1, min(outer, self.max_table_bytes // per_outer))  # output rows per block
         row_block = self._block_rows(step * inner)  # r-blocking, only for very long sums
-        summer, device = self._summer, self.device
-        buf = torch.empty(min(rows, row_block) * step * inner, dtype=F32, device=device)
+        summer, device, scratch = self._summer, self.device, self._scratch
+        self._work_size = max(self._work_size, min(rows, row_block) * step * inner)
 
         def block_sum(left: Tensor, right: Tensor, o0: int, o1: int) -> Tensor:
             width = (o1 - o0) * inner
 
             def products(lo: int, hi: int) -> Tensor:
-                dst = buf[: (hi - lo) * width].view(hi - lo, o1 - o0, inner)
+                dst = scratch((hi - lo) * width).view(hi - lo, o1 - o0, inner)
                 torch.mul(left[lo:hi, o0:o1].unsqueeze(2), right[lo:hi].unsqueeze(1), out=dst)
                 return dst.view(hi - lo, width)
 
@@ -419,6 +435,12 @@ class TorchExecutor:
             s[out] = acc.t().contiguous() if transpose else acc
 
         return matmul
+
+    def _scratch(self, n: int) -> Tensor:
+        """``n`` elements of the shared work buffer."""
+        if self._work.numel() < n:
+            self._work = torch.empty(max(n, self._work_size), dtype=F32, device=self.device)
+        return self._work[:n]
 
     def _rows(
         self,

@@ -88,6 +88,9 @@ class StepTrace:
         self._at = 0
         self._undo: dict[int, np.ndarray | None] | None = None
         executor = self._cursor(0)
+        # without a hook (which may read any slot), the first pass keeps only what later ops
+        # read: a persistent value is dropped after its last read (queries re-execute anyway)
+        drops = {} if tamper is not None else _dead_persistent(program)
         for j, op in enumerate(program.ops):
             executor.run_op(j, batch)
             changes: dict[int, np.ndarray | None] = {op.out: executor.slot_array(op.out)}
@@ -107,7 +110,11 @@ class StepTrace:
                 self._roots.setdefault(slot, []).append(root)
                 tree.update(slot, root)
             self.op_roots.append(tree.root)
+            for slot in drops.get(j, ()):
+                executor.set_slot(slot, None)  # type: ignore[attr-defined]
         self._at = self.length
+        if drops:  # the executor no longer holds S_L: the next query starts from S_0
+            self._executor, self._at = None, 0
 
     @property
     def length(self) -> int:
@@ -220,4 +227,19 @@ def _start_slots(program: Program, start: Mapping[str, np.ndarray]) -> list[np.n
         view = np.asarray(start[program.slots[i].name], order="C").view()
         view.flags.writeable = False
         out[i] = view
+    return out
+
+
+def _dead_persistent(program: Program) -> dict[int, list[int]]:
+    """op -> the persistent slots (written in the step) that no op after it reads."""
+    last: dict[int, int] = {}
+    for j, op in enumerate(program.ops):
+        for o in op.operands:
+            if o.slot in last:
+                last[o.slot] = j
+        if program.slots[op.out].persistent:
+            last[op.out] = j
+    out: dict[int, list[int]] = {}
+    for slot, j in last.items():
+        out.setdefault(j, []).append(slot)
     return out
