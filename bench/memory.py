@@ -79,19 +79,6 @@ def largest_matmul(program: Program) -> int:
     return max(mm, key=lambda j: program.ops[j].numel * program.ops[j].reduce_len)
 
 
-def trace_live(program: Program) -> int:
-    """Largest ephemeral live bytes + persistent values already rewritten, over boundaries."""
-    eph = live_bytes(program.slots, program.ops)
-    rewritten, peak, seen = 0, 0, set()
-    for j, op in enumerate(program.ops):
-        slot = program.slots[op.out]
-        if slot.persistent and op.out not in seen:
-            seen.add(op.out)
-            rewritten += 4 * slot.numel
-        peak = max(peak, eph[j + 1] + rewritten)
-    return peak
-
-
 def batch_of(spec: MLPSpec) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     x = rng.standard_normal((spec.batch_size, spec.input_dim)).astype(np.float32)
@@ -215,7 +202,7 @@ def main() -> None:
         params = params_of(spec)
         live_after = max(live_bytes(program.slots, program.ops))
         live_before = max(live_bytes(before.slots, before.ops))
-        live_trace = trace_live(program)
+        live_trace = max(live_bytes(program.slots, program.ops, rewritten=True))
         runs = {
             what: measure(key, what, args.threads, args.trace_backend)
             for what in ("step", "step_before", "trace")

@@ -49,15 +49,21 @@ def place_frees(slots: Sequence[Slot], ops: Sequence[OpDescriptor]) -> list[OpDe
     return out
 
 
-def live_bytes(slots: Sequence[Slot], ops: Sequence[OpDescriptor]) -> list[int]:
+def live_bytes(
+    slots: Sequence[Slot], ops: Sequence[OpDescriptor], rewritten: bool = False
+) -> list[int]:
     """Bytes of ephemeral slot values held at each op boundary ``0 … L`` (persistent slots,
-    always full, are not counted)."""
+    always full, are not counted). With ``rewritten``, persistent values written so far count
+    too: what an executor holds beyond ``S_0`` when it keeps ``S_0`` (a trace does)."""
     held = 0
     full: set[int] = set()
     out = [0]
     for op in ops:
         slot = slots[op.out]
-        if not slot.persistent:
+        if slot.persistent and rewritten and op.out not in full:
+            full.add(op.out)
+            held += BYTES_PER_ELEMENT * slot.numel
+        elif not slot.persistent:
             size = BYTES_PER_ELEMENT * slot.numel
             if op.opcode == Opcode.FREE:
                 if op.out in full:
