@@ -30,14 +30,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# a child measuring another revision (--original) imports replay from that tree
+sys.path.insert(0, os.environ.get("MEMORY_BENCH_TREE") or str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
-from bench import _report
 from protocol.ir import Opcode, Program
 from replay.compiler import compile_train, initial_state, linear_shapes
-from replay.liveness import frees_at_end, live_bytes
 from replay.spec import AdamW, Linear, MLPSpec, ReLU
 
 MODELS = {
@@ -71,6 +70,8 @@ def params_of(spec: MLPSpec) -> int:
 
 
 def before_program(program: Program) -> Program:
+    from replay.liveness import frees_at_end
+
     return Program(slots=program.slots, ops=tuple(frees_at_end(program.slots, program.ops)))
 
 
@@ -138,10 +139,10 @@ def child(key: str, what: str, threads: int, trace_backend: str) -> dict[str, in
     program = compile_train(spec)
     start = initial_state(spec, program)
     batch = batch_of(spec)
-    if what in ("step", "step_before"):
+    if what in ("step", "step_before", "step_original"):
         from replay.torch_backend import TorchExecutor
 
-        ex = TorchExecutor(program if what == "step" else before_program(program))
+        ex = TorchExecutor(program if what != "step_before" else before_program(program))
         ex.set_state(start)
         tb = ex.batch_tensors(batch)
         del start
@@ -165,8 +166,13 @@ def child(key: str, what: str, threads: int, trace_backend: str) -> dict[str, in
     return {"baseline_rss": base, "peak_extra": _status()["VmHWM"] - base}
 
 
-def measure(key: str, what: str, threads: int, trace_backend: str, malloc: str) -> dict[str, int]:
+def measure(
+    key: str, what: str, threads: int, trace_backend: str, malloc: str, tree: str | None = None
+) -> dict[str, int]:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    env.pop("MEMORY_BENCH_TREE", None)
+    if tree is not None:
+        env["MEMORY_BENCH_TREE"] = tree
     if malloc == "fixed":  # freed blocks >= 128 KiB go back to the OS at once
         env["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)
     else:
@@ -179,18 +185,44 @@ def measure(key: str, what: str, threads: int, trace_backend: str, malloc: str) 
 # ---------------------------------------------------------------- parent
 
 
+MALLOCS = {
+    "fixed_mmap_threshold": "fixed",  # MALLOC_MMAP_THRESHOLD_=128 KiB: freed blocks go back
+    "default_malloc": "default",  # glibc's dynamic threshold: freed blocks may stay resident
+}
+
+
+def original_tree(rev: str) -> str:
+    """``rev`` of this repository, extracted to a temporary folder."""
+    import tempfile
+
+    root = Path(__file__).resolve().parents[1]
+    folder = tempfile.mkdtemp(prefix="memory-bench-")
+    archive = subprocess.run(
+        ["git", "-C", str(root), "archive", rev], capture_output=True, check=True
+    )
+    subprocess.run(["tar", "-x", "-C", folder], input=archive.stdout, check=True)
+    return folder
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         key, what, threads, trace_backend = sys.argv[2:6]
         print(json.dumps(child(key, what, int(threads), trace_backend)))
         return
+    from bench import _report
+    from replay.liveness import live_bytes
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--threads", type=int, default=1, help="torch/OMP threads (default 1)")
     parser.add_argument("--models", default="small,large")
     parser.add_argument("--trace-backend", default="numpy", choices=("numpy", "torch"))
+    parser.add_argument(
+        "--original", metavar="REV", help="also measure the step at git revision REV"
+    )
     args = parser.parse_args()
+    tree = original_tree(args.original) if args.original else None
     mb = 1 << 20
     results: dict[str, object] = {}
     rows = []
@@ -203,12 +235,7 @@ def main() -> None:
         live_after = max(live_bytes(program.slots, program.ops))
         live_before = max(live_bytes(before.slots, before.ops))
         live_trace = max(live_bytes(program.slots, program.ops, rewritten=True))
-        runs = {
-            what: measure(key, what, args.threads, args.trace_backend)
-            for what in ("step", "step_before", "trace")
-        }
-        step, old, trace = runs["step"], runs["step_before"], runs["trace"]
-        r = {
+        r: dict[str, object] = {
             "parameters": params,
             "ops": len(program.ops),
             "slots": len(program.slots),
@@ -217,33 +244,56 @@ def main() -> None:
                 "before": live_before / params,
                 "after": live_after / params,
             },
-            "step_peak_extra_rss": {"before": old["peak_extra"], "after": step["peak_extra"]},
-            "step_peak_bytes_per_param": {
-                "before": old["peak_extra"] / params,
-                "after": step["peak_extra"] / params,
-            },
-            "step_peak_over_live_set": step["peak_extra"] / live_after,
-            "step_target": TARGET_STEP,
             "trace_live_set_bytes": live_trace,
-            "trace_peak_extra_rss": trace["peak_extra"],
-            "trace_peak_over_step_peak": trace["peak_extra"] / step["peak_extra"],
+            "step_target": TARGET_STEP,
             "trace_target": TARGET_TRACE,
-            "baseline_rss": {k: v["baseline_rss"] for k, v in runs.items()},
         }
+        for label, malloc in MALLOCS.items():
+            whats = ["step", "step_before", "trace"] + (["step_original"] if tree else [])
+            runs = {}
+            for w in whats:
+                where = tree if w == "step_original" else None
+                runs[w] = measure(key, w, args.threads, args.trace_backend, malloc, where)
+            step, old, trace = runs["step"], runs["step_before"], runs["trace"]
+            m: dict[str, object] = {
+                "step_peak_extra_rss": {"before": old["peak_extra"], "after": step["peak_extra"]},
+                "step_peak_bytes_per_param": {
+                    "before": old["peak_extra"] / params,
+                    "after": step["peak_extra"] / params,
+                },
+                "step_peak_over_live_set": step["peak_extra"] / live_after,
+                "trace_peak_extra_rss": trace["peak_extra"],
+                "trace_peak_over_step_peak": trace["peak_extra"] / step["peak_extra"],
+                "baseline_rss": {k: v["baseline_rss"] for k, v in runs.items()},
+            }
+            orig = ""
+            if tree:
+                peak = runs["step_original"]["peak_extra"]
+                m["original_step_peak_extra_rss"] = peak
+                m["original_step_peak_bytes_per_param"] = peak / params
+                orig = f"{peak / params:.0f} / "
+            r[label] = m
+            rows.append([
+                f"{name} ({params / 1e6:.1f}M)",
+                label,
+                f"{live_before / params:.0f} → {live_after / params:.1f}",
+                orig + f"{old['peak_extra'] / params:.0f} → {step['peak_extra'] / params:.1f}",
+                f"{step['peak_extra'] / mb:.1f} / {live_after / mb:.1f} = "
+                f"{m['step_peak_over_live_set']:.2f}x (≤ {TARGET_STEP})",
+                f"{trace['peak_extra'] / mb:.1f} MiB = {m['trace_peak_over_step_peak']:.2f}x "
+                f"(≤ {TARGET_TRACE})",
+            ])  # fmt: skip
         results[name] = r
-        rows.append([
-            f"{name} ({params / 1e6:.1f}M)",
-            f"{live_before / mb:.0f} → {live_after / mb:.0f} MiB "
-            f"({live_before / params:.0f} → {live_after / params:.1f} B/p)",
-            f"{old['peak_extra'] / mb:.0f} → {step['peak_extra'] / mb:.0f} MiB "
-            f"({old['peak_extra'] / params:.0f} → {step['peak_extra'] / params:.1f} B/p)",
-            f"{r['step_peak_over_live_set']:.2f}x (≤ {TARGET_STEP})",
-            f"{trace['peak_extra'] / mb:.0f} MiB",
-            f"{r['trace_peak_over_step_peak']:.2f}x (≤ {TARGET_TRACE})",
-        ])  # fmt: skip
     _report.table(
         f"memory of one canonical step ({args.threads} thread(s)), before → after liveness",
-        ["model", "live set", "step peak extra RSS", "peak / live", "trace peak", "trace / step"],
+        [
+            "model",
+            "malloc",
+            "live set B/param",
+            ("original / " if tree else "") + "step peak B/param",
+            "step peak / live set (MiB)",
+            "trace peak / step peak",
+        ],
         rows,
     )
     import torch
@@ -255,14 +305,22 @@ def main() -> None:
             "torch": torch.__version__,
             "step_backend": "torch (run_step_tensors, cpu)",
             "trace_backend": args.trace_backend,
+            "original_revision": args.original,
             "method": (
-                "each measurement in a fresh subprocess: set up (compile, executor with C_0, "
-                "batch), write 5 to /proc/self/clear_refs, read VmRSS as baseline, run, "
-                "peak extra = VmHWM - baseline. Live set = max over op boundaries of the bytes "
-                "of full ephemeral slots (replay.liveness.live_bytes); 'before' = the same ops "
-                "with every FREE at the end. Trace = StepTrace (all op roots) + partials of one "
-                "element of the largest MATMUL; its live set adds the persistent values "
-                "rewritten so far (it keeps S_0)."
+                "each measurement in a fresh subprocess: a warm-up of the same work on a tiny "
+                "MLP (torch's one-time lazy setup), then set up (compile, executor with C_0, "
+                "batch), write 5 to /proc/self/clear_refs, read VmRSS as baseline, run once, "
+                "peak extra = VmHWM - baseline. fixed_mmap_threshold runs the child with "
+                "MALLOC_MMAP_THRESHOLD_=131072 (freed blocks return to the OS, so the baseline "
+                "holds no reusable free memory); default_malloc with glibc's defaults (its "
+                "dynamic threshold keeps freed blocks resident and the step reuses memory freed "
+                "during setup, which hides part of its peak). Live set = max over op boundaries "
+                "of the bytes of full ephemeral slots (replay.liveness.live_bytes); 'before' = "
+                "the same ops with every FREE at the end, on the current executor; 'original' "
+                "= the step at original_revision (its compiler and executor). Trace = StepTrace "
+                "(all op-level roots) + partials of one element of the largest MATMUL; "
+                "trace_live_set_bytes adds the persistent values rewritten so far (a trace keeps "
+                "S_0; its first pass drops a persistent value after its last read)."
             ),
             "models": results,
         },
