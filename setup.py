@@ -1,6 +1,7 @@
-"""Build hook: the one native piece of trainproof, the parallel SHA-256 tree hasher.
+"""Build hook: trainproof's native pieces, the parallel SHA-256 tree hasher and the canonical
+IR's kernels (both optional: pure-Python/torch fallbacks compute the same bits, slower).
 
-Metadata lives in pyproject.toml; this file only declares the C extension.
+Metadata lives in pyproject.toml; this file only declares the C extensions.
 """
 
 from setuptools import Extension, setup
@@ -13,6 +14,14 @@ setup(
             extra_compile_args=["-O3", "-std=c11", "-pthread"],
             extra_link_args=["-pthread"],
             optional=True,
-        )
+        ),
+        Extension(
+            "replay._kernels",
+            sources=["replay/_kernels.c"],
+            # only explicit fmaf: never let the compiler contract anything else
+            extra_compile_args=["-O3", "-std=c11", "-pthread", "-ffp-contract=off", "-fno-math-errno"],
+            extra_link_args=["-pthread", "-lm"],
+            optional=True,
+        ),
     ]
 )

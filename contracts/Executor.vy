@@ -14,7 +14,7 @@
      computes. Descriptors are validated off-chain before a job is accepted
      (protocol.ir.validate_program), so nothing here re-validates fields beyond what the
      computation needs: the length (128 bytes) and the opcode class. Every NaN result is the
-     canonical `0x7FC00000` (float32.vy), except FILL, which returns its immediate verbatim
+     canonical `0x7FC00000` (softfloat.vy), except FILL, which returns its immediate verbatim
      (the validator only admits the canonical NaN there). Compiled with Vyper's Venom
      backend (experimental-codegen: about 20% less gas than the legacy backend here). Reverts
      carry reason strings ("executor: ...") rather than `# dev:` comments: Venom merges
@@ -25,7 +25,7 @@
 from interfaces import IExecutor
 
 import descriptor
-import float32
+import softfloat
 
 implements: IExecutor
 
@@ -66,44 +66,51 @@ def element(
         # binary, 0x01..0x0A
         if op < descriptor.MAX:
             if op == descriptor.ADD:
-                return float32.add(x, y)
+                return softfloat.add(x, y)
             if op == descriptor.SUB:
-                return float32.sub(x, y)
+                return softfloat.sub(x, y)
             if op == descriptor.MUL:
-                return float32.mul(x, y)
+                return softfloat.mul(x, y)
             if op == descriptor.DIV:
-                return float32.div(x, y)
+                return softfloat.div(x, y)
         else:
             if op == descriptor.MAX:
-                return float32.maximum(x, y)
+                return softfloat.maximum(x, y)
             if op == descriptor.MIN:
-                return float32.minimum(x, y)
+                return softfloat.minimum(x, y)
             if op == descriptor.GT:
-                return float32.gt(x, y)
+                return softfloat.gt(x, y)
             if op == descriptor.GE:
-                return float32.ge(x, y)
+                return softfloat.ge(x, y)
             if op == descriptor.EQ:
-                return float32.eq(x, y)
+                return softfloat.eq(x, y)
             if op == descriptor.LDEXP:
-                return float32.ldexp(x, y)
+                return softfloat.ldexp(x, y)
     elif op < descriptor.SELECT:
         # unary, 0x10..0x16
         if op == descriptor.NEG:
-            return float32.neg(x)
+            return softfloat.neg(x)
         if op == descriptor.ABS:
-            return float32.abs(x)
+            return softfloat.abs(x)
         if op == descriptor.SQRT:
-            return float32.sqrt(x)
+            return softfloat.sqrt(x)
         if op == descriptor.ROUND:
-            return float32.round_even(x)
+            return softfloat.round_even(x)
         if op == descriptor.FREXP_EXP:
-            return float32.frexp_exp(x)
+            return softfloat.frexp_exp(x)
         if op == descriptor.FREXP_MANT:
-            return float32.frexp_mant(x)
+            return softfloat.frexp_mant(x)
         if op == descriptor.COPY:
-            return float32._canon(x)
+            return softfloat._canon(x)
     elif op == descriptor.SELECT:
-        return float32.select(x, y, c)
+        return softfloat.select(x, y, c)
+    elif op == descriptor.FMA:
+        return softfloat.fma(x, y, c)
+    elif op == descriptor.GATHER:
+        # x: the index element; y: the table element of the row it selects (ignored if none)
+        if self._row_of(x, (w0 >> 160) & _M32) == 0:
+            return 0
+        return softfloat._canon(y)
     elif op == descriptor.FILL:
         return convert((w0 >> 192) & _M32, uint32)
     raise "executor: not an element op"
@@ -112,29 +119,38 @@ def element(
 @external
 @pure
 def partial_step(
-    desc: Bytes[descriptor.DESCRIPTOR_BYTES], acc: uint32, x: uint32, y: uint32
+    desc: Bytes[descriptor.DESCRIPTOR_BYTES], f: uint256, acc: uint32, x: uint32, y: uint32
 ) -> uint32:
     """
     @notice One sequential partial of a reduction (§3.7): `acc_{r+1}` from `acc_r` and the
-            values `x`, `y` of operands 0 and 1 at term `r`.
+            values `x`, `y` of operands 0 and 1 at term `r`, for output element `f`.
     @dev REDUCE_SUM: acc + x; REDUCE_MAX: IEEE 754-2019 maximum(acc, x); MATMUL:
-         acc + round(x * y), two binary32 roundings (no fusion). `y` is ignored except by
-         MATMUL. Reverts for every other opcode.
+         fma(x, y, acc), the exact product added with one rounding; INDEX_ADD: acc + y if
+         the index `x` is the integral value i_0 (the first output index of `f`), else
+         acc + 0.0 (which is acc itself in a chain: a sum that starts at +0.0 is never -0.0). `f` is used by
+         INDEX_ADD only, `y` by MATMUL and INDEX_ADD. Reverts for every other opcode.
     @param desc The op's 128-byte descriptor (§3.5).
+    @param f The flat output element index.
     @param acc Bit pattern of the partial `acc_r`.
     @param x Bit pattern of operand 0's element at term r.
-    @param y Bit pattern of operand 1's element at term r (MATMUL only).
+    @param y Bit pattern of operand 1's element at term r.
     @return Bit pattern of `acc_{r+1}`.
     """
     assert len(desc) == descriptor.DESCRIPTOR_BYTES, "executor: descriptor is not 128 bytes"
     w0: uint256 = extract32(desc, 0, output_type=uint256)
     op: uint256 = w0 >> 248
     if op == descriptor.MATMUL:
-        return float32.add(acc, float32.mul(x, y))
+        return softfloat.fma(x, y, acc)
+    if op == descriptor.INDEX_ADD:
+        # i_0 = f div (d_1 d_2 d_3); the index selects it iff its value is exactly i_0
+        inner: uint256 = ((w0 >> 96) & _M32) * ((w0 >> 64) & _M32) * ((w0 >> 32) & _M32)
+        if self._row_of(x, max_value(uint256)) != f // inner + 1:
+            return softfloat.add(acc, 0)  # the +0.0 term: acc itself within a chain
+        return softfloat.add(acc, y)
     if op == descriptor.REDUCE_SUM:
-        return float32.add(acc, x)
+        return softfloat.add(acc, x)
     if op == descriptor.REDUCE_MAX:
-        return float32.maximum(acc, x)
+        return softfloat.maximum(acc, x)
     raise "executor: not a reduction"
 
 
@@ -151,11 +167,53 @@ def initial_acc(desc: Bytes[descriptor.DESCRIPTOR_BYTES]) -> uint32:
     assert len(desc) == descriptor.DESCRIPTOR_BYTES, "executor: descriptor is not 128 bytes"
     w0: uint256 = extract32(desc, 0, output_type=uint256)
     op: uint256 = w0 >> 248
-    if op == descriptor.REDUCE_SUM or op == descriptor.MATMUL:
+    if op == descriptor.REDUCE_SUM or op == descriptor.MATMUL or op == descriptor.INDEX_ADD:
         return 0
     if op == descriptor.REDUCE_MAX:
         return NEG_INF
     raise "executor: not a reduction"
+
+
+@external
+@pure
+def gather_row(desc: Bytes[descriptor.DESCRIPTOR_BYTES], x: uint32) -> uint256:
+    """
+    @notice The table row a GATHER index selects, plus one; 0 when it selects none.
+    @dev A row is selected iff `x` is a finite, integral, non-negative float32 (-0 is row 0)
+         below the descriptor's `reduce_len` R (the row count); NaN, ±inf, fractional,
+         negative and too-large indices select none and the element is +0.0 (§3.3).
+         Reverts for every other opcode.
+    @param desc The GATHER op's 128-byte descriptor (§3.5).
+    @param x Bit pattern of the index element.
+    @return row + 1, or 0.
+    """
+    assert len(desc) == descriptor.DESCRIPTOR_BYTES, "executor: descriptor is not 128 bytes"
+    w0: uint256 = extract32(desc, 0, output_type=uint256)
+    assert w0 >> 248 == descriptor.GATHER, "executor: not a GATHER"
+    return self._row_of(x, (w0 >> 160) & _M32)
+
+
+@internal
+@pure
+def _row_of(x: uint32, rows: uint256) -> uint256:
+    """`x`'s value + 1 if it is an integral, finite, non-negative float32 (-0 counts as 0)
+    below `rows`, else 0."""
+    b: uint256 = convert(x, uint256)
+    value: uint256 = 0
+    if b & 2147483647 != 0:  # not ±0
+        e: uint256 = (b >> 23) & 255
+        if b >> 31 != 0 or e == 255 or e < 127:
+            return 0  # negative, inf/NaN, or in (0, 1)
+        m: uint256 = (b & 8388607) | 8388608
+        if e >= 150:
+            value = m << (e - 150)
+        else:
+            if m & ((1 << (150 - e)) - 1) != 0:
+                return 0  # fractional
+            value = m >> (150 - e)
+    if value >= rows:
+        return 0
+    return value + 1
 
 
 @external

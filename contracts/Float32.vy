@@ -2,15 +2,15 @@
 """
 @title Float32
 @license Apache-2.0
-@notice Deployable wrapper exposing the `float32` module's IEEE 754 binary32 primitives on
+@notice Deployable wrapper exposing the `softfloat` module's IEEE 754 binary32 primitives on
         raw bit patterns (`uint32`): add sub mul div sqrt neg abs maximum minimum gt ge eq
-        select round_even ldexp frexp_exp frexp_mant. See contracts/float32.vy for the exact
+        select round_even ldexp frexp_exp frexp_mant. See contracts/softfloat.vy for the exact
         semantics (RNE, subnormals kept, signed zeros, canonical NaN 0x7FC00000).
 @dev `batch` evaluates one primitive over arrays, for off-chain cross-checks and tests; it is
      not part of the dispute protocol.
 """
 
-import float32
+import softfloat
 
 # op codes of `batch`, in the order of the external functions below
 OP_ADD: constant(uint256) = 0
@@ -43,7 +43,7 @@ def add(a: uint32, b: uint32) -> uint32:
     @param b Bit pattern of the second operand.
     @return Bit pattern of the sum (canonical NaN for any NaN result).
     """
-    return float32.add(a, b)
+    return softfloat.add(a, b)
 
 
 @external
@@ -56,7 +56,7 @@ def sub(a: uint32, b: uint32) -> uint32:
     @param b Bit pattern of the subtrahend.
     @return Bit pattern of the difference (canonical NaN for any NaN result).
     """
-    return float32.sub(a, b)
+    return softfloat.sub(a, b)
 
 
 @external
@@ -69,7 +69,7 @@ def mul(a: uint32, b: uint32) -> uint32:
     @param b Bit pattern of the second factor.
     @return Bit pattern of the product (canonical NaN for any NaN result).
     """
-    return float32.mul(a, b)
+    return softfloat.mul(a, b)
 
 
 @external
@@ -82,7 +82,7 @@ def div(a: uint32, b: uint32) -> uint32:
     @param b Bit pattern of the divisor.
     @return Bit pattern of the quotient (canonical NaN for any NaN result).
     """
-    return float32.div(a, b)
+    return softfloat.div(a, b)
 
 
 @external
@@ -94,7 +94,7 @@ def sqrt(a: uint32) -> uint32:
     @param a Bit pattern of the operand.
     @return Bit pattern of the square root (canonical NaN for any NaN result).
     """
-    return float32.sqrt(a)
+    return softfloat.sqrt(a)
 
 
 @external
@@ -106,7 +106,7 @@ def neg(a: uint32) -> uint32:
     @param a Bit pattern of the operand.
     @return Bit pattern of -a.
     """
-    return float32.neg(a)
+    return softfloat.neg(a)
 
 
 @external
@@ -118,7 +118,7 @@ def abs(a: uint32) -> uint32:
     @param a Bit pattern of the operand.
     @return Bit pattern of |a|.
     """
-    return float32.abs(a)
+    return softfloat.abs(a)
 
 
 @external
@@ -131,7 +131,7 @@ def maximum(a: uint32, b: uint32) -> uint32:
     @param b Bit pattern of the second operand.
     @return Bit pattern of the maximum.
     """
-    return float32.maximum(a, b)
+    return softfloat.maximum(a, b)
 
 
 @external
@@ -144,7 +144,7 @@ def minimum(a: uint32, b: uint32) -> uint32:
     @param b Bit pattern of the second operand.
     @return Bit pattern of the minimum.
     """
-    return float32.minimum(a, b)
+    return softfloat.minimum(a, b)
 
 
 @external
@@ -157,7 +157,7 @@ def gt(a: uint32, b: uint32) -> uint32:
     @param b Bit pattern of the right operand.
     @return 0x3F800000 or 0.
     """
-    return float32.gt(a, b)
+    return softfloat.gt(a, b)
 
 
 @external
@@ -170,7 +170,7 @@ def ge(a: uint32, b: uint32) -> uint32:
     @param b Bit pattern of the right operand.
     @return 0x3F800000 or 0.
     """
-    return float32.ge(a, b)
+    return softfloat.ge(a, b)
 
 
 @external
@@ -183,7 +183,7 @@ def eq(a: uint32, b: uint32) -> uint32:
     @param b Bit pattern of the right operand.
     @return 0x3F800000 or 0.
     """
-    return float32.eq(a, b)
+    return softfloat.eq(a, b)
 
 
 @external
@@ -197,7 +197,7 @@ def select(c: uint32, a: uint32, b: uint32) -> uint32:
     @param b Bit pattern chosen when `c` is ±0.
     @return Bit pattern of the chosen operand.
     """
-    return float32.select(c, a, b)
+    return softfloat.select(c, a, b)
 
 
 @external
@@ -209,7 +209,7 @@ def round_even(a: uint32) -> uint32:
     @param a Bit pattern of the operand.
     @return Bit pattern of the rounded value.
     """
-    return float32.round_even(a)
+    return softfloat.round_even(a)
 
 
 @external
@@ -224,7 +224,7 @@ def ldexp(a: uint32, n: uint32) -> uint32:
     @param n Bit pattern of the integral exponent.
     @return Bit pattern of a * 2**n.
     """
-    return float32.ldexp(a, n)
+    return softfloat.ldexp(a, n)
 
 
 @external
@@ -236,7 +236,7 @@ def frexp_exp(a: uint32) -> uint32:
     @param a Bit pattern of the operand.
     @return Bit pattern of the exponent.
     """
-    return float32.frexp_exp(a)
+    return softfloat.frexp_exp(a)
 
 
 @external
@@ -248,7 +248,7 @@ def frexp_mant(a: uint32) -> uint32:
     @param a Bit pattern of the operand.
     @return Bit pattern of the mantissa.
     """
-    return float32.frexp_mant(a)
+    return softfloat.frexp_mant(a)
 
 
 @external
@@ -279,45 +279,45 @@ def batch(
         for i: uint256 in range(n, bound=BATCH_MAX):
             x: uint32 = a[i]
             if op == OP_SQRT:
-                out.append(float32.sqrt(x))
+                out.append(softfloat.sqrt(x))
             elif op == OP_NEG:
-                out.append(float32.neg(x))
+                out.append(softfloat.neg(x))
             elif op == OP_ABS:
-                out.append(float32.abs(x))
+                out.append(softfloat.abs(x))
             elif op == OP_ROUND_EVEN:
-                out.append(float32.round_even(x))
+                out.append(softfloat.round_even(x))
             elif op == OP_FREXP_EXP:
-                out.append(float32.frexp_exp(x))
+                out.append(softfloat.frexp_exp(x))
             else:
-                out.append(float32.frexp_mant(x))
+                out.append(softfloat.frexp_mant(x))
         return out
     assert len(b) == n, "length of b"
     if op == OP_SELECT:
         assert len(c) == n, "length of c"
         for i: uint256 in range(n, bound=BATCH_MAX):
-            out.append(float32.select(a[i], b[i], c[i]))
+            out.append(softfloat.select(a[i], b[i], c[i]))
         return out
     for i: uint256 in range(n, bound=BATCH_MAX):
         x: uint32 = a[i]
         y: uint32 = b[i]
         if op == OP_ADD:
-            out.append(float32.add(x, y))
+            out.append(softfloat.add(x, y))
         elif op == OP_SUB:
-            out.append(float32.sub(x, y))
+            out.append(softfloat.sub(x, y))
         elif op == OP_MUL:
-            out.append(float32.mul(x, y))
+            out.append(softfloat.mul(x, y))
         elif op == OP_DIV:
-            out.append(float32.div(x, y))
+            out.append(softfloat.div(x, y))
         elif op == OP_MAXIMUM:
-            out.append(float32.maximum(x, y))
+            out.append(softfloat.maximum(x, y))
         elif op == OP_MINIMUM:
-            out.append(float32.minimum(x, y))
+            out.append(softfloat.minimum(x, y))
         elif op == OP_GT:
-            out.append(float32.gt(x, y))
+            out.append(softfloat.gt(x, y))
         elif op == OP_GE:
-            out.append(float32.ge(x, y))
+            out.append(softfloat.ge(x, y))
         elif op == OP_EQ:
-            out.append(float32.eq(x, y))
+            out.append(softfloat.eq(x, y))
         else:
-            out.append(float32.ldexp(x, y))
+            out.append(softfloat.ldexp(x, y))
     return out

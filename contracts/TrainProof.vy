@@ -734,7 +734,7 @@ def pick_element(
         return
     hi: uint256 = 1
     phase: uint8 = ONE_STEP
-    if op == descriptor.REDUCE_SUM or op == descriptor.REDUCE_MAX or op == descriptor.MATMUL:
+    if self._is_reduction(op):
         hi = descriptor._reduce_len(desc)
         acc0: uint256 = convert(staticcall EXECUTOR.initial_acc(desc), uint256)
         if hi == 0:
@@ -772,18 +772,26 @@ def one_step(
     bounds: uint256 = self.games[game_id].bounds
     f: uint256 = bounds & _M64
     op: uint256 = descriptor._opcode(desc)
-    is_reduction: bool = op == descriptor.REDUCE_SUM or op == descriptor.REDUCE_MAX or op == descriptor.MATMUL
+    is_reduction: bool = self._is_reduction(op)
     r: uint256 = (bounds >> 128) & _M64 if is_reduction else 0
     pre_root: bytes32 = self.games[game_id].pre_root
     x: uint32[3] = empty(uint32[3])
     a: uint256 = 0
     for w: OperandWitness in operands:
+        if a == 1 and op == descriptor.GATHER:
+            # the table element is read at the row the proven index selects
+            r = staticcall EXECUTOR.gather_row(desc, x[0])
+            assert r != 0  # dev: index selects no row
+            r -= 1
         x[a] = self._operand_element(pre_root, slots, desc, a, f, r, w)
         a += 1
-    assert a == self._arity(op)  # dev: wrong operand count
+    if op == descriptor.GATHER and a == 1:
+        assert staticcall EXECUTOR.gather_row(desc, x[0]) == 0  # dev: index selects a row
+    else:
+        assert a == self._arity(op)  # dev: wrong operand count
     computed: uint32 = 0
     if is_reduction:
-        computed = staticcall EXECUTOR.partial_step(desc, convert(convert(self.games[game_id].v_lo, uint256) & _M32, uint32), x[0], x[1])
+        computed = staticcall EXECUTOR.partial_step(desc, f, convert(convert(self.games[game_id].v_lo, uint256) & _M32, uint32), x[0], x[1])
     else:
         computed = staticcall EXECUTOR.element(desc, x[0], x[1], x[2])
     self._resolve(game_id, t, convert(computed, uint256) == convert(self.games[game_id].v_hi, uint256) & _M32, "one-step")
@@ -949,13 +957,20 @@ def _trainer_to_move(phase: uint8) -> bool:
 @internal
 @pure
 def _arity(op: uint256) -> uint256:
-    if op == descriptor.SELECT:
+    if op == descriptor.SELECT or op == descriptor.FMA:
         return 3
-    if op <= descriptor.LDEXP or op == descriptor.MATMUL:
+    if op <= descriptor.LDEXP or op == descriptor.MATMUL or op == descriptor.INDEX_ADD or op == descriptor.GATHER:
         return 2
     if op < descriptor.FILL:
         return 1
     return 0
+
+
+@internal
+@pure
+def _is_reduction(op: uint256) -> bool:
+    """REDUCE_SUM, REDUCE_MAX, MATMUL, INDEX_ADD (0x30..0x33): decided by partials."""
+    return op >= descriptor.REDUCE_SUM and op <= descriptor.INDEX_ADD
 
 
 @internal

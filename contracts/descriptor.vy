@@ -34,12 +34,15 @@ FREXP_EXP: constant(uint256) = 20
 FREXP_MANT: constant(uint256) = 21
 COPY: constant(uint256) = 22
 SELECT: constant(uint256) = 32
+FMA: constant(uint256) = 33
 REDUCE_SUM: constant(uint256) = 48
 REDUCE_MAX: constant(uint256) = 49
 MATMUL: constant(uint256) = 50
+INDEX_ADD: constant(uint256) = 51
 FILL: constant(uint256) = 64
 LOAD_BATCH: constant(uint256) = 65
 FREE: constant(uint256) = 66
+GATHER: constant(uint256) = 80
 
 
 @internal

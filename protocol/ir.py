@@ -72,10 +72,14 @@ class Opcode(IntEnum):
     COPY = 0x16
     # ternary elementwise
     SELECT = 0x20
+    FMA = 0x21
     # sequential reductions
     REDUCE_SUM = 0x30
     REDUCE_MAX = 0x31
     MATMUL = 0x32
+    INDEX_ADD = 0x33
+    # data-dependent indexing
+    GATHER = 0x50
     # whole-slot ops
     FILL = 0x40
     LOAD_BATCH = 0x41
@@ -90,9 +94,14 @@ UNARY_OPS = frozenset(
     {Opcode.NEG, Opcode.ABS, Opcode.SQRT, Opcode.ROUND}
     | {Opcode.FREXP_EXP, Opcode.FREXP_MANT, Opcode.COPY}
 )
-TERNARY_OPS = frozenset({Opcode.SELECT})
+TERNARY_OPS = frozenset({Opcode.SELECT, Opcode.FMA})
 ELEMENTWISE_OPS = BINARY_OPS | UNARY_OPS | TERNARY_OPS
-REDUCTION_OPS = frozenset({Opcode.REDUCE_SUM, Opcode.REDUCE_MAX, Opcode.MATMUL})
+REDUCTION_OPS = frozenset({Opcode.REDUCE_SUM, Opcode.REDUCE_MAX, Opcode.MATMUL, Opcode.INDEX_ADD})
+#: Ops whose element reads an operand at a row chosen by another operand's value.
+INDEXED_OPS = frozenset({Opcode.GATHER})
+#: Ops that use ``reduce_len`` (R) and ``reduce_stride`` (rho): the reductions' term count,
+#: GATHER's row count (operand 1's rho is its row stride).
+RANGED_OPS = REDUCTION_OPS | INDEXED_OPS
 #: Ops decided at dispute level 3 (the whole slot value), never element by element.
 ROOT_LEVEL_OPS = frozenset({Opcode.LOAD_BATCH, Opcode.FREE})
 
@@ -101,7 +110,7 @@ def arity(opcode: Opcode) -> int:
     """Number of operands ``opcode`` reads."""
     if opcode in TERNARY_OPS:
         return 3
-    if opcode in BINARY_OPS or opcode == Opcode.MATMUL:
+    if opcode in BINARY_OPS or opcode in (Opcode.MATMUL, Opcode.INDEX_ADD, Opcode.GATHER):
         return 2
     if opcode in UNARY_OPS or opcode in (Opcode.REDUCE_SUM, Opcode.REDUCE_MAX):
         return 1
@@ -212,10 +221,14 @@ def descriptor_problem(op: OpDescriptor) -> str | None:
                 f"operand {k} has {len(operand.strides)} strides but the output has rank "
                 f"{op.rank}: one stride per output dimension"
             )
-        if op.opcode not in REDUCTION_OPS and operand.reduce_stride != 0:
-            return f"operand {k} has reduce_stride {operand.reduce_stride}; only reductions use it"
-    if op.opcode not in REDUCTION_OPS and op.reduce_len != 0:
-        return f"reduce_len is {op.reduce_len}; only REDUCE_SUM, REDUCE_MAX and MATMUL use it"
+        uses_rho = op.opcode in REDUCTION_OPS or (op.opcode in INDEXED_OPS and k == 1)
+        if not uses_rho and operand.reduce_stride != 0:
+            return (
+                f"operand {k} has reduce_stride {operand.reduce_stride}; only reductions and "
+                "GATHER's table operand use it"
+            )
+    if op.opcode not in RANGED_OPS and op.reduce_len != 0:
+        return f"reduce_len is {op.reduce_len}; only reductions and GATHER use it"
     if op.opcode == Opcode.FILL:
         if is_nan_bits(op.imm) and op.imm != CANONICAL_NAN_BITS:
             return f"FILL value 0x{op.imm:08x} is a non-canonical NaN; use 0x7fc00000"
@@ -353,14 +366,30 @@ def operand_index(op: OpDescriptor, k: int, flat: int, r: int = 0) -> int:
 
 
 def max_operand_index(op: OpDescriptor, k: int) -> int | None:
-    """Largest flat index operand ``k`` reads, or None when it reads nothing."""
-    if op.numel == 0 or (op.opcode in REDUCTION_OPS and op.reduce_len == 0):
+    """Largest flat index operand ``k`` reads, or None when it reads nothing.
+
+    GATHER's table operand (k = 1) is bounded over every row ``0 .. R-1`` it may select.
+    """
+    ranged = op.opcode in REDUCTION_OPS or (op.opcode in INDEXED_OPS and k == 1)
+    if op.numel == 0 or (ranged and op.reduce_len == 0):
         return None
     o = op.operands[k]
     top = o.offset + sum((d - 1) * s for d, s in zip(op.shape, o.strides, strict=True))
-    if op.opcode in REDUCTION_OPS:
+    if ranged:
         top += (op.reduce_len - 1) * o.reduce_stride
     return top
+
+
+def index_value(value: float) -> int | None:
+    """The row a float32 index operand selects: its value if it is an integral, finite,
+    non-negative number (``-0`` is row 0), else None (NaN, ±inf, fractional, negative).
+
+    GATHER reads row ``index_value(x)`` when it is ``< R``; INDEX_ADD adds a term to output
+    row ``i_0`` iff ``index_value(x) == i_0``. Both define every other index as "no row".
+    """
+    if not math.isfinite(value) or value < 0 or value != math.floor(value):
+        return None
+    return int(value)
 
 
 # --------------------------------------------------------------------------- programs

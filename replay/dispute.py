@@ -34,7 +34,7 @@ from protocol.game import (
     split_point,
     trace_position,
 )
-from protocol.ir import REDUCTION_OPS, Opcode, Program, operand_index
+from protocol.ir import REDUCTION_OPS, Opcode, Program
 from protocol.market import Market
 from protocol.merkle import MerkleTree, leaf_hash, root_from_path, root_of_leaf_hashes
 from protocol.outbox import Sent
@@ -474,12 +474,12 @@ def operand_witnesses(trace: StepTrace, j: int, f: int, r: int) -> list[tuple[An
     roots = trace.slot_roots(j)
     state = trace.state_tree(j)
     out = []
-    for k, o in enumerate(op.operands):
-        value = trace.slot_value(j, o.slot)
+    for read in trace.operand_reads(j, f, r):
+        value = trace.slot_value(j, read.slot)
         if value is None:
-            raise ValueError(f"op {j} reads empty slot {o.slot}")
+            raise ValueError(f"op {j} reads empty slot {read.slot}")
         raw = as_committed(value).reshape(-1)
-        idx = operand_index(op, k, f, r)
+        idx, o = read.index, op.operands[read.k]
         tree = chunk_tree(raw)
         c = idx // 256
         out.append((

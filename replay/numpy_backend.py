@@ -62,17 +62,24 @@ def gather(state: SlotValues, op: OpDescriptor, k: int, grid: np.ndarray, r: int
     return src.reshape(-1)[grid + r * operand.reduce_stride]
 
 
+def row_range(op: OpDescriptor, lo: int, hi: int) -> np.ndarray:
+    """Each output element's first index ``i_0`` for elements ``lo .. hi-1`` (1-d; INDEX_ADD's
+    row; 0 for rank 0)."""
+    if op.rank == 0 or op.numel == 0:
+        return np.zeros(hi - lo, dtype=np.int64)
+    return np.arange(lo, hi, dtype=np.int64) // (op.numel // op.shape[0])
+
+
 def accumulate(
-    op: OpDescriptor, state: SlotValues, grids: Sequence[np.ndarray]
+    op: OpDescriptor, state: SlotValues, grids: Sequence[np.ndarray], row: np.ndarray | None
 ) -> Iterator[np.ndarray]:
     """``acc_0, acc_1, ..., acc_R`` of a reduction over the elements ``grids`` index, one at a
     time (a caller keeps what it needs: all of them for one element, the last for a block)."""
     acc = np.full(grids[0].shape, semantics.REDUCE_INIT[op.opcode], dtype=np.float32)
     yield acc
-    step = semantics.REDUCE_STEP[op.opcode]
     for r in range(op.reduce_len):
         terms = [gather(state, op, k, grids[k], r) for k in range(len(op.operands))]
-        acc = step(acc, semantics.reduce_term(op.opcode, terms))
+        acc = semantics.reduce_step(op.opcode, acc, terms, row)
         yield acc
 
 
@@ -86,15 +93,34 @@ def reduce_partials(
     last, :func:`reduce_block`)."""
     if flat is None:
         grids = [index_grid(op, o) for o in op.operands]
+        row = row_range(op, 0, op.numel).reshape(op.shape)
     else:  # one element: its own indices only, never the whole output's grid
         grids = [index_range(op, o, flat, flat + 1) for o in op.operands]
-    return list(accumulate(op, state, grids))
+        row = row_range(op, flat, flat + 1)
+    return list(accumulate(op, state, grids, row if op.opcode == Opcode.INDEX_ADD else None))
 
 
 def reduce_block(op: OpDescriptor, state: SlotValues, lo: int, hi: int) -> np.ndarray:
     """``acc_R`` of output elements ``lo .. hi-1`` of a reduction (1-d)."""
     grids = [index_range(op, o, lo, hi) for o in op.operands]
-    return deque(accumulate(op, state, grids), maxlen=1)[0]
+    row = row_range(op, lo, hi) if op.opcode == Opcode.INDEX_ADD else None
+    return deque(accumulate(op, state, grids, row), maxlen=1)[0]
+
+
+def gather_rows(op: OpDescriptor, state: SlotValues, grids: list[np.ndarray]) -> np.ndarray:
+    """GATHER over output elements whose operand-0 indices are ``grids[0]`` (any shape)."""
+    valid, rows = semantics.index_rows(gather(state, op, 0, grids[0]), op.reduce_len)
+    table = op.operands[1]
+    src = state[table.slot]
+    if src is None:
+        raise ExecutionError(f"op reads empty slot {table.slot}")
+    flat_src = src.reshape(-1)
+    picked = (
+        flat_src[np.where(valid, grids[1] + rows * table.reduce_stride, 0)]
+        if src.size
+        else (np.zeros(grids[1].shape, np.float32))
+    )
+    return semantics.gather_value(valid, picked)
 
 
 def execute_op(
@@ -102,7 +128,7 @@ def execute_op(
 ) -> np.ndarray | None:
     """The new value of slot ``op.out`` after ``op`` (None for FREE)."""
     code = op.opcode
-    if code in ELEMENTWISE_OPS or code in REDUCTION_OPS:
+    if code in ELEMENTWISE_OPS or code in REDUCTION_OPS or code == Opcode.GATHER:
         out = np.empty(op.numel, dtype=np.float32)
         for lo in range(0, op.numel, BLOCK):  # blocks of output elements: the same bits
             hi = min(op.numel, lo + BLOCK)
@@ -110,6 +136,9 @@ def execute_op(
                 out[lo:hi] = semantics.canon(reduce_block(op, state, lo, hi))
                 continue
             grids = [index_range(op, o, lo, hi) for o in op.operands]
+            if code == Opcode.GATHER:
+                out[lo:hi] = gather_rows(op, state, grids)
+                continue
             args = [gather(state, op, k, grids[k]) for k in range(len(op.operands))]
             out[lo:hi] = semantics.ELEMENTWISE[code](*args)
         return out.reshape(op.shape)

@@ -136,6 +136,56 @@ def copy(x: Array) -> Array:
     return canon(x)
 
 
+def fma(a: Array, b: Array, c: Array) -> Array:
+    """``a·b + c`` rounded once (IEEE 754 fusedMultiplyAdd, RNE), exactly.
+
+    The float64 product of two float32 values is exact (48 ≤ 53 significant bits). The sum
+    ``p + c`` is formed in float64 with its exact rounding error (TwoSum) and then rounded
+    *to odd*: when the float64 sum is inexact and its last bit is even, it is moved one
+    float64 ulp towards the exact value. Rounding that round-to-odd value to float32 (RNE) is
+    the correctly rounded result, because float64 carries at least two more bits than float32
+    (Boldo & Melquiond, "Emulation of FMA and correctly rounded sums: proved algorithms using
+    rounding to odd", IEEE TC 2008). No step overflows or underflows in float64: |a·b| <
+    2^256 and the smallest non-zero product is 2^-298. Zero signs follow IEEE (``p + c`` of
+    exact zeros is -0 only for (-0) + (-0)); inf·0 and inf - inf give NaN.
+    """
+    p = np.multiply(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
+    c64 = np.asarray(c, dtype=np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        s = p + c64
+        bb = s - p
+        err = (p - (s - bb)) + (c64 - bb)
+        even = (s.view(np.int64) & 1) == 0
+        fix = np.isfinite(s) & (err != 0) & even
+        s = np.where(fix, np.nextafter(s, np.where(err > 0, np.inf, -np.inf)), s)
+        return canon(s.astype(F32))
+
+
+def index_rows(x: Array, rows: int) -> tuple[Array, Array]:
+    """(valid, row) for float32 index values ``x`` selecting one of ``rows`` rows.
+
+    Valid iff ``x`` is finite, integral, ``≥ 0`` (``-0`` is row 0) and ``< rows``; ``row`` is
+    0 where invalid (protocol.ir.index_value is the scalar rule).
+    """
+    x64 = np.asarray(x, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        valid = np.isfinite(x64) & (x64 >= 0) & (np.floor(x64) == x64) & (x64 < rows)
+    return valid, np.where(valid, x64, 0).astype(np.int64)
+
+
+def gather_value(valid: Array, table_value: Array) -> Array:
+    """GATHER's element: the selected table element (NaN canonical), +0.0 for no row."""
+    return canon(np.where(valid, table_value, F32(0)))
+
+
+def index_term(index: Array, value: Array, row: Array) -> Array:
+    """INDEX_ADD's term r for an output element of row ``row``: ``value`` where the index
+    equals the row exactly (compared as real numbers), else +0.0 (adding +0.0 to an
+    accumulator that started at +0.0 changes nothing)."""
+    hit = np.asarray(index, dtype=np.float64) == np.asarray(row, dtype=np.float64)
+    return np.where(hit, value, F32(0)).astype(F32)
+
+
 def select(c: Array, a: Array, b: Array) -> Array:
     """``a`` where ``c != 0`` (NaN counts as non-zero), else ``b``."""
     return canon(np.where(c != 0, a, b))
@@ -160,23 +210,30 @@ ELEMENTWISE: dict[Opcode, Callable[..., Array]] = {
     Opcode.FREXP_MANT: frexp_mant,
     Opcode.COPY: copy,
     Opcode.SELECT: select,
+    Opcode.FMA: fma,
 }
 
-#: Reductions: (initial accumulator, accumulate(acc, term)). MATMUL's term is mul(a, b).
+#: Reductions: the initial accumulator acc_0.
 REDUCE_INIT: dict[Opcode, float] = {
     Opcode.REDUCE_SUM: 0.0,
     Opcode.MATMUL: 0.0,
+    Opcode.INDEX_ADD: 0.0,
     Opcode.REDUCE_MAX: float("-inf"),
 }
-REDUCE_STEP: dict[Opcode, Callable[[Array, Array], Array]] = {
-    Opcode.REDUCE_SUM: add,
-    Opcode.MATMUL: add,
-    Opcode.REDUCE_MAX: maximum,
-}
 
 
-def reduce_term(opcode: Opcode, operands: list[Array]) -> Array:
-    """The r-th term of a reduction from its gathered operand values."""
+def reduce_step(opcode: Opcode, acc: Array, operands: list[Array], row: Array | None) -> Array:
+    """``acc_{r+1}`` from ``acc_r`` and the r-th term's operand values (docs/protocol.md §3.7).
+
+    REDUCE_SUM ``acc + x``; REDUCE_MAX ``maximum(acc, x)``; MATMUL ``fma(x, y, acc)`` (the
+    exact product added with one rounding); INDEX_ADD ``acc + (x == row ? y : +0)`` with
+    ``row`` the output element's first index.
+    """
     if opcode == Opcode.MATMUL:
-        return mul(operands[0], operands[1])
-    return operands[0]
+        return fma(operands[0], operands[1], acc)
+    if opcode == Opcode.REDUCE_MAX:
+        return maximum(acc, operands[0])
+    if opcode == Opcode.INDEX_ADD:
+        assert row is not None
+        return add(acc, index_term(operands[0], operands[1], row))
+    return add(acc, operands[0])

@@ -21,10 +21,12 @@ Invariant: every tensor held in a slot is C-contiguous and owns its storage from
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from protocol.ir import (
     BATCH_X,
@@ -36,6 +38,7 @@ from protocol.ir import (
     contiguous_strides,
 )
 from replay.errors import ExecutionError
+from replay.native import native_matmul, native_matmul_available
 from replay.numpy_backend import named_from_slots, slots_from_named
 from replay.torch_kernels import (
     ELEMENT_KERNELS,
@@ -44,6 +47,8 @@ from replay.torch_kernels import (
     SumStrategy,
     canon,
     compare_kernel,
+    fma64,
+    index_rows,
     reduce_max_terms,
 )
 
@@ -107,9 +112,6 @@ class TorchExecutor:
         self._persistent = program.persistent_slots
         self._fns: list[OpFn] = []
         self._parts: dict[int, tuple[Callable[..., Tensor], list[OperandSpec], bool]] = {}
-        # one product-table buffer shared by every matrix product (ops run one at a time)
-        self._work = torch.empty(0, dtype=F32, device=self.device)
-        self._work_size = 0
         plan: list[int] = []
         constants: dict[int, Tensor] = {}  # slot -> value of a FILL earlier in this step
         for j, op in enumerate(program.ops):
@@ -127,8 +129,6 @@ class TorchExecutor:
             op.out for op in program.ops if op.opcode not in (Opcode.LOAD_BATCH, Opcode.FREE)
         }
         self._step = self._generate_step(plan)
-        # the fixed workspace (at most max_table_bytes), allocated once, now, not mid-step
-        self._work = torch.zeros(self._work_size, dtype=F32, device=self.device)
 
     # ------------------------------------------------------------------ state
     def set_state(self, values: dict[str, np.ndarray]) -> None:
@@ -206,6 +206,10 @@ class TorchExecutor:
             return self._compile_reduce_sum(op, constants)
         if code == Opcode.MATMUL:
             return self._compile_matmul(op, constants)
+        if code == Opcode.INDEX_ADD:
+            return self._compile_index_add(op, constants)
+        if code == Opcode.GATHER:
+            return self._compile_gather(op, constants)
         if code == Opcode.FILL:
             const = self._fill_value(op)
 
@@ -373,74 +377,175 @@ class TorchExecutor:
         return rsum
 
     def _compile_matmul(self, op: OpDescriptor, constants: dict[int, Tensor]) -> OpFn:
+        """The sequential FMA chain ``acc_{r+1} = fma(a_r, b_r, acc_r)``.
+
+        A (batched) matrix product — A's map constant along the last output dim, B's along
+        the one before — runs on the native kernel (``replay._kernels``) on the CPU, one
+        [M, R] @ [R, N] block per batch index; anything else, and every op when the kernel is
+        not built or the device is not the CPU, is vectorised over the output elements with
+        one exact float64 product table per r, rounded once (``fma64``)."""
         oa, ob = op.operands
-        if op.rank == 2 and oa.strides[1] == 0 and ob.strides[0] == 0:
-            return self._compile_matrix_product(op, constants)
-        out, shape, rows, n = op.out, tuple(op.shape), op.reduce_len, op.numel
+        if op.rank >= 2 and oa.strides[-1] == 0 and ob.strides[-2] == 0:
+            if native_matmul_available(self.device):
+                return self._compile_native_matmul(op, constants)
+            if op.rank == 2:
+                return self._compile_matrix_product(op, constants)
+        out, shape, rows = op.out, tuple(op.shape), op.reduce_len
         ta, tb = self._terms(op, oa, constants), self._terms(op, ob, constants)
-        summer, block, device = self._summer, self._block_rows(n), self.device
+        device = self.device
 
         def matmul(s: Slots, _b: object) -> None:
             a, b = ta(s), tb(s)
-
-            def products(lo: int, hi: int) -> Tensor:
-                buf = torch.empty((hi - lo, *shape), dtype=F32, device=device)
-                torch.mul(a[lo:hi], b[lo:hi], out=buf)
-                return buf.reshape(hi - lo, n)
-
-            s[out] = summer.blocked(products, rows, n, block).reshape(shape)
+            acc = torch.zeros(shape, dtype=F32, device=device)
+            for r in range(rows):
+                acc = fma64(a[r].to(torch.float64) * b[r].to(torch.float64), acc.to(torch.float64))
+            s[out] = acc.contiguous()
 
         return matmul
 
-    def _compile_matrix_product(self, op: OpDescriptor, constants: dict[int, Tensor]) -> OpFn:
-        """C[m,n] = Σ_r A[m,r]·B[r,n] where A's map varies only with m and r, B's with r and n.
+    def _compile_native_matmul(self, op: OpDescriptor, constants: dict[int, Tensor]) -> OpFn:
+        """Each batch index's [M, R] and [R, N] blocks are gathered contiguous and handed to
+        the native FMA-chain kernel (every output element one accumulator, strict r order:
+        the same bits for any thread count and ISA path)."""
+        oa, ob = op.operands
+        *lead, m, n = op.shape
+        rows, out = op.reduce_len, op.out
+        batches = list(np.ndindex(*lead)) if lead else [()]
+        a_of = self._operand_block(oa, (m, rows), (oa.strides[-2], oa.reduce_stride), constants)
+        b_of = self._operand_block(ob, (rows, n), (ob.reduce_stride, ob.strides[-1]), constants)
+        a_lead, b_lead = oa.strides[:-2], ob.strides[:-2]
+        shape = tuple(op.shape)
 
-        A' = [R, M] and B' = [R, N] are gathered contiguous once. The product table
-        A'[:, :, None]·B'[:, None, :] (or its transpose, so that the inner loop runs over the
-        longer of M and N) is built and summed over r in blocks of output rows small enough to
-        stay in cache; output rows are independent, so blocks need no carry.
-        """
+        def matmul(s: Slots, _b: object) -> None:
+            res = torch.empty(shape, dtype=F32)
+            flat = res.view(len(batches), m, n)
+            threads = torch.get_num_threads()
+            for k, idx in enumerate(batches):
+                a = a_of(s, sum(i * st for i, st in zip(idx, a_lead, strict=True)))
+                b = b_of(s, sum(i * st for i, st in zip(idx, b_lead, strict=True)))
+                native_matmul(a.numpy(), b.numpy(), flat[k].numpy(), m, n, rows, threads)
+            s[out] = res
+
+        return matmul
+
+    def _operand_block(
+        self,
+        o: Operand,
+        size: tuple[int, int],
+        stride: tuple[int, int],
+        constants: dict[int, Tensor],
+    ) -> Callable[[Slots, int], Tensor]:
+        """A contiguous 2-D block of an operand at an extra offset (a copy only if needed)."""
+        const, slot, offset = constants.get(o.slot), o.slot, o.offset
+
+        def block(s: Slots, extra: int) -> Tensor:
+            src = const if const is not None else s[slot]
+            return torch.as_strided(src, size, stride, offset + extra).contiguous()  # type: ignore[arg-type]
+
+        return block
+
+    def _compile_matrix_product(self, op: OpDescriptor, constants: dict[int, Tensor]) -> OpFn:
+        """C[m,n] = fma chain over r of A[m,r]·B[r,n], A's map varying only with m and r,
+        B's with r and n: A' = [R, M] and B' = [R, N] are gathered once in float64 (exact),
+        and each step forms the [M, N] product table and adds it to the accumulator with one
+        rounding."""
         oa, ob = op.operands
         (m, n), rows, out = op.shape, op.reduce_len, op.out
         ga = self._rows(oa, (rows, m), (oa.reduce_stride, oa.strides[0]), constants)
         gb = self._rows(ob, (rows, n), (ob.reduce_stride, ob.strides[1]), constants)
-        transpose = m > n  # inner loop over M: the table is [R, N, M]
-        inner, outer = (m, n) if transpose else (n, m)
-        per_outer = 4 * max(1, rows) * max(1, inner)
-        step = max(1, min(outer, self.max_table_bytes // per_outer))  # output rows per block
-        row_block = self._block_rows(step * inner)  # r-blocking, only for very long sums
-        summer, device, scratch = self._summer, self.device, self._scratch
-        self._work_size = max(self._work_size, min(rows, row_block) * step * inner)
-
-        def block_sum(left: Tensor, right: Tensor, o0: int, o1: int) -> Tensor:
-            width = (o1 - o0) * inner
-
-            def products(lo: int, hi: int) -> Tensor:
-                dst = scratch((hi - lo) * width).view(hi - lo, o1 - o0, inner)
-                torch.mul(left[lo:hi, o0:o1].unsqueeze(2), right[lo:hi].unsqueeze(1), out=dst)
-                return dst.view(hi - lo, width)
-
-            return summer.blocked(products, rows, width, row_block).view(o1 - o0, inner)
+        device = self.device
 
         def matmul(s: Slots, _b: object) -> None:
-            a, b = ga(s), gb(s)
-            left, right = (b, a) if transpose else (a, b)  # [R, outer], [R, inner]
-            if step >= outer:
-                acc = block_sum(left, right, 0, outer)
-            else:
-                acc = torch.empty((outer, inner), dtype=F32, device=device)
-                for o0 in range(0, outer, step):
-                    o1 = min(outer, o0 + step)
-                    acc[o0:o1] = block_sum(left, right, o0, o1)
-            s[out] = acc.t().contiguous() if transpose else acc
+            a, b = ga(s).to(torch.float64), gb(s).to(torch.float64)
+            acc = torch.zeros((m, n), dtype=F32, device=device)
+            for r in range(rows):
+                acc = fma64(a[r].unsqueeze(1) * b[r].unsqueeze(0), acc.to(torch.float64))
+            s[out] = acc
 
         return matmul
 
-    def _scratch(self, n: int) -> Tensor:
-        """``n`` elements of the shared work buffer."""
-        if self._work.numel() < n:
-            self._work = torch.empty(max(n, self._work_size), dtype=F32, device=self.device)
-        return self._work[:n]
+    def _compile_gather(self, op: OpDescriptor, constants: dict[int, Tensor]) -> OpFn:
+        """GATHER: operand 0's values pick a row of operand 1 (``index_rows``); elements
+        with no row are +0.0."""
+        oi, ot = op.operands
+        out, shape, rows = op.out, tuple(op.shape), op.reduce_len
+        index = self._element_view(op, oi, constants)
+        base = torch.as_strided(
+            torch.arange(max(1, self.program.slots[ot.slot].numel), device=self.device),
+            shape, tuple(ot.strides), ot.offset,
+        ) if rows else None  # fmt: skip
+        table_slot, rho, fixed = ot.slot, ot.reduce_stride, constants.get(ot.slot)
+        device = self.device
+
+        def gather(s: Slots, _b: object) -> None:
+            valid, row = index_rows(index(s), rows)
+            if base is None:
+                s[out] = torch.zeros(shape, dtype=F32, device=device)
+                return
+            flat = torch.where(valid, base + row * rho, 0)
+            table = fixed if fixed is not None else s[table_slot]
+            picked = table.reshape(-1)[flat]  # type: ignore[union-attr]
+            s[out] = torch.where(valid, picked, 0.0).contiguous()
+
+        return gather
+
+    def _compile_index_add(self, op: OpDescriptor, constants: dict[int, Tensor]) -> OpFn:
+        """INDEX_ADD: output row v accumulates, in r order, the terms whose index equals v.
+
+        When the index list is the same for every output element and the values do not
+        depend on the row (an embedding gradient), the positions are stably sorted by row
+        and ``embedding_bag`` sums each row's bag in index order from +0.0: the sequential
+        sum with the non-matching (+0.0) terms left out, which changes nothing. Otherwise a
+        plain loop over r."""
+        oi, ov = op.operands
+        out, shape, rows = op.out, tuple(op.shape), op.reduce_len
+        device = self.device
+        ti, tv = self._terms(op, oi, constants), self._terms(op, ov, constants)
+        v = shape[0] if shape else 1
+        fast = (
+            self.sum_strategy == "embedding_bag"
+            and len(shape) >= 1
+            and all(st == 0 for st in oi.strides)
+            and ov.strides[0] == 0
+        )
+        row_grid = torch.arange(v, device=device, dtype=torch.float64).reshape(
+            (v,) + (1,) * (len(shape) - 1) if shape else ()
+        )
+        rest = math.prod(shape[1:])
+
+        def index_add(s: Slots, _b: object) -> None:
+            idx, val = ti(s), tv(s)  # [R, *shape] views
+            if fast and rows:
+                positions = idx.reshape(rows, -1)[:, 0]
+                valid, row = index_rows(positions, v)
+                keep = torch.nonzero(valid).reshape(-1)
+                order = torch.sort(row[keep], stable=True)
+                bags = keep[order.indices]
+                starts = torch.searchsorted(order.values, torch.arange(v, device=device))
+                table = val[:, 0].reshape(rows, rest).contiguous()
+                if bags.numel() == 0:
+                    s[out] = torch.zeros(shape, dtype=F32, device=device)
+                    return
+                summed = F.embedding_bag(bags, table, starts, mode="sum")
+                s[out] = summed.reshape(shape).contiguous()
+                return
+            acc = torch.zeros(shape, dtype=F32, device=device)
+            for r in range(rows):
+                hit = idx[r].to(torch.float64) == row_grid
+                acc = torch.add(acc, torch.where(hit, val[r], 0.0))
+            s[out] = acc.contiguous()
+
+        return index_add
+
+    def _element_view(self, op: OpDescriptor, o: Operand, constants: dict[int, Tensor]) -> Getter:
+        """An operand's values at every output element (r = 0), as an output-shaped view."""
+        shape, stride, offset = tuple(op.shape), tuple(o.strides), o.offset
+        const = constants.get(o.slot)
+        if const is not None:
+            view = torch.as_strided(const, shape, stride, offset)
+            return lambda _s: view
+        slot = o.slot
+        return lambda s: torch.as_strided(s[slot], shape, stride, offset)  # type: ignore[arg-type]
 
     def _rows(
         self,

@@ -96,6 +96,41 @@ def _sqrt(x: Tensor) -> Tensor:
     return out.view(x.shape)
 
 
+def fma(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
+    """``a·b + c`` rounded once: the exact float64 product, the float64 sum rounded to odd
+    through its exact TwoSum error, then one float64→float32 rounding (the algorithm and its
+    proof: ``replay.semantics.fma``). Only correctly rounded float64 ``+ - ·``, compares and
+    ``nextafter``: the same bits on every device."""
+    p = a.to(torch.float64) * b.to(torch.float64)
+    return fma64(p, c.to(torch.float64))
+
+
+def fma64(p: Tensor, c: Tensor) -> Tensor:
+    """float32 RNE of the exact ``p + c`` for float64 ``p`` (an exact float32 product) and
+    ``c`` (a float32 value): round to odd in float64, then to float32."""
+    s = p + c
+    bb = s - p
+    err = (p - (s - bb)) + (c - bb)
+    fix = torch.isfinite(s) & (err != 0) & ((s.view(torch.int64) & 1) == 0)
+    if bool(fix.any()):
+        toward = torch.where(err > 0, _inf64(s.device), -_inf64(s.device))
+        s = torch.where(fix, torch.nextafter(s, toward), s)
+    return s.to(F32)
+
+
+@lru_cache(maxsize=8)
+def _inf64(device: torch.device) -> Tensor:
+    return torch.tensor(float("inf"), dtype=torch.float64, device=device)
+
+
+def index_rows(x: Tensor, rows: int) -> tuple[Tensor, Tensor]:
+    """(valid, row) of float32 index values: finite, integral, ``0 ≤ x < rows`` (``-0`` is 0);
+    row 0 where invalid (``replay.semantics.index_rows``)."""
+    x64 = x.to(torch.float64, memory_format=torch.contiguous_format)  # dense: fast kernels
+    valid = torch.isfinite(x64) & (x64 >= 0) & (torch.floor(x64) == x64) & (x64 < rows)
+    return valid, torch.where(valid, x64, 0.0).to(torch.int64)
+
+
 def compare_kernel(
     opcode: Opcode, shape: tuple[int, ...], device: torch.device
 ) -> Callable[[Tensor, Tensor], Tensor]:
@@ -128,6 +163,7 @@ ELEMENT_KERNELS: dict[Opcode, Callable[..., Tensor]] = {
     # a fresh tensor: slot tensors own their storage from offset 0 (as_strided is absolute)
     Opcode.COPY: lambda x: x.clone(memory_format=torch.contiguous_format),
     Opcode.SELECT: lambda c, a, b: torch.where(c != 0, a, b),
+    Opcode.FMA: fma,
 }
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from protocol.commitments import chunk_tree, state_tree, tensor_root
-from protocol.ir import REDUCTION_OPS, Program, operand_index
+from protocol.ir import REDUCTION_OPS, Opcode, Program, index_value, operand_index
 from protocol.merkle import InclusionProof, MerkleTree
 from replay.backends import Batch, Executor, make_executor
 from replay.errors import ExecutionError
@@ -191,12 +191,21 @@ class StepTrace:
         return chunk_tree(as_committed(value).reshape(-1))
 
     def operand_reads(self, j: int, flat: int, r: int = 0) -> list[OperandRead]:
-        """What op ``j`` reads for output element ``flat`` (and reduction term ``r``)."""
+        """What op ``j`` reads for output element ``flat`` (and reduction term ``r``).
+
+        GATHER reads its index (operand 0), then the table (operand 1) at the row that
+        index selects — or nothing more when it selects none (the element is +0.0)."""
         op = self.program.ops[j]
         if not 0 <= flat < op.numel:
             raise ExecutionError(f"element {flat} is outside op {j}'s {op.numel} outputs")
-        reads = []
+        reads: list[OperandRead] = []
         for k, o in enumerate(op.operands):
+            if k == 1 and op.opcode == Opcode.GATHER:
+                # the table is read at the row the index selects; no row, no read
+                row = index_value(float(reads[0].value))
+                if row is None or row >= op.reduce_len:
+                    break
+                r = row
             idx = operand_index(op, k, flat, r)
             value = self.slot_value(j, o.slot)
             assert value is not None  # the validator guarantees reads of full slots

@@ -1,4 +1,4 @@
-"""Reference oracles for the binary32 primitives of ``contracts/float32.vy``.
+"""Reference oracles for the binary32 primitives of ``contracts/softfloat.vy``.
 
 Two independent oracles:
 
@@ -212,7 +212,7 @@ def exact_sqrt(a: int) -> int:
 
 
 def exact_ldexp(a: int, n: int) -> int:
-    """x * 2**n with n a float32 holding a finite integer; otherwise NaN (see float32.vy)."""
+    """x * 2**n with n a float32 holding a finite integer; otherwise NaN (see softfloat.vy)."""
     if is_nan(a) or is_nan(n) or is_inf(n):
         return NAN
     fn = to_fraction(n)

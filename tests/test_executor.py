@@ -30,8 +30,10 @@ from hypothesis import strategies as st
 from protocol.ir import (
     CANONICAL_NAN_BITS,
     ELEMENTWISE_OPS,
+    INDEXED_OPS,
     MAX_SLOT,
     NO_SLOT,
+    RANGED_OPS,
     REDUCTION_OPS,
     U32_MAX,
     Opcode,
@@ -40,6 +42,7 @@ from protocol.ir import (
     arity,
     decode_descriptor,
     encode_descriptor,
+    index_value,
     is_nan_bits,
     operand_index,
 )
@@ -62,7 +65,7 @@ PROPERTY = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
-ELEMENT_OPS = [*sorted(ELEMENTWISE_OPS), Opcode.FILL]
+ELEMENT_OPS = [*sorted(ELEMENTWISE_OPS), Opcode.FILL, Opcode.GATHER]
 REDUCE_OPS = sorted(REDUCTION_OPS)
 u32 = st.integers(0, U32_MAX)
 
@@ -155,9 +158,11 @@ def descriptors(draw: st.DrawFn, allow_zero: bool = True) -> OpDescriptor:
             slot=draw(st.integers(0, MAX_SLOT)),
             offset=draw(st.one_of(small, u32)),
             strides=tuple(draw(st.one_of(small, u32)) for _ in range(rank)),
-            reduce_stride=draw(st.one_of(small, u32)) if reduction else 0,
+            reduce_stride=draw(st.one_of(small, u32))
+            if reduction or (opcode in INDEXED_OPS and k == 1)
+            else 0,
         )
-        for _ in range(arity(opcode))
+        for k in range(arity(opcode))
     )
     imm = 0
     if opcode == Opcode.FILL:
@@ -170,7 +175,7 @@ def descriptors(draw: st.DrawFn, allow_zero: bool = True) -> OpDescriptor:
         out=draw(st.integers(0, MAX_SLOT)),
         shape=shape,
         operands=operands,
-        reduce_len=draw(st.one_of(small, u32)) if reduction else 0,
+        reduce_len=draw(st.one_of(small, u32)) if opcode in RANGED_OPS else 0,
         imm=imm,
     )
 
@@ -202,21 +207,32 @@ def test_decoding_and_operand_index_match_protocol_ir(ex, op: OpDescriptor, data
 # --------------------------------------------------------------------------- random ops
 
 
+#: ops that read a float32 index from operand 0 (small_ops keeps it in slot 0)
+INDEX_READERS = frozenset({Opcode.GATHER, Opcode.INDEX_ADD})
+
+
+def _operand_slot(draw: st.DrawFn, opcode: Opcode, k: int) -> int:
+    if opcode in INDEX_READERS:
+        return 0 if k == 0 else draw(st.integers(1, 2))
+    return draw(st.integers(0, 2))
+
+
 @st.composite
 def small_ops(draw: st.DrawFn, opcode: Opcode) -> tuple[OpDescriptor, list[np.ndarray]]:
     """A small op of ``opcode`` over slots 0..2 (output slot 3) and slot values covering it."""
     rank = draw(st.integers(0, 3))
     shape = tuple(draw(st.lists(st.integers(1, 3), min_size=rank, max_size=rank)))
     reduction = opcode in REDUCTION_OPS
-    reduce_len = draw(st.integers(0, 6)) if reduction else 0
+    reduce_len = draw(st.integers(0, 6)) if opcode in RANGED_OPS else 0
     operands = []
-    for _ in range(arity(opcode)):
+    for k in range(arity(opcode)):
+        ranged = reduction or (opcode in INDEXED_OPS and k == 1)
         operands.append(
             Operand(
-                slot=draw(st.integers(0, 2)),
+                slot=_operand_slot(draw, opcode, k),
                 offset=draw(st.integers(0, 5)),
                 strides=tuple(draw(st.integers(0, 4)) for _ in range(rank)),
-                reduce_stride=draw(st.integers(0, 4)) if reduction else 0,
+                reduce_stride=draw(st.integers(0, 4)) if ranged else 0,
             )
         )
     imm = 0
@@ -238,13 +254,23 @@ def small_ops(draw: st.DrawFn, opcode: Opcode) -> tuple[OpDescriptor, list[np.nd
         sizes[o.slot] = max(sizes[o.slot], top + 1)
     rng = np.random.default_rng(draw(st.integers(0, 2**64 - 1), label="seed"))
     slots = [as_f32(random_bits(rng, n)) for n in sizes]
+    if opcode in INDEX_READERS:  # mostly rows that exist, some that don't, every special
+        picks = np.array([*range(-1, 8), 2.5, -0.0], dtype=np.float32).view(np.uint32)
+        keep = rng.random(sizes[0]) < 0.7
+        slots[0] = as_f32(np.where(keep, rng.choice(picks, sizes[0]), slots[0].view(np.uint32)))
     return op, slots
 
 
 def operand_bits(op: OpDescriptor, slots: list[np.ndarray], f: int, r: int, junk) -> list[int]:
-    """The values operands 0..2 read for element ``f`` / term ``r``; junk where unused."""
+    """The values operands 0..2 read for element ``f`` / term ``r``; junk where unused
+    (GATHER: the table at the row the index selects, junk when it selects none)."""
     vals = [int(j) for j in junk]
     for a, o in enumerate(op.operands):
+        if a == 1 and op.opcode == Opcode.GATHER:
+            row = index_value(float(as_f32(np.array([vals[0]]))[0]))
+            if row is None or row >= op.reduce_len:
+                break
+            r = row
         vals[a] = int(as_bits(slots[o.slot])[operand_index(op, a, f, r)])
     return vals
 
@@ -285,7 +311,7 @@ def test_partial_steps_equal_numpy_backend(ex, opcode: Opcode, data) -> None:
         assert acc0 == partials[0]
         for r in range(op.reduce_len):
             x, y, _ = operand_bits(op, slots, f, r, junk[3 * r : 3 * r + 3])
-            got = ex.partial_step(d, partials[r], x, y)
+            got = ex.partial_step(d, f, partials[r], x, y)
             assert got == partials[r + 1], (
                 f"{opcode.name} element {f} term {r}: acc 0x{partials[r]:08x}, "
                 f"x 0x{x:08x}, y 0x{y:08x}: executor 0x{got:08x}, "
@@ -340,9 +366,10 @@ def test_partial_step_on_all_special_pairs(ex, opcode: Opcode) -> None:
             y = SPECIALS[(i + j) % s]
             terms = [as_f32(np.array([x])), as_f32(np.array([y]))][: arity(opcode)]
             with np.errstate(all="ignore"):
-                term = semantics.reduce_term(opcode, terms)
-                want = int(as_bits(semantics.REDUCE_STEP[opcode](as_f32(np.array([acc])), term))[0])
-            assert ex.partial_step(d, acc, x, y) == want, (opcode.name, hex(acc), hex(x), hex(y))
+                step = semantics.reduce_step(opcode, as_f32(np.array([acc])), terms, np.zeros(1))
+            want = int(as_bits(step)[0])
+            got = ex.partial_step(d, 0, acc, x, y)
+            assert got == want, (opcode.name, hex(acc), hex(x), hex(y))
 
 
 def test_initial_acc(ex) -> None:
@@ -358,9 +385,9 @@ def test_initial_acc(ex) -> None:
         assert ex.initial_acc(op.encode()) == want
 
 
-def test_matmul_rounds_twice(ex) -> None:
-    """acc + round(x*y): x = y = 1 + 2**-23, x*y = 1 + 2**-22 + 2**-46 rounds to 1 + 2**-22,
-    so with acc = -(1 + 2**-22) the two-rounding result is +0.0 (fused: 2**-46)."""
+def test_matmul_rounds_once(ex) -> None:
+    """fma(x, y, acc): x = y = 1 + 2**-23, x*y = 1 + 2**-22 + 2**-46 exactly, so with
+    acc = -(1 + 2**-22) the fused result is 2**-46 (two roundings would give +0.0)."""
     x = fbits(1.0 + 2.0**-23)
     acc = fbits(-(1.0 + 2.0**-22))
     op = OpDescriptor(
@@ -370,7 +397,7 @@ def test_matmul_rounds_twice(ex) -> None:
         operands=(Operand(slot=0), Operand(slot=0)),
         reduce_len=1,
     )
-    assert ex.partial_step(op.encode(), acc, x, x) == 0
+    assert ex.partial_step(op.encode(), 0, acc, x, x) == fbits(2.0**-46)
 
 
 # --------------------------------------------------------------------------- end to end
@@ -410,7 +437,7 @@ def test_every_element_and_partial_of_a_compiled_step(ex, tiny_step) -> None:
                     reads = trace.operand_reads(j, f, r)
                     x = int(reads[0].value.view(np.uint32))
                     y = int(reads[1].value.view(np.uint32)) if len(reads) > 1 else 0
-                    assert ex.partial_step(d, partials[r], x, y) == partials[r + 1], (j, f, r)
+                    assert ex.partial_step(d, f, partials[r], x, y) == partials[r + 1], (j, f, r)
             continue
         out = as_bits(trace.slot_value(j + 1, op.out))
         for f in range(op.numel):
@@ -427,12 +454,15 @@ def test_every_element_and_partial_of_a_compiled_step(ex, tiny_step) -> None:
 def _op(opcode: Opcode) -> bytes:
     imm = 1 if opcode == Opcode.LOAD_BATCH else 0
     n = arity(opcode)
-    reduce = opcode in REDUCTION_OPS
+    reduce = opcode in RANGED_OPS
     return OpDescriptor(
         opcode=opcode,
         out=0,
         shape=(2,),
-        operands=tuple(Operand(slot=1, strides=(1,)) for _ in range(n)),
+        operands=tuple(
+            Operand(slot=1, strides=(1,), reduce_stride=int(reduce and (k == 1 or n == 1)))
+            for k in range(n)
+        ),
         reduce_len=3 if reduce else 0,
         imm=imm,
     ).encode()
@@ -447,18 +477,18 @@ def test_element_reverts_for_non_element_ops(ex, opcode: Opcode) -> None:
 @pytest.mark.parametrize("opcode", sorted(set(Opcode) - REDUCTION_OPS))
 def test_partial_step_and_initial_acc_revert_for_non_reductions(ex, opcode: Opcode) -> None:
     with boa.reverts("executor: not a reduction"):
-        ex.partial_step(_op(opcode), 1, 2, 3)
+        ex.partial_step(_op(opcode), 0, 1, 2, 3)
     with boa.reverts("executor: not a reduction"):
         ex.initial_acc(_op(opcode))
 
 
-@pytest.mark.parametrize("code", [0x00, 0x0B, 0x17, 0x21, 0x33, 0x43, 0xFF])
+@pytest.mark.parametrize("code", [0x00, 0x0B, 0x17, 0x22, 0x34, 0x43, 0x51, 0xFF])
 def test_unknown_opcodes_revert(ex, code: int) -> None:
     d = bytes([code]) + _op(Opcode.ADD)[1:]
     with boa.reverts("executor: not an element op"):
         ex.element(d, 1, 2, 3)
     with boa.reverts("executor: not a reduction"):
-        ex.partial_step(d, 1, 2, 3)
+        ex.partial_step(d, 0, 1, 2, 3)
 
 
 @pytest.mark.parametrize("length", [0, 32, 127])
@@ -466,7 +496,7 @@ def test_short_descriptors_revert(ex, length: int) -> None:
     d = _op(Opcode.MATMUL)[:length]
     for call in (
         lambda: ex.element(d, 1, 2, 3),
-        lambda: ex.partial_step(d, 1, 2, 3),
+        lambda: ex.partial_step(d, 0, 1, 2, 3),
         lambda: ex.initial_acc(d),
         lambda: ex.operand_index(d, 0, 0, 0),
         lambda: ex.numel(d),
@@ -482,3 +512,46 @@ def test_operand_out_of_range_reverts(ex) -> None:
         ex.operand_index(d, 3, 0, 0)
     with boa.reverts("executor: operand out of range"):
         ex.operand_slot(d, 3)
+
+
+# --------------------------------------------------------------------------- indexed ops
+
+INDEX_CASES = [
+    (0.0, 1), (-0.0, 1), (1.0, 2), (5.0, 6), (6.0, 0), (7.0, 0), (-1.0, 0), (0.5, 0),
+    (2.5, 0), (float("nan"), 0), (float("inf"), 0), (float("-inf"), 0), (1e30, 0),
+    (2.0**23 + 1, 0), (2.0**-149, 0), (-(2.0**-149), 0),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("value", "want"), INDEX_CASES)
+def test_gather_row_selects_integral_in_range_indices_only(ex, value: float, want: int) -> None:
+    op = OpDescriptor(
+        opcode=Opcode.GATHER, out=2, shape=(3,), reduce_len=6,
+        operands=(Operand(slot=0, strides=(1,)), Operand(slot=1, strides=(1,), reduce_stride=3)),
+    )  # fmt: skip
+    assert ex.gather_row(op.encode(), fbits(value)) == want
+    row = index_value(value)
+    assert want == (row + 1 if row is not None and row < 6 else 0)
+
+
+def test_index_add_adds_exactly_the_rows_own_index(ex) -> None:
+    """INDEX_ADD adds y iff the index equals the element's first output index."""
+    op = OpDescriptor(
+        opcode=Opcode.INDEX_ADD, out=2, shape=(4, 3), reduce_len=5,
+        operands=(
+            Operand(slot=0, strides=(0, 0), reduce_stride=1),
+            Operand(slot=1, strides=(0, 1), reduce_stride=3),
+        ),
+    )  # fmt: skip
+    d = op.encode()
+    acc, y, summed = fbits(1.5), fbits(0.25), fbits(1.75)
+    for f in range(op.numel):
+        row = f // 3
+        assert ex.partial_step(d, f, acc, fbits(float(row)), y) == summed
+        assert ex.partial_step(d, f, acc, fbits(row + 0.5), y) == acc
+        assert ex.partial_step(d, f, acc, fbits(float(row + 1)), y) == acc
+        assert ex.partial_step(d, f, acc, fbits(-float(row) - 1), y) == acc
+        assert ex.partial_step(d, f, acc, CANONICAL_NAN_BITS, y) == acc
+    assert ex.partial_step(d, 0, acc, fbits(-0.0), y) == summed
+    with boa.reverts("executor: not a GATHER"):
+        ex.gather_row(d, 0)

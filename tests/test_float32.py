@@ -1,4 +1,4 @@
-"""Bit-exact tests of contracts/float32.vy (through contracts/Float32.vy) under titanoboa.
+"""Bit-exact tests of contracts/softfloat.vy (through contracts/Float32.vy) under titanoboa.
 
 Each property test runs >= 10,240 cases per primitive: every hypothesis example evaluates
 512 inputs in one `batch` call -- 256 from the cross product of two hypothesis-drawn lists of

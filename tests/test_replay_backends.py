@@ -23,6 +23,8 @@ from protocol.ir import (
     BATCH_X,
     BATCH_Y,
     ELEMENTWISE_OPS,
+    INDEXED_OPS,
+    RANGED_OPS,
     REDUCTION_OPS,
     Opcode,
     OpDescriptor,
@@ -41,7 +43,7 @@ SPECIAL = [
     0xFF7FFFFF, 0x3F800000, 0xBF800000, 0x3F000000, 0x3FC00000, 0x40200000, 0x4B000000,
     0x3F3504F3, 0x42B17218, 0xC2CFF1B5,
 ]  # fmt: skip
-COMPUTE_OPS = sorted(ELEMENTWISE_OPS | REDUCTION_OPS | {Opcode.FILL})
+COMPUTE_OPS = sorted(ELEMENTWISE_OPS | RANGED_OPS | {Opcode.FILL})
 
 element_bits = st.one_of(
     st.sampled_from(SPECIAL),
@@ -101,18 +103,19 @@ def programs(
     for j in range(draw(st.integers(1, 8))):
         code = draw(st.sampled_from(COMPUTE_OPS))
         shape = draw(shapes())
-        reduce_len = draw(st.sampled_from([0, 1, 2, 3, 7, 40])) if code in REDUCTION_OPS else 0
+        reduce_len = draw(st.sampled_from([0, 1, 2, 3, 7, 40])) if code in RANGED_OPS else 0
         operands = []
-        for _ in range(arity(code)):
+        for k in range(arity(code)):
             src = draw(st.sampled_from(full))
-            sizes = list(shape) + ([reduce_len] if code in REDUCTION_OPS else [])
+            ranged = code in REDUCTION_OPS or (code in INDEXED_OPS and k == 1)
+            sizes = list(shape) + ([reduce_len] if ranged else [])
             offset, strides = index_map(draw, sizes, int(np.prod(slots[src].shape)))
             operands.append(
                 Operand(
                     slot=src,
                     offset=offset,
                     strides=tuple(strides[: len(shape)]),
-                    reduce_stride=strides[-1] if code in REDUCTION_OPS else 0,
+                    reduce_stride=strides[-1] if ranged else 0,
                 )
             )
         imm = (

@@ -15,10 +15,12 @@ from replay.liveness import frees_at_end, live_bytes, place_frees
 from replay.spec import GELU, SGD, Linear, MLPSpec
 from replay.state import state_root_of
 
-#: digits-mlp after 5 steps from C_0, computed before the liveness pass (FREEs all at the end):
-#: moving the FREEs changes program_root and op-level roots, never a step boundary.
-DIGITS_ROOT_AFTER_5 = "89d08863a5a4ab84c32e3cf8177b5a74abba9eb34605c36952b1a9dc6bc44f78"
-DIGITS_LOSS_AT_5 = np.float32(2.167691230773926)
+#: digits-mlp after 5 steps from C_0 and its program_root, both computed before the liveness
+#: pass (FREEs all at the end): moving the FREEs changes program_root and op-level roots, never
+#: a step boundary.
+DIGITS_ROOT_AFTER_5 = "721b88edd25cf3f3d1d2fc34fe5e35ec56c139921c167f5ba081c487de7d575a"
+DIGITS_ROOT_BEFORE_PASS = "1a6277bc18cd2bd851443089d046341549f52b3dbcb2454ee28c2cda0a9d97d8"
+DIGITS_LOSS_AT_5 = np.float32(2.1676909923553467)
 
 GELU_SGD = MLPSpec(
     input_dim=64,
@@ -94,6 +96,8 @@ def test_the_pass_only_moves_frees(name: str) -> None:
 def test_digits_counts_and_live_set() -> None:
     program = compile_train(DIGITS_MLP.model)
     assert (len(program.ops), len(program.slots)) == (359, 188)  # docs/protocol.md §3.9
+    # the same ops with every FREE last is exactly the program compiled before the pass
+    assert before(program).root().hex() == DIGITS_ROOT_BEFORE_PASS
     after = max(live_bytes(program.slots, program.ops))
     assert after * 3 < max(live_bytes(program.slots, before(program).ops))
 

@@ -81,8 +81,8 @@ def test_partials_are_the_sequential_accumulation(setup) -> None:
         )
         for r in range(op.reduce_len):
             reads = [np.array([rd.value], np.float32) for rd in trace.operand_reads(j, flat, r)]
-            term = semantics.reduce_term(op.opcode, reads)
-            step = semantics.REDUCE_STEP[op.opcode](acc[r : r + 1], term)
+            row = np.array([flat // max(1, op.numel // op.shape[0])]) if op.shape else None
+            step = semantics.reduce_step(op.opcode, acc[r : r + 1], reads, row)
             assert step.view(np.uint32)[0] == acc[r + 1 : r + 2].view(np.uint32)[0]
         out = trace.slot_value(j + 1, op.out).reshape(-1)[flat]
         assert np.float32(out).view(np.uint32) == acc[-1].view(np.uint32)

@@ -97,6 +97,7 @@ ENV_SCRIPT = textwrap.dedent(
     from replay.compiler import compile_train, initial_state
     from replay.dataset import Dataset
     from replay.examples import DIGITS_MLP
+    from replay.native import native_isa
     from replay.state import state_root_of
     program = compile_train(DIGITS_MLP.model)
     ex = make_executor(program, "torch")
@@ -122,7 +123,7 @@ ENV_SCRIPT = textwrap.dedent(
     h.update(torch.exp(big).numpy().tobytes())
     print(json.dumps({"canonical": canonical, "native": h.hexdigest(),
                       "capability": torch.backends.cpu.get_cpu_capability(),
-                      "threads": torch.get_num_threads()}))
+                      "threads": torch.get_num_threads(), "isa": native_isa()}))
     """
 )
 
@@ -132,17 +133,24 @@ ENVS = [
     {"OMP_NUM_THREADS": "1", "ATEN_CPU_CAPABILITY": "default"},
     {"OMP_NUM_THREADS": "2", "ATEN_CPU_CAPABILITY": "avx2"},
     {"OMP_NUM_THREADS": "1", "MKL_CBWR": "COMPATIBLE"},
+    # the native FMA-chain kernel: each ISA path, and off (the torch float64 path)
+    {"OMP_NUM_THREADS": "2", "TRAINPROOF_ISA": "avx2"},
+    {"OMP_NUM_THREADS": "1", "TRAINPROOF_ISA": "portable"},
+    {"OMP_NUM_THREADS": "2", "TRAINPROOF_NATIVE": "0"},
 ]
+KNOBS = (
+    "OMP_NUM_THREADS",
+    "ATEN_CPU_CAPABILITY",
+    "MKL_CBWR",
+    "TRAINPROOF_ISA",
+    "TRAINPROOF_NATIVE",
+)
 
 
 def test_canonical_roots_do_not_depend_on_threads_or_cpu_capability() -> None:
     outputs = []
     for extra in ENVS:
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if k not in ("OMP_NUM_THREADS", "ATEN_CPU_CAPABILITY", "MKL_CBWR")
-        }
+        env = {k: v for k, v in os.environ.items() if k not in KNOBS}
         env.update(extra)
         env["PYTHONPATH"] = str(REPO)
         proc = subprocess.run(
@@ -157,6 +165,7 @@ def test_canonical_roots_do_not_depend_on_threads_or_cpu_capability() -> None:
         outputs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     assert {o["threads"] for o in outputs} == {1, 2}
     assert len({o["capability"] for o in outputs}) >= 2
+    assert {o["isa"] for o in outputs} >= {"avx2", "portable"}  # each kernel path was run
     assert len({o["canonical"] for o in outputs}) == 1, outputs
     assert len({o["native"] for o in outputs}) > 1, (
         "native torch did not vary; the test proves nothing"

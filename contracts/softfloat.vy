@@ -1,9 +1,11 @@
 # pragma version ~=0.4.3
 """
-@title float32
+@title softfloat
 @license Apache-2.0
 @notice IEEE 754 binary32 arithmetic on raw bit patterns (`uint32`), bit-exact.
-@dev This is a Vyper module: `import float32` and call `float32.add(a, b)` etc.
+@dev This is a Vyper module: `import softfloat` and call `softfloat.add(a, b)` etc.
+     (Named softfloat, not float32, so that it does not collide with the deployable wrapper
+     contracts/Float32.vy on case-insensitive file systems.)
      It defines the one-step verdict of the dispute game (DESIGN.md section 4.3), so every
      result is defined bit for bit:
 

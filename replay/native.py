@@ -1,0 +1,42 @@
+"""The optional native kernels (``replay/_kernels.c``, built by ``make`` with the package).
+
+They compute exactly the canonical semantics (docs/protocol.md §3.7), so whether they are
+built changes speed, never bits; ``TRAINPROOF_NATIVE=0`` turns them off (tests compare both),
+``TRAINPROOF_ISA=avx512|avx2|portable`` forces an ISA path (all bit-identical).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+try:
+    from replay import _kernels
+except ImportError:  # pragma: no cover - built by `make`; the torch path is the fallback
+    _kernels = None  # type: ignore[assignment]
+
+
+def native_matmul_available(device: torch.device) -> bool:
+    """Whether MATMUL runs on the native kernel here (CPU, built, not disabled)."""
+    return (
+        _kernels is not None
+        and device.type == "cpu"
+        and os.environ.get("TRAINPROOF_NATIVE", "1") != "0"
+    )
+
+
+def native_isa() -> str | None:
+    """The kernel's ISA path (``avx512``, ``avx2``, ``portable``), or None when not built."""
+    return None if _kernels is None else str(_kernels.isa())
+
+
+def native_matmul(
+    a: np.ndarray, b: np.ndarray, out: np.ndarray, m: int, n: int, r: int, threads: int = 1
+) -> None:
+    """``out[m, n]`` = the sequential FMA chain of contiguous float32 ``a[m, r] @ b[r, n]``,
+    rows split over ``threads`` threads (each element computed by one thread, in r order)."""
+    if _kernels is None:  # pragma: no cover
+        raise RuntimeError("the native kernels are not built: run `make setup`")
+    _kernels.matmul(a, b, out, m, n, r, threads)
