@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -185,6 +186,28 @@ def measure(
 # ---------------------------------------------------------------- parent
 
 
+METHOD = " ".join(
+    [
+        "Each measurement runs in a fresh subprocess: a warm-up of the same work on a",
+        "tiny MLP (torch's one-time lazy setup), then the setup (compile, executor with",
+        "C_0, batch), then write 5 to /proc/self/clear_refs, read VmRSS as the baseline,",
+        "run once; peak extra = VmHWM - baseline.",
+        "fixed_mmap_threshold runs the child with MALLOC_MMAP_THRESHOLD_=131072 (freed",
+        "blocks return to the OS, so the baseline holds no reusable free memory);",
+        "default_malloc keeps glibc's defaults (its dynamic threshold keeps freed blocks",
+        "resident and the step reuses memory freed during setup, hiding part of its",
+        "peak). The trace is measured in the first mode only.",
+        "Live set = max over op boundaries of the bytes of full ephemeral slots",
+        "(replay.liveness.live_bytes); 'before' = the same ops with every FREE at the",
+        "end, on the current executor; 'original' = the step at original_revision (its",
+        "compiler and executor, with this checkout's built native kernels).",
+        "Trace = StepTrace (all op-level roots) + partials of one element of the largest",
+        "MATMUL; trace_live_set_bytes adds the persistent values rewritten so far (a",
+        "trace keeps S_0; its first pass drops a persistent value after its last read).",
+    ]
+)
+
+
 MALLOCS = {
     "fixed_mmap_threshold": "fixed",  # MALLOC_MMAP_THRESHOLD_=128 KiB: freed blocks go back
     "default_malloc": "default",  # glibc's dynamic threshold: freed blocks may stay resident
@@ -201,6 +224,8 @@ def original_tree(rev: str) -> str:
         ["git", "-C", str(root), "archive", rev], capture_output=True, check=True
     )
     subprocess.run(["tar", "-x", "-C", folder], input=archive.stdout, check=True)
+    for built in [*root.glob("replay/*.so"), *root.glob("protocol/*.so")]:  # native kernels
+        shutil.copy(built, Path(folder) / built.relative_to(root))
     return folder
 
 
@@ -249,12 +274,14 @@ def main() -> None:
             "trace_target": TARGET_TRACE,
         }
         for label, malloc in MALLOCS.items():
-            whats = ["step", "step_before", "trace"] + (["step_original"] if tree else [])
+            # the (slow, numpy) trace once, where the baseline hides no reusable free memory
+            traced = malloc == "fixed"
+            whats = ["step", "step_before"] + ["trace"] * traced + ["step_original"] * bool(tree)
             runs = {}
             for w in whats:
                 where = tree if w == "step_original" else None
                 runs[w] = measure(key, w, args.threads, args.trace_backend, malloc, where)
-            step, old, trace = runs["step"], runs["step_before"], runs["trace"]
+            step, old = runs["step"], runs["step_before"]
             m: dict[str, object] = {
                 "step_peak_extra_rss": {"before": old["peak_extra"], "after": step["peak_extra"]},
                 "step_peak_bytes_per_param": {
@@ -262,10 +289,16 @@ def main() -> None:
                     "after": step["peak_extra"] / params,
                 },
                 "step_peak_over_live_set": step["peak_extra"] / live_after,
-                "trace_peak_extra_rss": trace["peak_extra"],
-                "trace_peak_over_step_peak": trace["peak_extra"] / step["peak_extra"],
                 "baseline_rss": {k: v["baseline_rss"] for k, v in runs.items()},
             }
+            trace_cell = "-"
+            if traced:
+                trace = runs["trace"]["peak_extra"]
+                m["trace_peak_extra_rss"] = trace
+                m["trace_peak_over_step_peak"] = trace / step["peak_extra"]
+                trace_cell = (
+                    f"{trace / mb:.1f} MiB = {trace / step['peak_extra']:.2f}x (≤ {TARGET_TRACE})"
+                )
             orig = ""
             if tree:
                 peak = runs["step_original"]["peak_extra"]
@@ -280,8 +313,7 @@ def main() -> None:
                 orig + f"{old['peak_extra'] / params:.0f} → {step['peak_extra'] / params:.1f}",
                 f"{step['peak_extra'] / mb:.1f} / {live_after / mb:.1f} = "
                 f"{m['step_peak_over_live_set']:.2f}x (≤ {TARGET_STEP})",
-                f"{trace['peak_extra'] / mb:.1f} MiB = {m['trace_peak_over_step_peak']:.2f}x "
-                f"(≤ {TARGET_TRACE})",
+                trace_cell,
             ])  # fmt: skip
         results[name] = r
     _report.table(
@@ -306,22 +338,7 @@ def main() -> None:
             "step_backend": "torch (run_step_tensors, cpu)",
             "trace_backend": args.trace_backend,
             "original_revision": args.original,
-            "method": (
-                "each measurement in a fresh subprocess: a warm-up of the same work on a tiny "
-                "MLP (torch's one-time lazy setup), then set up (compile, executor with C_0, "
-                "batch), write 5 to /proc/self/clear_refs, read VmRSS as baseline, run once, "
-                "peak extra = VmHWM - baseline. fixed_mmap_threshold runs the child with "
-                "MALLOC_MMAP_THRESHOLD_=131072 (freed blocks return to the OS, so the baseline "
-                "holds no reusable free memory); default_malloc with glibc's defaults (its "
-                "dynamic threshold keeps freed blocks resident and the step reuses memory freed "
-                "during setup, which hides part of its peak). Live set = max over op boundaries "
-                "of the bytes of full ephemeral slots (replay.liveness.live_bytes); 'before' = "
-                "the same ops with every FREE at the end, on the current executor; 'original' "
-                "= the step at original_revision (its compiler and executor). Trace = StepTrace "
-                "(all op-level roots) + partials of one element of the largest MATMUL; "
-                "trace_live_set_bytes adds the persistent values rewritten so far (a trace keeps "
-                "S_0; its first pass drops a persistent value after its last read)."
-            ),
+            "method": METHOD,
             "models": results,
         },
     )
