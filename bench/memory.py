@@ -308,7 +308,7 @@ def main() -> None:
             r[label] = m
             rows.append([
                 f"{name} ({params / 1e6:.1f}M)",
-                label,
+                malloc,
                 f"{live_before / params:.0f} → {live_after / params:.1f}",
                 orig + f"{old['peak_extra'] / params:.0f} → {step['peak_extra'] / params:.1f}",
                 f"{step['peak_extra'] / mb:.1f} / {live_after / mb:.1f} = "

@@ -30,7 +30,7 @@ SlotValues = list[np.ndarray | None]
 
 #: output elements per block: execution gathers, computes and stores one block at a time, so
 #: its temporaries (int64 indices, gathered operands) stay small whatever the op's size
-BLOCK = 1 << 16
+BLOCK = 1 << 14
 
 
 def index_grid(op: OpDescriptor, operand: Operand) -> np.ndarray:
