@@ -38,7 +38,7 @@ from replay.dispute import example_computation, job_spec_for
 from replay.runner import replay, train
 from replay.trace import StepTrace
 
-FAULT = "step=7,op=114,elem=7"
+FAULT = "step=7,op=222,elem=7"
 ETH = 10**18
 
 

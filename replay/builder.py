@@ -3,8 +3,8 @@
 Every value the builder returns is a :class:`View` of a slot: a shape, element strides and an
 offset into the slot's flat C-order data. Transposes, broadcasts and contiguous reshapes are
 free (they only change the view); every op writes a fresh ephemeral slot, unless ``out=`` names
-a persistent slot to (over)write. :meth:`ProgramBuilder.build` frees every ephemeral slot at the
-end of the step and validates the program.
+a persistent slot to (over)write. :meth:`ProgramBuilder.build` frees every ephemeral value right
+after the last op that reads it (:func:`replay.liveness.place_frees`) and validates the program.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from protocol.ir import (
     validate_program,
 )
 from replay.errors import SpecError
+from replay.liveness import place_frees
 
 
 @dataclass(frozen=True)
@@ -372,16 +373,9 @@ class ProgramBuilder:
 
     # ------------------------------------------------------------------ finish
     def build(self) -> Program:
-        """Free every ephemeral slot (in slot order), validate, return the program."""
-        full = set()
-        for op in self.ops:
-            if op.opcode == Opcode.FREE:
-                full.discard(op.out)
-            else:
-                full.add(op.out)
-        for i, slot in enumerate(self.slots):
-            if slot.kind == "ephemeral" and i in full:
-                self.ops.append(OpDescriptor(opcode=Opcode.FREE, out=i, shape=slot.shape))
-        program = Program(slots=tuple(self.slots), ops=tuple(self.ops))
+        """Free each ephemeral value right after its last read (``replay.liveness``), validate,
+        return the program."""
+        ops = place_frees(self.slots, self.ops)
+        program = Program(slots=tuple(self.slots), ops=tuple(ops))
         validate_program(program)
         return program

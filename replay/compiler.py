@@ -10,7 +10,7 @@ The training step, in IR ops only:
    ``loss``), ``dz = (p - onehot) / B``;
 4. backward through the layers (MATMULs against transposed views, bias grads as REDUCE_SUM);
 5. the optimizer update (SGD momentum or AdamW), writing each persistent slot once;
-6. FREE of every ephemeral slot.
+6. FREE of every ephemeral value right after its last read (``replay.liveness``).
 """
 
 from __future__ import annotations

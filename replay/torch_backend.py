@@ -10,8 +10,10 @@ Each op is compiled once into a closure (``replay/torch_kernels.py`` holds the k
   (:class:`RowSummer`); REDUCE_SUM does the same over its terms; REDUCE_MAX is ``amax`` plus a
   zero-sign fix;
 - :meth:`TorchExecutor.run_step_tensors` runs the step as one generated Python function (the
-  same kernels and operands as the per-op closures, element ops inlined), without FILL and
-  FREE ops (their effect is static), and canonicalises NaNs only when a slot is exported.
+  same kernels and operands as the per-op closures, element ops inlined), without the FILLs of
+  ephemeral slots (their readers captured the constant), with each FREE as ``s[i] = None`` so
+  a value's memory is released after its last read, and canonicalises NaNs only when a slot is
+  exported.
 
 Invariant: every tensor held in a slot is C-contiguous and owns its storage from offset 0, so
 ``as_strided`` (whose offset is absolute) reads exactly the IR's flat element index.
@@ -115,10 +117,8 @@ class TorchExecutor:
         for j, op in enumerate(program.ops):
             fn = self._compile(op, constants)
             self._fns.append(fn)
-            # FILL of an ephemeral slot is static (readers captured it); FREE only drops scratch
-            static = op.opcode == Opcode.FREE or (
-                op.opcode == Opcode.FILL and not program.slots[op.out].persistent
-            )
+            # FILL of an ephemeral slot is static (readers captured it)
+            static = op.opcode == Opcode.FILL and not program.slots[op.out].persistent
             if not static:
                 plan.append(j)
             if op.opcode == Opcode.FILL:
@@ -150,6 +150,11 @@ class TorchExecutor:
             t = canon(t)
         return t.detach().to("cpu").contiguous().numpy().copy()
 
+    def set_slot(self, i: int, value: np.ndarray | None) -> None:
+        """Replace slot ``i``'s value (fault injection, ``replay.trace``)."""
+        self.state[i] = None if value is None else self._to_device(value)
+        self._computed.discard(i)
+
     def _to_device(self, a: np.ndarray) -> Tensor:
         return torch.from_numpy(np.array(a, dtype=np.float32, order="C", copy=True)).to(self.device)
 
@@ -175,12 +180,14 @@ class TorchExecutor:
         self.run_step_tensors(None if batch is None else self.batch_tensors(batch))
 
     def run_step_tensors(self, batch: BatchTensors | None) -> None:
-        """One whole step: the plan skips ephemeral FILLs (captured) and FREEs (scratch slots are
-        dropped at the end, only persistent slots are kept)."""
-        s = list(self.state)
+        """One whole step: the plan skips ephemeral FILLs (captured) and runs FREEs, so memory
+        follows the program's live set. The step works on the executor's own slot list: a
+        persistent value is released as soon as the step overwrites it. If the step raises, the
+        executor is left empty (load a state again)."""
+        s, self.state = self.state, [None] * len(self.state)
         self._step(s, batch)
-        for i in self._persistent:
-            self.state[i] = s[i]
+        keep = set(self._persistent)
+        self.state = [v if i in keep else None for i, v in enumerate(s)]
         self._computed |= self._writes_compute
 
     # ------------------------------------------------------------------ compiling
@@ -292,12 +299,21 @@ class TorchExecutor:
     def _generate_step(self, plan: list[int]) -> Callable[[Slots, BatchTensors | None], None]:
         """The step as one generated function: element ops inline, the others called.
 
-        Same kernels and operands as the per-op closures, without their call layers.
+        Same kernels and operands as the per-op closures, without their call layers. FREEs
+        release their slot; an op that overwrites a persistent slot without reading it
+        releases the old value before computing the new one (nothing reads it any more).
         """
         ns: dict[str, object] = {"as_strided": torch.as_strided}
         lines = ["def step(s, b):"]
         for j in plan:
             op = self.program.ops[j]
+            if op.opcode == Opcode.FREE or (
+                self.program.slots[op.out].persistent
+                and op.out not in {o.slot for o in op.operands}
+            ):  # a FREE, or a persistent value that is dead once this op starts: release it
+                lines.append(f"    s[{int(op.out)}] = None")
+                if op.opcode == Opcode.FREE:
+                    continue
             parts = self._parts.get(id(op))
             if parts is None:
                 ns[f"f{j}"] = self._fns[j]

@@ -24,6 +24,8 @@ from replay.semantics import LDEXP_CLAMP
 Tensor = torch.Tensor
 F32 = torch.float32
 SumStrategy = Literal["auto", "embedding_bag", "loop"]
+#: elements per block of the float64 sqrt (bounds its temporaries to 1 MiB)
+SQRT_BLOCK = 1 << 16
 
 
 def canon(t: Tensor) -> Tensor:
@@ -83,7 +85,15 @@ def _sqrt(x: Tensor) -> Tensor:
     least 2^-50 (relative) away from every float32 rounding midpoint, so a float64 sqrt with
     error below 4 ulps of float64 rounds to the correctly rounded float32 result.
     """
-    return torch.sqrt(x.to(torch.float64)).to(F32)
+    if x.numel() <= SQRT_BLOCK:
+        return torch.sqrt(x.to(torch.float64)).to(F32)
+    # in blocks, so the float64 temporaries stay small (elementwise: the same bits)
+    src = x.reshape(-1)
+    out = torch.empty(src.shape, dtype=F32, device=x.device)
+    for lo in range(0, src.numel(), SQRT_BLOCK):
+        hi = min(src.numel(), lo + SQRT_BLOCK)
+        out[lo:hi] = torch.sqrt(src[lo:hi].to(torch.float64))
+    return out.view(x.shape)
 
 
 def fma(a: Tensor, b: Tensor, c: Tensor) -> Tensor:

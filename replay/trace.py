@@ -3,10 +3,13 @@
 - ``op_roots[j]`` is the state root after ``j`` ops (``op_roots[0]`` = the step's start
   state, ``op_roots[L]`` = its end state), computed incrementally: after each op only the
   written slot is re-hashed and its path to the root updated;
-- on demand: any slot's value and chunk tree (``protocol.commitments.chunk_tree``) at any op
-  boundary, a slot's inclusion proof in the state tree, the operand indices and values one
+- the per-op written (slot, tensor_root) pairs, so any boundary's slot roots, state tree and
+  slot proofs need no execution;
+- on demand, by re-executing the step from its start state up to the boundary asked about (a
+  cursor kept at the last boundary reached): any slot's value and chunk tree
+  (``protocol.commitments.chunk_tree``) at any op boundary, the operand indices and values one
   output element reads, and the sequential partial values ``acc_0 .. acc_R`` of one element of
-  a REDUCE_SUM / REDUCE_MAX / MATMUL.
+  a REDUCE_SUM / REDUCE_MAX / MATMUL, from that op's operands.
 """
 
 from __future__ import annotations
@@ -22,7 +25,11 @@ from protocol.ir import REDUCTION_OPS, Opcode, Program, index_value, operand_ind
 from protocol.merkle import InclusionProof, MerkleTree
 from replay.backends import Batch, Executor, make_executor
 from replay.errors import ExecutionError
-from replay.numpy_backend import reduce_partials, slots_from_named
+from replay.numpy_backend import (
+    NumpyExecutor,
+    check_named,
+    reduce_partials,
+)
 from replay.state import IncrementalStateTree, as_committed
 
 #: A fault hook (tests, demos): called after op ``j`` ran on the executor with the step's
@@ -43,7 +50,17 @@ class OperandRead:
 
 
 class StepTrace:
-    """Execute one step op by op, recording every op-level state root."""
+    """Execute one step op by op, recording every op-level state root; answer queries about
+    any boundary by re-executing the step up to it.
+
+    Memory is the live state of one execution (like training), not the sum of all op outputs:
+    the constructor runs the step once, keeping per op only the (slot, tensor_root) pairs it
+    wrote and the values a ``tamper`` hook substituted. A query about boundary ``j`` moves a
+    cursor (an executor holding ``S_j``) there: forward from where it is, or from ``S_0`` when
+    ``j`` is earlier. A dispute asks many questions about one or two boundaries, so each costs
+    at most one partial re-execution. The start state's arrays are kept by reference: do not
+    modify them while the trace is in use.
+    """
 
     def __init__(
         self,
@@ -55,31 +72,49 @@ class StepTrace:
         tamper: Tamper | None = None,
     ) -> None:
         self.program = program
-        executor = make_executor(program, backend, device)
-        executor.set_state(dict(start))
-        self._initial = slots_from_named(program, dict(start))
+        self._batch = batch
+        self._backend, self._device = backend, device
+        self._initial = _start_slots(program, start)
         roots = [None if v is None else tensor_root(as_committed(v)) for v in self._initial]
         self._initial_roots = list(roots)
         tree = IncrementalStateTree(roots)
         self.op_roots: list[bytes] = [tree.root]
-        # per slot: the ops that replaced it, with the value and root it held after each
+        # per slot: the ops that replaced it and the root it held after each (32 bytes per op)
         self._writes: dict[int, list[int]] = {}
-        self._written: dict[tuple[int, int], tuple[np.ndarray | None, bytes | None]] = {}
+        self._roots: dict[int, list[bytes | None]] = {}
+        # op -> the slot values the tamper hook substituted after it (replayed on re-execution)
+        self._tampered: dict[int, dict[int, np.ndarray | None]] = {}
+        self._executor: Executor | None = None
+        self._at = 0
+        self._undo: dict[int, np.ndarray | None] | None = None
+        executor = self._cursor(0)
+        # without a hook (which may read any slot), the first pass keeps only what later ops
+        # read: a persistent value is dropped after its last read (queries re-execute anyway)
+        drops = {} if tamper is not None else _dead_persistent(program)
         for j, op in enumerate(program.ops):
             executor.run_op(j, batch)
             changes: dict[int, np.ndarray | None] = {op.out: executor.slot_array(op.out)}
             if tamper is not None:
-                tampered = tamper(j, executor, batch)
+                tampered = {
+                    slot: None if v is None else np.array(v, dtype=np.float32, order="C")
+                    for slot, v in tamper(j, executor, batch).items()
+                }
                 for slot, value in tampered.items():
                     executor.set_slot(slot, value)  # type: ignore[attr-defined]
+                if tampered:
+                    self._tampered[j] = tampered
                 changes.update(tampered)
             for slot, value in changes.items():
-                value = None if value is None else np.array(value, dtype=np.float32, order="C")
                 root = None if value is None else tensor_root(as_committed(value))
                 self._writes.setdefault(slot, []).append(j)
-                self._written[j, slot] = (value, root)
+                self._roots.setdefault(slot, []).append(root)
                 tree.update(slot, root)
             self.op_roots.append(tree.root)
+            for slot in drops.get(j, ()):
+                executor.set_slot(slot, None)  # type: ignore[attr-defined]
+        self._at = self.length
+        if drops:  # the executor no longer holds S_L: the next query starts from S_0
+            self._executor, self._at = None, 0
 
     @property
     def length(self) -> int:
@@ -90,24 +125,55 @@ class StepTrace:
         if not 0 <= j <= self.length:
             raise ExecutionError(f"op boundary {j} is outside 0..{self.length}")
 
-    def _last_write(self, slot: int, j: int) -> int | None:
-        """Index of the last op before boundary ``j`` that wrote ``slot`` (None: none did)."""
-        writes = self._writes.get(slot, [])
-        pos = bisect.bisect_left(writes, j)
-        return writes[pos - 1] if pos else None
+    def _cursor(self, j: int) -> Executor:
+        """The executor holding ``S_j`` (re-executing from ``S_0`` if it is past ``j``).
+
+        Moving forward onto ``j`` keeps the previous values of the slots that op ``j - 1``
+        replaced (``_undo``), so boundary ``j - 1`` (an op's pre-state, when ``j`` is its
+        post-state) is answered without re-executing.
+        """
+        if self._executor is None or j < self._at:
+            self._executor, self._undo = None, None  # release the old state first
+            executor = make_executor(self.program, self._backend, self._device)
+            if isinstance(executor, NumpyExecutor):
+                executor.state = list(self._initial)  # never written in place: no copy needed
+            else:
+                slots = self.program.slots
+                executor.set_state(
+                    {slots[i].name: self._initial[i] for i in self.program.persistent_slots}  # type: ignore[misc]
+                )
+            self._executor, self._at = executor, 0
+        executor = self._executor
+        with np.errstate(all="ignore"):
+            while self._at < j:
+                op, tampered = self.program.ops[self._at], self._tampered.get(self._at, {})
+                self._undo = None
+                if self._at == j - 1:
+                    self._undo = {s: executor.slot_array(s) for s in {op.out, *tampered}}
+                executor.run_op(self._at, self._batch)
+                for slot, value in tampered.items():
+                    executor.set_slot(slot, value)  # type: ignore[attr-defined]
+                self._at += 1
+        return executor
 
     def slot_value(self, j: int, slot: int) -> np.ndarray | None:
         """Slot ``slot`` in the state after ``j`` ops (None when empty)."""
         self._check_boundary(j)
-        w = self._last_write(slot, j)
-        return self._initial[slot] if w is None else self._written[w, slot][0]
+        if j == 0:
+            return self._initial[slot]
+        if self._undo is not None and j == self._at - 1:
+            if slot in self._undo:
+                return self._undo[slot]
+            return self._executor.slot_array(slot)  # type: ignore[union-attr]
+        return self._cursor(j).slot_array(slot)
 
     def slot_roots(self, j: int) -> list[bytes | None]:
         self._check_boundary(j)
         out: list[bytes | None] = []
         for slot in range(len(self.program.slots)):
-            w = self._last_write(slot, j)
-            out.append(self._initial_roots[slot] if w is None else self._written[w, slot][1])
+            writes = self._writes.get(slot, [])
+            pos = bisect.bisect_left(writes, j)  # writes by ops before boundary j
+            out.append(self._roots[slot][pos - 1] if pos else self._initial_roots[slot])
         return out
 
     def state_tree(self, j: int) -> MerkleTree:
@@ -153,7 +219,36 @@ class StepTrace:
             raise ExecutionError(f"op {j} ({op.opcode.name}) is not a reduction")
         if not 0 <= flat < op.numel:
             raise ExecutionError(f"element {flat} is outside op {j}'s {op.numel} outputs")
-        state = [self.slot_value(j, s) for s in range(len(self.program.slots))]
+        state: list[np.ndarray | None] = [None] * len(self.program.slots)
+        for o in op.operands:
+            state[o.slot] = self.slot_value(j, o.slot)
         with np.errstate(all="ignore"):
             accs = reduce_partials(op, state, flat)
         return np.array([a.reshape(-1)[0] for a in accs], dtype=np.float32)
+
+
+def _start_slots(program: Program, start: Mapping[str, np.ndarray]) -> list[np.ndarray | None]:
+    """The start state as a slot list, checked like ``slots_from_named`` but holding read-only
+    views of the given arrays (no copy of S_0 when they are C-contiguous float32)."""
+    check_named(program, start)
+    out: list[np.ndarray | None] = [None] * len(program.slots)
+    for i in program.persistent_slots:
+        view = np.asarray(start[program.slots[i].name], order="C").view()
+        view.flags.writeable = False
+        out[i] = view
+    return out
+
+
+def _dead_persistent(program: Program) -> dict[int, list[int]]:
+    """op -> the persistent slots (written in the step) that no op after it reads."""
+    last: dict[int, int] = {}
+    for j, op in enumerate(program.ops):
+        for o in op.operands:
+            if o.slot in last:
+                last[o.slot] = j
+        if program.slots[op.out].persistent:
+            last[op.out] = j
+    out: dict[int, list[int]] = {}
+    for slot, j in last.items():
+        out.setdefault(j, []).append(slot)
+    return out

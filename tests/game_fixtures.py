@@ -62,16 +62,16 @@ BPS = 10000
 
 #: Faulty computations of the job (op indices are digits-mlp's compiled step):
 #: - add: op 3 (ADD, 8192 outputs = 32 chunks) of step 3: chunk descent, one-step;
-#: - matmul: op 6 (MATMUL, 640 outputs, 128 terms) of step 3: partial bisection;
-#: - fill: op 4 (FILL, one element) of step 2: decided at the element pick;
+#: - matmul: op 7 (MATMUL, 640 outputs, 128 terms) of step 3: partial bisection;
+#: - fill: op 5 (FILL, one element) of step 2: decided at the element pick;
 #: - batch: op 0 (LOAD_BATCH) of step 1 loads step 2's batch: decided at open_op;
-#: - second-slot: op 7 (ADD) of step 3 also changes slot 0: the trainer cannot open it.
+#: - second-slot: op 8 (ADD) of step 3 also changes slot 0: the trainer cannot open it.
 FAULTS: dict[str, Fault] = {
     "add": Fault(kind="element", step=3, op=3, element=5),
-    "matmul": Fault(kind="element", step=3, op=6, element=300),
-    "fill": Fault(kind="element", step=2, op=4, element=0),
+    "matmul": Fault(kind="element", step=3, op=7, element=300),
+    "fill": Fault(kind="element", step=2, op=5, element=0),
     "batch": Fault(kind="wrong-batch", step=1, op=0),
-    "second-slot": Fault(kind="second-slot", step=3, op=7),
+    "second-slot": Fault(kind="second-slot", step=3, op=8),
 }
 
 

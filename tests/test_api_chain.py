@@ -34,10 +34,10 @@ from replay.examples import get_example
 STAKE, BOND, REWARD = 10**18, 10**17, 5 * 10**17
 CLOCK, WINDOW, TRAIN_TIME = 3600, 7200, 3600
 STEPS, EVERY = 4, 2
-#: digits-mlp op 6 is a MATMUL (640 outputs, 128 terms): its dispute descends every level;
+#: digits-mlp op 7 is a MATMUL (640 outputs, 128 terms): its dispute descends every level;
 #: op 3 is an ADD (a lying challenger's computation for the reorg test)
 FAULTS = {
-    "matmul": Fault(kind="element", step=3, op=6, element=300),
+    "matmul": Fault(kind="element", step=3, op=7, element=300),
     "add": Fault(kind="element", step=3, op=3, element=5),
 }
 

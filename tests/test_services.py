@@ -106,7 +106,7 @@ def run_both(
 
 
 @pytest.mark.parametrize(
-    "fault", ["step=3,op=114,elem=5", "lazy:step=2", "wrong-batch:step=1", "skip-steps:step=1"]
+    "fault", ["step=3,op=222,elem=5", "lazy:step=2", "wrong-batch:step=1", "skip-steps:step=1"]
 )
 def test_every_fault_kind_is_caught_and_slashed(world, fault) -> None:
     market = world[2]
@@ -143,7 +143,7 @@ def test_honest_commitment_without_dispute_finalises_and_pays(world) -> None:
 def test_bad_checkpoints_route_to_full_replay(world, damage, caplog) -> None:
     caplog.set_level(logging.INFO, logger="trainproof.challenger")
     market, tmp = world[2], world[3]
-    p = prover(world, "step=3,op=114,elem=5")
+    p = prover(world, "step=3,op=222,elem=5")
     while p.step().status != JobStatus.COMMITTED:
         pass
     blobs = tmp / "store" / "blobs"
@@ -185,7 +185,7 @@ def test_services_survive_sigkill_mid_dispute(world) -> None:
     common = ["--rpc", node.url, "--deployment", str(deployment), "--poll", "0.1"]
     prover_args = ["prover", "run", *common, "--job", "1", "--store", str(tmp / "store"),
                    "--db", str(tmp / "prover.db"), "--test-account", "2",
-                   "--fault", "step=3,op=114,elem=5"]  # fmt: skip
+                   "--fault", "step=3,op=222,elem=5"]  # fmt: skip
     challenger_args = ["challenger", "watch", *common, "--store", str(tmp / "store"),
                        "--db", str(tmp / "challenger.db"), "--test-account", "3",
                        "--rate", "1.0", "--confirmations", "0"]  # fmt: skip

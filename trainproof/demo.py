@@ -41,7 +41,7 @@ STEPS, EVERY = 10, 5
 ETH = 10**18
 STAKE, BOND, REWARD = 2 * ETH, ETH // 5, ETH
 CLOCK, WINDOW, TRAIN_TIME = 3600, 3600, 600  # MIN_CLOCK, MIN_WINDOW
-FAULT = "step=7,op=114,elem=7"  # op 114 is a MATMUL (the last layer's weight gradient)
+FAULT = "step=7,op=222,elem=7"  # op 222 is a MATMUL (the first layer's weight gradient)
 ROLES = {"requester": 1, "honest": 2, "cheat": 3, "challenger": 4}  # test accounts
 
 
