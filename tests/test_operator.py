@@ -34,7 +34,7 @@ __all__ = ["world"]  # the fixture, shared with test_services
 
 pytestmark = pytest.mark.xdist_group(name="services")
 
-FAULT = "step=3,op=114,elem=5"
+FAULT = "step=3,op=222,elem=5"  # op 222 is a MATMUL (the first layer's weight gradient)
 
 
 def unfunded_challenger(world) -> ChallengerService:

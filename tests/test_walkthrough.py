@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.xdist_group(name="services"), pytest.mark.slow]
 
 TRAINPROOF = str(Path(sys.executable).parent / "trainproof")
 ETH = 10**18
-FAULT = "step=3,op=114,elem=5"  # op 114 is a MATMUL: the dispute goes down to the one-step
+FAULT = "step=3,op=222,elem=5"  # op 222 is a MATMUL: the dispute goes down to the one-step
 
 
 def run(args: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess[str]:
