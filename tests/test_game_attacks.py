@@ -441,7 +441,7 @@ def test_prover_refuses_unsafe_jobs(caplog, params, why) -> None:
     service.agent = type("A", (), {"address": "0x" + "22" * 20})()
     service.comp = comp
     with caplog.at_level(logging.ERROR, logger="trainproof.prover"):
-        status = service.step()
+        status = service._step()  # the decision alone (step() adds the P&L line)
     assert status.done and status.status == JobStatus.OPEN
     assert service.market.sent == []  # no accept_job
     assert any("event=refused job=7" in r.getMessage() and why in r.getMessage()

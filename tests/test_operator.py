@@ -178,7 +178,7 @@ def test_services_survive_a_node_restart(tmp_path) -> None:
             contract = ch.at("TrainProof", deployment.contracts["TrainProof"])
             spec = job_spec_for(
                 example_computation("digits-mlp", STEPS, EVERY),
-                stake=STAKE, bond=BOND, clock=600, window=WINDOW, train_time=600,
+                stake=STAKE, bond=BOND, clock=WINDOW, window=WINDOW, train_time=600,
             )  # fmt: skip
             contract.register_job(spec.as_tuple(), sender=ch.test_account(1), value=REWARD)
         common = ["--rpc", node.url, "--deployment", str(tmp_path / "deployment.json"),

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from protocol.agent import Agent, AgentConfig, AgentError
+from protocol.game import MIN_CLOCK, MIN_WINDOW, job_problems
 from protocol.units import eth
 
 Rpc = Annotated[str, typer.Option(help="EVM JSON-RPC URL, e.g. http://127.0.0.1:8545")]
@@ -55,8 +56,12 @@ def register(
     key_env: KeyEnv = None,
     test_account: TestAccount = None,
     example: Example = "digits-mlp",
-    clock: Annotated[int, typer.Option(help="seconds per party per dispute")] = 3600,
-    window: Annotated[int, typer.Option(help="challenge window after commitment, s")] = 7200,
+    clock: Annotated[
+        int, typer.Option(help=f"seconds per party per dispute (at least {MIN_CLOCK})")
+    ] = 3600,
+    window: Annotated[
+        int, typer.Option(help=f"challenge window after commitment, s (at least {MIN_WINDOW})")
+    ] = 7200,
     train_time: Annotated[int, typer.Option(help="seconds the trainer has to commit")] = 3600,
 ) -> None:
     """Register a training job of an example (its program, data and C_0 bound on-chain)."""
@@ -77,6 +82,13 @@ def register(
         example_computation(example, steps, every),
         stake=stake, bond=bond, clock=clock, window=window, train_time=train_time,
     )  # fmt: skip
+    problems = job_problems(spec)
+    if problems:  # the contract's bounds (protocol.game), said before the node is asked
+        raise AgentError(
+            "the contract refuses this job: "
+            + "; ".join(problems)
+            + " (bounds: docs/protocol.md §4.5)"
+        )
     refusal = would_revert(agent, "register_job", spec.as_tuple(), value=reward)
     if refusal:
         raise AgentError(f"the contract refuses this job: {refusal}")
@@ -105,8 +117,8 @@ MAX_CHECKPOINTS = 1024
 def check_job_parameters(
     steps: int, every: int, reward: int, stake: int, bond: int, *durations: int
 ) -> None:
-    """Refuse parameters the contract would refuse, in one line each; warn about legal ones
-    that make the job unsafe or pointless (zero reward, stake or bond)."""
+    """Refuse malformed parameters in one line each (the contract's bounds are checked on the
+    spec by protocol.game.job_problems); warn about a legal but pointless zero reward."""
     if steps < 1 or every < 1:
         raise AgentError(f"--steps {steps} and --every {every} must both be at least 1")
     if steps % every:
@@ -125,14 +137,8 @@ def check_job_parameters(
             raise AgentError(f"--{name} {value} is negative: amounts are in wei, 0 or more")
     if any(d <= 0 for d in durations):
         raise AgentError("--clock, --window and --train-time must be positive (seconds)")
-    warnings = {
-        "reward": "no trainer is paid to do this job",
-        "stake": "a cheating trainer loses nothing when caught",
-        "bond": "anyone can open disputes for free and make the trainer pay gas",
-    }
-    for name, value in (("reward", reward), ("stake", stake), ("bond", bond)):
-        if value == 0:
-            typer.echo(f"warning: --{name} 0: {warnings[name]}", err=True)
+    if reward == 0:  # legal; stake and bond have minimums (protocol.game.job_problems)
+        typer.echo("warning: --reward 0: no trainer is paid to do this job", err=True)
 
 
 def would_revert(agent: Agent, fn: str, *args: object, value: int = 0) -> str | None:
