@@ -286,6 +286,90 @@ class ProgramBuilder:
         )
         return self._emit(Opcode.MATMUL, (m, n), [oa, ob], out=out, hint=hint, reduce_len=k)
 
+    def batched_matmul(self, a: View, b: View, out: View | None = None, hint: str = "bmm") -> View:
+        """``a[..., M, K] @ b[..., K, N]`` with numpy-broadcast batch dims (output rank ≤ 4).
+
+        One MATMUL: acc_0 = +0, acc_{r+1} = fma(a[.., i, r], b[.., r, j], acc_r), r = 0..K-1;
+        the batch dims are output dims with the operands' own strides (0 where broadcast).
+        """
+        if a.rank < 2 or b.rank < 2 or a.shape[-1] != b.shape[-2]:
+            raise SpecError(f"batched matmul shapes {a.shape} @ {b.shape} do not match")
+        batch = broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
+        shape = (*batch, m, n)
+        if len(shape) > MAX_RANK:
+            raise SpecError(f"batched matmul output rank {len(shape)} > {MAX_RANK}")
+        ab = View(a.slot, a.shape[:-2], a.strides[:-2], a.offset).broadcast_to(batch)
+        bb = View(b.slot, b.shape[:-2], b.strides[:-2], b.offset).broadcast_to(batch)
+        oa = Operand(
+            slot=a.slot,
+            offset=a.offset,
+            strides=(*ab.strides, a.strides[-2], 0),
+            reduce_stride=a.strides[-1],
+        )
+        ob = Operand(
+            slot=b.slot,
+            offset=b.offset,
+            strides=(*bb.strides, 0, b.strides[-1]),
+            reduce_stride=b.strides[-2],
+        )
+        return self._emit(Opcode.MATMUL, shape, [oa, ob], out=out, hint=hint, reduce_len=k)
+
+    def fma(
+        self, a: View, b: View, c: View, out: View | None = None, hint: str | None = None
+    ) -> View:
+        """``a·b + c`` rounded once (FMA), numpy-broadcast."""
+        return self.elementwise(Opcode.FMA, a, b, c, out=out, hint=hint)
+
+    def gather(
+        self,
+        index: View,
+        table: View,
+        rows: int,
+        row_stride: int,
+        out: View | None = None,
+        hint: str = "gather",
+    ) -> View:
+        """GATHER: element ``f`` is ``table[f]`` moved by ``row·row_stride`` elements, where
+        ``row = index[f]`` if that is an integral float in ``[0, rows)``, else ``+0.0``.
+
+        ``index`` and ``table`` are views broadcast to one output shape; ``table`` gives each
+        output element's position in row 0 of its slot.
+        """
+        shape = broadcast_shapes(index.shape, table.shape)
+        i = index.broadcast_to(shape)
+        t = table.broadcast_to(shape)
+        oi = Operand(slot=i.slot, offset=i.offset, strides=i.strides)
+        ot = Operand(slot=t.slot, offset=t.offset, strides=t.strides, reduce_stride=row_stride)
+        return self._emit(Opcode.GATHER, shape, [oi, ot], out=out, hint=hint, reduce_len=rows)
+
+    def index_add(
+        self,
+        index: View,
+        values: View,
+        shape: Sequence[int],
+        out: View | None = None,
+        hint: str = "index_add",
+    ) -> View:
+        """INDEX_ADD over the last axis of ``index``/``values`` (both broadcast to
+        ``(*shape, R)``): output element ``f`` with first index ``i_0`` is the sequential sum
+        (from +0.0, in r order) of ``values[f, r]`` over the ``r`` with ``index[f, r] == i_0``.
+        """
+        shape = tuple(shape)
+        if not shape:
+            raise SpecError("INDEX_ADD needs an output of rank >= 1 (its first index is the row)")
+        r = max(index.shape[-1] if index.rank else 1, values.shape[-1] if values.rank else 1)
+        full = (*shape, r)
+        i = index.broadcast_to(full)
+        v = values.broadcast_to(full)
+        oi = Operand(
+            slot=i.slot, offset=i.offset, strides=i.strides[:-1], reduce_stride=i.strides[-1]
+        )
+        ov = Operand(
+            slot=v.slot, offset=v.offset, strides=v.strides[:-1], reduce_stride=v.strides[-1]
+        )
+        return self._emit(Opcode.INDEX_ADD, shape, [oi, ov], out=out, hint=hint, reduce_len=r)
+
     # ------------------------------------------------------------------ finish
     def build(self) -> Program:
         """Free every ephemeral slot (in slot order), validate, return the program."""
