@@ -1174,3 +1174,48 @@ def _dropout(lw: Lowerer, node: fx.Node, x: Value, p: float, train: bool | None)
 
 RANDOM_OPS.discard(aten.native_dropout.default)
 NO_FOLD.add(aten.native_dropout.default)
+
+
+def _place(lw: Lowerer, g: View, sizes: Sequence[int], dim: int, pos: np.ndarray, key: str) -> View:
+    """``out[..., i, ...] = g[..., pos[i], ...]`` along ``dim`` (+0.0 where ``pos[i] = -1``):
+    ONE GATHER with the constant table ``pos``."""
+    shape = tuple(int(s) for s in sizes)
+    d = _dim(dim, len(shape))
+    shape1 = [1] * len(shape)
+    shape1[d] = shape[d]
+    idx = lw.tables.get(f"place:{key}", pos.astype(np.float32)).reshape(shape1)
+    strides = list(g.strides)
+    strides[d] = 0
+    table = View(g.slot, shape, tuple(strides), g.offset)
+    return lw.b.gather(idx, table, g.shape[d], g.strides[d], hint="place")
+
+
+@handles(aten.slice_backward.default)
+def _slice_bw(
+    lw: Lowerer,
+    node: fx.Node,
+    g: Value,
+    sizes: Sequence[int],
+    dim: int,
+    start: int,
+    end: int,
+    step: int,
+) -> Value:
+    """The gradient of a slice: ``g`` placed at the sliced positions, +0.0 elsewhere."""
+    d = _dim(dim, len(sizes))
+    n = int(sizes[d])
+    r = range(n)[slice(start, end, step)]
+    pos = np.full(n, layers.NO_ROW, np.float32)
+    pos[list(r)] = np.arange(len(r))
+    return _place(lw, lw.view(g), sizes, d, pos, f"slice:{n}:{r.start}:{r.stop}:{r.step}")
+
+
+@handles(aten.select_backward.default)
+def _select_bw(
+    lw: Lowerer, node: fx.Node, g: Value, sizes: Sequence[int], dim: int, index: int
+) -> Value:
+    d = _dim(dim, len(sizes))
+    n = int(sizes[d])
+    pos = np.full(n, layers.NO_ROW, np.float32)
+    pos[index % n] = 0.0
+    return _place(lw, lw.view(g).unsqueeze(d), sizes, d, pos, f"select:{n}:{index % n}")

@@ -255,8 +255,9 @@ def compile(  # noqa: A001 - the public name the issue asks for
     b = ProgramBuilder()
     tables = layers.Tables(b)
     lw = Lowerer(b, tables)
-    params = dict(model.named_parameters())
-    buffers = dict(model.named_buffers())
+    params = dict(model.named_parameters(remove_duplicate=False))
+    buffers = dict(model.named_buffers(remove_duplicate=False))
+    slot_by_id: dict[int, str] = {}
     placeholders = {n.name: n for n in gm.graph.nodes if n.op == "placeholder"}
     inputs: dict[fx.Node, Any] = {}
     slot_of: dict[str, View] = {}
@@ -265,12 +266,15 @@ def compile(  # noqa: A001 - the public name the issue asks for
 
     def declare(full: str, tensor: torch.Tensor) -> View:
         nm = full.removeprefix("m.")
+        if id(tensor) in slot_by_id:  # a tied weight: one slot under its first name
+            return slot_of[slot_by_id[id(tensor)]]
         if tensor.dim() > 4:
             raise CompileError(f"{nm} has rank {tensor.dim()} > 4")
         view = b.persistent(nm, tuple(tensor.shape))
         slot_of[nm] = view
-        initial[nm] = np.ascontiguousarray(tensor.detach().to(torch.float32).cpu().numpy())
+        initial[nm] = np.array(tensor.detach().to(torch.float32).cpu().numpy(), dtype=np.float32)
         dtypes[nm] = str(tensor.dtype).removeprefix("torch.")
+        slot_by_id[id(tensor)] = nm
         return view
 
     for ph, full in sig.inputs_to_parameters.items():
@@ -293,7 +297,7 @@ def compile(  # noqa: A001 - the public name the issue asks for
     nodes = {n.name: n for n in gm.graph.nodes}
     out_node = next(n for n in gm.graph.nodes if n.op == "output")
     del out_node
-    loss_val = lw.view(lw.env[nodes[sig.backward_signature.loss_output]])  # type: ignore[union-attr]
+    loss_val = lw.view(lw.env[nodes[sig.user_outputs[0]]])
     b.copy(loss_val, out=loss_slot, hint="loss")
     for out_name, full in sig.buffers_to_mutate.items():
         nm = full.removeprefix("m.")
@@ -304,29 +308,33 @@ def compile(  # noqa: A001 - the public name the issue asks for
         b.copy(lw.view(val).broadcast_to(dst.shape), out=dst, hint=f"{nm}.update")
     grads: dict[str, View] = {}
     for out_name, full in sig.backward_signature.gradients_to_parameters.items():  # type: ignore[union-attr]
-        grads[full.removeprefix("m.")] = lw.view(lw.env[nodes[out_name]])
+        nm = slot_by_id[id(params[full.removeprefix("m.")])]
+        g = lw.view(lw.env[nodes[out_name]])
+        # tied weights: the gradients of each use are summed (as autograd accumulates them)
+        grads[nm] = g if nm not in grads else b.add(grads[nm], g, hint=f"{nm}.tied")
     # torch.optim visits parameters in group order; clip in model parameter order
     ordered = {n: grads[n] for n in slot_of if n in grads}
     if clip_grad_norm_to is not None:
         ordered = clip_grad_norm(b, ordered, float(clip_grad_norm_to))
-    names = {id(p): n for n, p in model.named_parameters()}
     try:
-        initial.update(lower_optimizer(b, optimizer, names, slot_of, ordered))
+        initial.update(lower_optimizer(b, optimizer, slot_by_id, slot_of, ordered))
     except OptimizerError as exc:
         raise CompileError(str(exc)) from None
     initial.update(tables.values)
     program = b.build()
 
     # -- the state dict layout: every state_dict key → its slot (tied weights share one)
-    by_id = {id(t): n for n, t in model.named_parameters()}
-    by_id.update({id(t): n for n, t in model.named_buffers()})
     entries = []
     for key, t in model.state_dict(keep_vars=True).items():
-        slot = by_id.get(id(t))
+        slot = slot_by_id.get(id(t))
         if slot is None or slot not in slot_of:
             raise CompileError(f"state_dict entry {key} is neither a parameter nor a buffer")
         entries.append(StateEntry(key=key, slot=slot, dtype=dtypes[slot], shape=tuple(t.shape)))
-    frozen = sorted(n for n, p in params.items() if not p.requires_grad or n in probe.unused)
+    frozen = sorted(
+        slot_by_id[id(p)]
+        for n, p in params.items()
+        if id(p) in slot_by_id and (not p.requires_grad or n in probe.unused)
+    )
     return CompiledJob(
         name=name,
         program=program,

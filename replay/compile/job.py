@@ -131,7 +131,7 @@ class CompiledJob:
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "program.json").write_text(self.program.model_dump_json())
-        data = {k: np.ascontiguousarray(v, dtype="<f4") for k, v in self.initial_state.items()}
+        data = {k: np.asarray(v, dtype="<f4", order="C") for k, v in self.initial_state.items()}
         (folder / "initial.safetensors").write_bytes(safetensors.numpy.save(data))
         (folder / "job.json").write_text(self.manifest().model_dump_json(indent=1))
 
