@@ -21,6 +21,7 @@ end adds the module path and the user's source line.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -119,9 +120,7 @@ def _dim(d: int, rank: int) -> int:
     return d % rank if rank else 0
 
 
-def _merge_reduce(
-    b: ProgramBuilder, x: View, dims: Sequence[int], op: str, hint: str
-) -> View:
+def _merge_reduce(b: ProgramBuilder, x: View, dims: Sequence[int], op: str, hint: str) -> View:
     """Reduce ``x`` over ``dims``: adjacent dims that form one stride run are merged into one
     REDUCE (row-major order over them); other dims are reduced one after another, the highest
     dim first."""
@@ -130,11 +129,7 @@ def _merge_reduce(
     # merge runs of adjacent dims whose strides chain
     groups: list[list[int]] = []
     for d in dims:
-        if (
-            groups
-            and groups[-1][-1] == d - 1
-            and x.strides[d - 1] == x.shape[d] * x.strides[d]
-        ):
+        if groups and groups[-1][-1] == d - 1 and x.strides[d - 1] == x.shape[d] * x.strides[d]:
             groups[-1].append(d)
         else:
             groups.append([d])
@@ -225,20 +220,16 @@ class Lowerer:
             try:
                 return target(*args, **kwargs)
             except Exception as exc:  # pragma: no cover - torch's own message
-                raise LoweringError(f"{_opname(target)}: cannot fold a constant: {exc}", node)
+                raise LoweringError(
+                    f"{_opname(target)}: cannot fold a constant: {exc}", node
+                ) from None
         handler = HANDLERS.get(target)
         if handler is None:
             raise LoweringError(f"ATen op {_opname(target)} is not supported", node)
         return handler(self, node, *args, **kwargs)
 
 
-def getitem_fn(a: Any, i: int) -> Any:  # placeholder, replaced below
-    return a[i]
-
-
-import operator  # noqa: E402
-
-getitem_fn = operator.getitem  # type: ignore[assignment]
+getitem_fn = operator.getitem
 
 
 def _opname(target: Any) -> str:
@@ -293,7 +284,9 @@ def _to_copy(lw: Lowerer, node: fx.Node, x: Value, **kw: Any) -> Value:
     if dst == torch.bool and src != torch.bool:
         return lw.b.sub(lw.b.const(1.0), lw.b.eq(lw.view(x), lw.b.const(0.0)), hint="tobool")
     if src.is_floating_point and not dst.is_floating_point and dst != torch.bool:
-        raise LoweringError("conversion of a float tensor to an integer dtype is not supported", node)
+        raise LoweringError(
+            "conversion of a float tensor to an integer dtype is not supported", node
+        )
     if dst.is_floating_point and dst != torch.float32:
         raise LoweringError(f"dtype {dst} is not supported: programs are float32", node)
     return x
@@ -452,7 +445,6 @@ def _copy(lw: Lowerer, node: fx.Node, dst: Value, src: Value, *rest: Any) -> Val
 
 
 # --------------------------------------------------------------------------- elementwise
-
 
 
 def _binary(opcode: Opcode, hint: str) -> Handler:
@@ -745,9 +737,7 @@ def _log_softmax(lw: Lowerer, node: fx.Node, x: Value, dim: int, *rest: Any) -> 
 
 
 @handles(aten._log_softmax_backward_data.default)
-def _log_softmax_bw(
-    lw: Lowerer, node: fx.Node, g: Value, y: Value, dim: int, dtype: Any
-) -> Value:
+def _log_softmax_bw(lw: Lowerer, node: fx.Node, g: Value, y: Value, dim: int, dtype: Any) -> Value:
     """``dx = g - p·Σ_axis g`` with ``p = e / s`` of the forward (or ``exp(y)``)."""
     b, yv, gv = lw.b, lw.view(y), lw.view(g)
     axis = dim % yv.rank
@@ -892,7 +882,9 @@ def _conv(
     return y
 
 
-def _find_forward(node: fx.Node, targets: Sequence[Any], match: Callable[[fx.Node], bool]) -> fx.Node:
+def _find_forward(
+    node: fx.Node, targets: Sequence[Any], match: Callable[[fx.Node], bool]
+) -> fx.Node:
     n: fx.Node | None = node
     while n is not None:
         n = n.prev  # type: ignore[assignment]
@@ -928,7 +920,7 @@ def _conv_bw(
     ctx: layers.Conv2dCtx = lw.ctx[fwd]
     b = lw.b
     gv = lw.view(g)
-    n_, c, h, wd = ctx.x_shape
+    n_, c, _h, _wd = ctx.x_shape
     o = ctx.weight.shape[0]
     kh, kw = ctx.kernel
     ho, wo = ctx.out_hw
@@ -1011,8 +1003,7 @@ def _avgpool(
     p = _pair(padding, "padding", node)
     if ceil_mode or (p and not count_include_pad) or divisor_override is not None:
         raise LoweringError(
-            "avg_pool2d: ceil_mode, count_include_pad=False and divisor_override are not "
-            "supported",
+            "avg_pool2d: ceil_mode, count_include_pad=False and divisor_override are not supported",
             node,
         )
     y, _ = layers.avg_pool2d(lw.b, lw.tables, lw.view(x), k, s, p)
@@ -1219,3 +1210,14 @@ def _select_bw(
     pos = np.full(n, layers.NO_ROW, np.float32)
     pos[index % n] = 0.0
     return _place(lw, lw.view(g).unsqueeze(d), sizes, d, pos, f"select:{n}:{index % n}")
+
+
+@handles(aten.empty_like.default, aten.fill.Scalar, aten.new_zeros.default, aten.new_ones.default)
+def _fill_value(lw: Lowerer, node: fx.Node, x: Value, *args: Any, **kw: Any) -> Value:
+    """A constant of the node's shape: a scalar FILL slot broadcast (stride 0)."""
+    value = 0.0
+    if node.target is aten.fill.Scalar:
+        value = float(args[0])
+    elif node.target is aten.new_ones.default:
+        value = 1.0
+    return lw.b.const(value).broadcast_to(_shape(node))

@@ -50,7 +50,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from protocol.ir import BATCH_Y
 from replay import layers
 from replay.builder import ProgramBuilder, View
-from replay.compile.aten import LoweringError, Lowerer
+from replay.compile.aten import Lowerer, LoweringError
 from replay.compile.job import LOSS_SLOT, CompiledJob, StateEntry
 from replay.compile.optim import OptimizerError, clip_grad_norm, lower_optimizer
 from replay.errors import SpecError
@@ -150,7 +150,9 @@ class _ProbeResult:
     unused: set[str] = field(default_factory=set)
 
 
-def _probe(model: nn.Module, loss_fn: Callable[..., Any], x: torch.Tensor, y: torch.Tensor) -> _ProbeResult:
+def _probe(
+    model: nn.Module, loss_fn: Callable[..., Any], x: torch.Tensor, y: torch.Tensor
+) -> _ProbeResult:
     twin = copy.deepcopy(model)
     stack: list[str] = []
     hooks = _module_stack_hooks(twin, stack)
@@ -196,7 +198,7 @@ def _origin(node: fx.Node, graph: fx.Graph, seen: dict[str, list[Origin]]) -> st
     return "in the backward pass (no forward source line)"
 
 
-def compile(  # noqa: A001 - the public name the issue asks for
+def compile(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],

@@ -128,7 +128,11 @@ def _sgd(
             gd = g if damp == 0 else b.mul(g, b.const(1.0 - damp), hint="sgd.buf")
             later = b.add(t, gd, hint="sgd.buf")
             buf = b.elementwise(Opcode.SELECT, first, g, later, out=buf, hint="sgd.buf")
-            g = b.add(g, b.mul(buf, b.const(mu), hint="sgd.nest"), hint="sgd.nest") if nesterov else buf
+            g = (
+                b.add(g, b.mul(buf, b.const(mu), hint="sgd.nest"), hint="sgd.nest")
+                if nesterov
+                else buf
+            )
         b.add(w, b.mul(g, neg_lr, hint="sgd.step"), out=w, hint="sgd.p")
 
 

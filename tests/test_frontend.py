@@ -1,0 +1,415 @@
+"""The PyTorch front end (replay/compile/) against PyTorch itself.
+
+Each conformance test builds a model, compiles it with ``trainproof.compile``, runs ONE
+canonical step on the numpy reference and on the torch backend (every persistent slot must
+agree bit for bit), and runs the same step natively (torch fp32 autograd + ``torch.optim``)
+from the same parameters and batch.
+
+Tolerance (SGD): ``max |ir - torch| ≤ 1e-5 · max |torch|`` per parameter / buffer tensor. Both
+sides are float32 chains of the same math; they differ only in rounding: our sequential sums
+and FMA chains vs torch's blocked/vectorised ones (each ≤ R·u·Σ|terms| apart, u = 2^-24, R ≤
+a few hundred here, in practice ≈ √R·u), and our exp/log/tanh/erf polynomials (≤ 1.3 ulp,
+docs §3.8) vs libm/SLEEF. A new parameter is ``p - lr·g``, so its deviation is ``lr·|Δg|``,
+≈ 1e-7 of the tensor's scale (measured 1e-8 … 1e-6); 1e-5 leaves a 10x margin and still catches
+any indexing or formula mistake (an O(1) relative error of some gradient element).
+
+Adam-family first steps: ``Δp = -lr·m̂/(√v̂ + eps) ≈ -lr·sign(g)`` — a gradient element that
+is ≈ 0 on both sides can flip sign by rounding and move by 2·lr. So the Adam tests compare the
+first moment ``m = (1 - β1)·g`` (a persistent slot, i.e. the gradient itself) with torch's
+``exp_avg`` at 1e-5, and require ≤ 1 % of parameter elements outside the tolerance.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import trainproof
+from replay.backends import make_executor
+from replay.compile.frontend import CompileError
+
+TOL = 1e-5
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    return np.asarray(a, dtype=np.float32).view(np.uint32)
+
+
+def _f32(t: torch.Tensor) -> np.ndarray:
+    return np.asarray(t.detach().to(torch.float32).numpy(), dtype=np.float32)
+
+
+def _rel(a: np.ndarray, ref: np.ndarray) -> float:
+    scale = float(np.abs(ref).max()) if ref.size else 0.0
+    return float(np.abs(a - ref).max()) / max(scale, 1e-30)
+
+
+def canonical_step(job: trainproof.CompiledJob, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """One step on both backends; asserts bit identity and returns the state."""
+    batch = (_f32(x), _f32(y))
+    states = []
+    for backend in ("numpy", "torch"):
+        ex = make_executor(job.program, backend)
+        ex.set_state(job.initial_state)
+        ex.run_step(batch)
+        states.append(ex.get_state())
+    a, b = states
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.array_equal(_bits(a[k]), _bits(b[k])), f"backends differ in slot {k}"
+    return b
+
+
+def torch_step(model: nn.Module, opt: torch.optim.Optimizer, loss_fn, x, y) -> float:
+    opt.zero_grad()
+    loss = loss_fn(model(x), y)
+    loss.backward()
+    opt.step()
+    return float(loss)
+
+
+def check_sgd(make_model, make_opt, loss_fn, x, y, tol: float = TOL) -> dict[str, float]:
+    torch.manual_seed(0)
+    model = make_model()
+    ref = copy.deepcopy(model)
+    job = trainproof.compile(model, make_opt(model), loss_fn, example=(x, y))
+    state = canonical_step(job, x, y)
+    loss = torch_step(ref, make_opt(ref), loss_fn, x, y)
+    assert abs(float(state["loss"]) - loss) <= 1e-5 * max(1.0, abs(loss))
+    errs = {}
+    named = dict(ref.named_parameters())
+    named.update(dict(ref.named_buffers()))
+    for e in job.state_dict_layout:
+        want = _f32(named[e.key]) if e.key in named else None
+        if want is None:
+            continue
+        errs[e.key] = _rel(state[e.slot], want)
+        assert errs[e.key] <= tol, f"{e.key}: relative error {errs[e.key]:.2e} > {tol}"
+    return errs
+
+
+# --------------------------------------------------------------------------- models
+
+
+class MLP(nn.Module):
+    def __init__(self, act: str = "relu") -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(12, 16)
+        self.fc2 = nn.Linear(16, 16)
+        self.out = nn.Linear(16, 5)
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        act = {"relu": F.relu, "silu": F.silu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}
+        f = act[self.act]
+        return self.out(f(self.fc2(f(self.fc1(x)))))
+
+
+class CNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.pool = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(4, 6, 3, stride=2, padding=1)
+        self.bn2 = nn.BatchNorm2d(6)
+        self.avg = nn.AvgPool2d(2)
+        self.fc = nn.Linear(6, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(F.relu(self.bn1(self.conv1(x))))  # 8x8 -> 4x4
+        x = self.avg(F.relu(self.bn2(self.conv2(x))))  # 4x4 -> 2x2 -> 1x1
+        return self.fc(torch.flatten(x, 1))
+
+
+class TinyGPT(nn.Module):
+    def __init__(
+        self,
+        vocab: int = 13,
+        d: int = 8,
+        heads: int = 2,
+        ctx: int = 6,
+        sdpa: bool = False,
+        approximate: str = "tanh",
+    ) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(vocab, d)
+        self.pos = nn.Embedding(ctx, d)
+        self.ln1 = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.ln2 = nn.LayerNorm(d)
+        self.fc = nn.Linear(d, 4 * d)
+        self.fc_out = nn.Linear(4 * d, d)
+        self.ln_f = nn.LayerNorm(d)
+        self.head = nn.Linear(d, vocab, bias=False)
+        self.head.weight = self.tok.weight  # tied embeddings
+        self.heads, self.sdpa, self.approximate = heads, sdpa, approximate
+        self.register_buffer("mask", torch.tril(torch.ones(ctx, ctx)).view(1, 1, ctx, ctx))
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        b, t = idx.shape
+        d, h = self.tok.weight.shape[1], self.heads
+        pos = torch.arange(t)
+        x = self.tok(idx) + self.pos(pos)
+        q, k, v = self.qkv(self.ln1(x)).split(d, dim=2)
+        q, k, v = (z.view(b, t, h, d // h).transpose(1, 2) for z in (q, k, v))
+        if self.sdpa:
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(d // h))
+            att = att.masked_fill(self.mask[:, :, :t, :t] == 0, float("-inf"))
+            a = F.softmax(att, dim=-1) @ v
+        x = x + self.proj(a.transpose(1, 2).contiguous().view(b, t, d))
+        x = x + self.fc_out(F.gelu(self.fc(self.ln2(x)), approximate=self.approximate))
+        return self.head(self.ln_f(x))
+
+
+def lm_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+
+
+def bvt_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """cross_entropy of [B, T, V] logits: flattened to [B·T, V] inside the loss."""
+    return F.cross_entropy(logits.flatten(0, 1), y.flatten())
+
+
+def sgd(**kw):
+    return lambda m: torch.optim.SGD(m.parameters(), **kw)
+
+
+# --------------------------------------------------------------------------- conformance
+
+
+def test_mlp_sgd_nesterov_weight_decay() -> None:
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(8, 12, generator=g), torch.randint(0, 5, (8,), generator=g)
+    check_sgd(
+        MLP, sgd(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-2), F.cross_entropy, x, y
+    )
+
+
+@pytest.mark.parametrize("act", ["silu", "tanh", "sigmoid"])
+def test_mlp_activations_mse_dampening(act: str) -> None:
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(6, 12, generator=g), torch.randn(6, 5, generator=g)
+    check_sgd(lambda: MLP(act), sgd(lr=0.05, momentum=0.5, dampening=0.3), F.mse_loss, x, y)
+
+
+def test_nll_loss_of_log_softmax() -> None:
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(7, 12, generator=g), torch.randint(0, 5, (7,), generator=g)
+
+    def loss(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return F.nll_loss(F.log_softmax(z, dim=1), t)
+
+    check_sgd(MLP, sgd(lr=0.2), loss, x, y)
+
+
+def test_cnn_conv_batchnorm_pooling() -> None:
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.randn(4, 1, 8, 8, generator=g), torch.randint(0, 10, (4,), generator=g)
+    errs = check_sgd(CNN, sgd(lr=0.1, momentum=0.9), F.cross_entropy, x, y)
+    assert "bn1.running_mean" in errs and "bn2.num_batches_tracked" in errs
+
+
+@pytest.mark.parametrize(
+    ("sdpa", "approximate", "loss"),
+    [(False, "tanh", lm_loss), (True, "none", bvt_loss)],
+    ids=["hand-written-attention-gelu-tanh", "sdpa-gelu-erf"],
+)
+def test_tiny_transformer(sdpa: bool, approximate: str, loss) -> None:
+    g = torch.Generator().manual_seed(5)
+    x = torch.randint(0, 13, (3, 6), generator=g)
+    y = torch.randint(0, 13, (3, 6), generator=g)
+    check_sgd(
+        lambda: TinyGPT(sdpa=sdpa, approximate=approximate), sgd(lr=0.5, momentum=0.9), loss, x, y
+    )
+
+
+@pytest.mark.parametrize("kind", ["Adam", "AdamW"])
+def test_adam_groups_and_frozen(kind: str) -> None:
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(6)
+    x, y = torch.randn(8, 12, generator=g), torch.randint(0, 5, (8,), generator=g)
+    model = MLP()
+    model.fc1.weight.requires_grad_(False)  # frozen
+
+    def make_opt(m: MLP) -> torch.optim.Optimizer:
+        decay = [p for n, p in m.named_parameters() if n.endswith("weight") and p.requires_grad]
+        rest = [p for n, p in m.named_parameters() if n.endswith("bias")]
+        cls = getattr(torch.optim, kind)
+        return cls(
+            [{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+            lr=1e-2,
+            betas=(0.9, 0.99),
+        )
+
+    ref = copy.deepcopy(model)
+    job = trainproof.compile(model, make_opt(model), F.cross_entropy, example=(x, y))
+    assert "fc1.weight" in job.frozen
+    assert not any(s.name.startswith("fc1.weight.") for s in job.program.slots)
+    state = canonical_step(job, x, y)
+    opt = make_opt(ref)
+    torch_step(ref, opt, F.cross_entropy, x, y)
+    assert np.array_equal(_bits(state["fc1.weight"]), _bits(_f32(model.fc1.weight)))
+    outside = total = 0
+    for n, p in ref.named_parameters():
+        if not p.requires_grad:
+            continue
+        st = opt.state[p]
+        assert _rel(state[f"{n}.exp_avg"], _f32(st["exp_avg"])) <= TOL, n
+        assert _rel(state[f"{n}.exp_avg_sq"], _f32(st["exp_avg_sq"])) <= 1e-4, n
+        d = np.abs(state[n] - _f32(p))
+        outside += int((d > TOL * np.abs(_f32(p)).max()).sum())
+        total += d.size
+    assert outside <= 0.01 * total
+
+
+def test_gradient_clipping() -> None:
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(7)
+    x, y = torch.randn(8, 12, generator=g) * 10, torch.randint(0, 5, (8,), generator=g)
+    model = MLP()
+    ref = copy.deepcopy(model)
+    job = trainproof.compile(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        F.cross_entropy,
+        example=(x, y),
+        clip_grad_norm_to=0.05,
+    )
+    state = canonical_step(job, x, y)
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1)
+    F.cross_entropy(ref(x), y).backward()
+    torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.05)
+    opt.step()
+    for n, p in ref.named_parameters():
+        assert _rel(state[n], _f32(p)) <= TOL, n
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+class Dropper(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(12, 5)
+        self.drop = nn.Dropout(0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc(x))
+
+
+class Branchy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(12, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        if h.sum() > 0:
+            h = h * 2
+        return h
+
+
+class Cumsum(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(12, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cumsum(self.fc(x), dim=1)
+
+
+def _refusal(model: nn.Module, x, y, opt=None) -> str:
+    opt = opt or torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(CompileError) as info:
+        trainproof.compile(model, opt, F.cross_entropy, example=(x, y))
+    msg = str(info.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_refusals_name_op_module_and_line() -> None:
+    x, y = torch.randn(4, 12), torch.randint(0, 5, (4,))
+    msg = _refusal(Dropper(), x, y)
+    assert "dropout" in msg and "drop" in msg
+    msg = _refusal(Cumsum(), x, y)
+    assert "cumsum" in msg and "test_frontend.py" in msg and "torch.cumsum" in msg
+    msg = _refusal(Branchy(), x, y)
+    assert "data-dependent" in msg and "test_frontend.py" in msg and "h.sum() > 0" in msg
+    msg = _refusal(MLP(), torch.randn(4, 7), y)
+    assert "does not fit" in msg and "test_frontend.py" in msg
+    m = MLP()
+    msg = _refusal(m, x, y, torch.optim.Adam(m.parameters(), amsgrad=True))
+    assert "amsgrad" in msg
+    m = MLP()
+    msg = _refusal(m, x, y, torch.optim.RMSprop(m.parameters()))
+    assert "RMSprop" in msg
+
+
+# --------------------------------------------------------------------------- runs, export
+
+
+def test_train_export_round_trip(tmp_path) -> None:
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    xs = rng.standard_normal((40, 12)).astype(np.float32)
+    ys = rng.integers(0, 5, 40)
+    data = trainproof.datasets.from_arrays(xs, ys, batch_size=8, seed=1, heldout=8)
+    x0, y0 = data.batch(0)
+    model = MLP()
+    # fine-tuning: C_0 holds the loaded weights
+    pretrained = MLP()
+    model.load_state_dict(pretrained.state_dict())
+    model.fc1.bias.requires_grad_(False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    job = trainproof.compile(
+        model, opt, F.cross_entropy, example=(torch.from_numpy(x0), torch.from_numpy(y0).long())
+    )
+    for k, v in pretrained.state_dict().items():
+        assert np.array_equal(job.initial_state[k], _f32(v))
+    run = trainproof.train(job, data, steps=4, every=2, out=tmp_path / "run")
+    assert [r.step for r in run.results] == [0, 2, 4]
+    assert all(np.isfinite(r.loss) for r in run.results[1:])
+    sd = trainproof.export_state_dict(tmp_path / "run", 4)
+    fresh = MLP()
+    fresh.load_state_dict(sd, strict=True)
+    assert torch.equal(fresh.fc1.bias, pretrained.fc1.bias)  # frozen: never changes
+    assert not torch.equal(fresh.fc1.weight, pretrained.fc1.weight)
+    # the same 4 steps natively stay close (loss within 1e-4 relative)
+    ref = copy.deepcopy(pretrained)
+    ref.fc1.bias.requires_grad_(False)
+    ropt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
+    for t in range(4):
+        bx, by = data.batch(t)
+        torch_step(ref, ropt, F.cross_entropy, torch.from_numpy(bx), torch.from_numpy(by).long())
+    for n, p in ref.named_parameters():
+        assert _rel(_f32(sd[n]), _f32(p)) <= 1e-4, n
+
+
+def test_batchnorm_state_dict_dtypes(tmp_path) -> None:
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    xs = rng.standard_normal((16, 1, 8, 8)).astype(np.float32)
+    data = trainproof.datasets.from_arrays(xs, rng.integers(0, 10, 16), batch_size=4, seed=0)
+    x0, y0 = data.batch(0)
+    model = CNN()
+    job = trainproof.compile(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        F.cross_entropy,
+        example=(torch.from_numpy(x0), torch.from_numpy(y0).long()),
+    )
+    trainproof.train(job, data, steps=2, every=1, out=tmp_path / "run", backend="torch")
+    sd = trainproof.export_state_dict(tmp_path / "run", 2)
+    assert sd["bn1.num_batches_tracked"].dtype == torch.int64
+    assert int(sd["bn1.num_batches_tracked"]) == 2
+    CNN().load_state_dict(sd, strict=True)
