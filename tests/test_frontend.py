@@ -413,3 +413,29 @@ def test_batchnorm_state_dict_dtypes(tmp_path) -> None:
     assert sd["bn1.num_batches_tracked"].dtype == torch.int64
     assert int(sd["bn1.num_batches_tracked"]) == 2
     CNN().load_state_dict(sd, strict=True)
+
+
+def test_cli_compile_and_train_job(tmp_path) -> None:
+    import json
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from trainproof.cli import app
+
+    root = Path(__file__).resolve().parents[1]
+    runner = CliRunner()
+    job = tmp_path / "job"
+    res = runner.invoke(
+        app, ["compile", "--model", f"{root}/examples/digits_cnn.py:factory", "--out", str(job)]
+    )
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.stdout.strip().splitlines()[-1])
+    assert info["ops"] > 0 and info["program_root"].startswith("0x")
+    args = ["train", "--job", str(job), "--data", "digits", "--steps", "2"]
+    res = runner.invoke(app, [*args, "--checkpoint-every", "1", "--out", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    lines = [json.loads(x) for x in res.stdout.splitlines() if x.startswith("{")]
+    assert [x["step"] for x in lines[:-1]] == [0, 1, 2]
+    assert all(np.isfinite(x["loss"]) for x in lines[1:-1])
+    assert lines[-1]["program_root"] == info["program_root"]
