@@ -22,6 +22,7 @@ first moment ``m = (1 - β1)·g`` (a persistent slot, i.e. the gradient itself) 
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import numpy as np
@@ -439,3 +440,125 @@ def test_cli_compile_and_train_job(tmp_path) -> None:
     assert [x["step"] for x in lines[:-1]] == [0, 1, 2]
     assert all(np.isfinite(x["loss"]) for x in lines[1:-1])
     assert lines[-1]["program_root"] == info["program_root"]
+
+
+@pytest.mark.parametrize("kind", ["SGD", "AdamW"])
+def test_lr_schedule_warmup_cosine_is_data(kind: str) -> None:
+    """A warmup + cosine LambdaLR becomes the table optim.lr_schedule; 4 steps vs native."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(8)
+    batches = [
+        (torch.randn(8, 12, generator=g), torch.randint(0, 5, (8,), generator=g)) for _ in range(4)
+    ]
+    steps, warm = 4, 2
+
+    def factor(t: int) -> float:
+        if t < warm:
+            return (t + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (t - warm) / (steps - warm)))
+
+    def make(m: nn.Module):
+        opt = (
+            torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+            if kind == "SGD"
+            else torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.1)
+        )
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+    model = MLP()
+    ref = copy.deepcopy(model)
+    opt, sched = make(model)
+    job = trainproof.compile(
+        model, opt, F.cross_entropy, example=batches[0], lr_schedule=sched, schedule_steps=steps
+    )
+    table = job.initial_state["optim.lr_schedule"]
+    assert table.shape == (steps, 1)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05 if kind == "SGD" else 5e-3)  # restored
+    ex = make_executor(job.program, "torch")
+    ex.set_state(job.initial_state)
+    ropt, rsched = make(ref)
+    for x, y in batches:
+        ex.run_step((_f32(x), _f32(y)))
+        torch_step(ref, ropt, F.cross_entropy, x, y)
+        rsched.step()
+    state = ex.get_state()
+    for n, p in ref.named_parameters():
+        if kind == "SGD":
+            assert _rel(state[n], _f32(p)) <= 1e-5, n
+        else:
+            assert _rel(state[f"{n}.exp_avg"], _f32(ropt.state[p]["exp_avg"])) <= 1e-4, n
+
+
+ROOTS_SCRIPT = """
+import json, sys
+import numpy as np
+import torch
+from replay.backends import make_executor
+from replay.compile.job import CompiledJob
+from replay.state import state_root_of
+job = CompiledJob.load(__import__("pathlib").Path(sys.argv[1]))
+batches = np.load(sys.argv[2])
+ex = make_executor(job.program, "torch")
+ex.set_state(job.initial_state)
+for t in range(2):
+    ex.run_step((batches[f"x{t}"], batches[f"y{t}"]))
+print(json.dumps({"root": state_root_of(job.program, ex.get_state()).hex(),
+                  "threads": torch.get_num_threads(),
+                  "capability": torch.backends.cpu.get_cpu_capability()}))
+"""
+
+
+@pytest.mark.parametrize("which", ["cnn", "gpt"])
+def test_roots_do_not_depend_on_threads_or_cpu_capability(which: str, tmp_path) -> None:
+    """Compiled jobs are bit-exact under 1/2 threads, ATEN_CPU_CAPABILITY, MKL_CBWR."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(9)
+    if which == "cnn":
+        model: nn.Module = CNN()
+        xs = [torch.randn(4, 1, 8, 8, generator=g) for _ in range(2)]
+        ys = [torch.randint(0, 10, (4,), generator=g) for _ in range(2)]
+        loss = F.cross_entropy
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    else:
+        model = TinyGPT(sdpa=True)
+        xs = [torch.randint(0, 13, (3, 6), generator=g) for _ in range(2)]
+        ys = [torch.randint(0, 13, (3, 6), generator=g) for _ in range(2)]
+        loss = bvt_loss
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    job = trainproof.compile(model, opt, loss, example=(xs[0], ys[0]))
+    job.save(tmp_path / "job")
+    data = {f"x{t}": _f32(xs[t]) for t in range(2)} | {f"y{t}": _f32(ys[t]) for t in range(2)}
+    np.savez(tmp_path / "batches.npz", **data)
+    repo = Path(__file__).resolve().parents[1]
+    knobs = ("OMP_NUM_THREADS", "ATEN_CPU_CAPABILITY", "MKL_CBWR")
+    outs = []
+    for extra in (
+        {"OMP_NUM_THREADS": "1", "ATEN_CPU_CAPABILITY": "default"},
+        {"OMP_NUM_THREADS": "2", "ATEN_CPU_CAPABILITY": "avx2"},
+        {"OMP_NUM_THREADS": "2", "MKL_CBWR": "COMPATIBLE"},
+    ):
+        env = {k: v for k, v in os.environ.items() if k not in knobs} | extra
+        env["PYTHONPATH"] = str(repo)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                ROOTS_SCRIPT,
+                str(tmp_path / "job"),
+                str(tmp_path / "batches.npz"),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd=repo,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr
+        outs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert {o["threads"] for o in outs} == {1, 2}
+    assert len({o["root"] for o in outs}) == 1, outs

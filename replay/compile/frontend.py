@@ -52,7 +52,12 @@ from replay import layers
 from replay.builder import ProgramBuilder, View
 from replay.compile.aten import Lowerer, LoweringError
 from replay.compile.job import LOSS_SLOT, CompiledJob, StateEntry
-from replay.compile.optim import OptimizerError, clip_grad_norm, lower_optimizer
+from replay.compile.optim import (
+    OptimizerError,
+    clip_grad_norm,
+    lower_optimizer,
+    schedule_table,
+)
 from replay.errors import SpecError
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
@@ -205,12 +210,17 @@ def compile(
     example: tuple[torch.Tensor, torch.Tensor],
     *,
     clip_grad_norm_to: float | None = None,
+    lr_schedule: object | None = None,
+    schedule_steps: int | None = None,
     name: str = "job",
 ) -> CompiledJob:
     """Capture ``loss_fn(model(x), y)`` + its backward + ``optimizer.step()`` as one program.
 
     ``C_0`` is the model's current parameters and buffers plus zero optimizer state.
     ``clip_grad_norm_to``: clip gradients to this global 2-norm before the update.
+    ``lr_schedule`` + ``schedule_steps``: a ``torch.optim.lr_scheduler`` bound to
+    ``optimizer`` (stepped once per step, after the update, as usual); its per-step, per-group
+    learning rates become the constant table ``optim.lr_schedule`` read at row ``optim.step``.
     """
     t0 = time.perf_counter()
     if not (isinstance(example, tuple | list) and len(example) == 2):
@@ -319,7 +329,12 @@ def compile(
     if clip_grad_norm_to is not None:
         ordered = clip_grad_norm(b, ordered, float(clip_grad_norm_to))
     try:
-        initial.update(lower_optimizer(b, optimizer, slot_by_id, slot_of, ordered))
+        table = None
+        if lr_schedule is not None:
+            if not schedule_steps or schedule_steps < 1:
+                raise OptimizerError("lr_schedule needs schedule_steps (the run's step count)")
+            table = schedule_table(optimizer, lr_schedule, schedule_steps)
+        initial.update(lower_optimizer(b, optimizer, slot_by_id, slot_of, ordered, table))
     except OptimizerError as exc:
         raise CompileError(str(exc)) from None
     initial.update(tables.values)

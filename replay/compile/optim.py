@@ -14,8 +14,11 @@ to follow ``torch.optim``'s single-tensor implementations op for op:
 
 Parameters with ``requires_grad=False`` (and parameters that get no gradient, which torch.optim
 skips) are never written and get no state. Refused: ``amsgrad``, ``maximize``, other optimizer
-types. The learning rate is a constant of the program (a scheduler would have to be per-step
-data; not lowered yet). Optional gradient clipping by global norm follows
+types. The learning rate is a constant of the program, or, with a schedule, per-step data: the
+constant table ``optim.lr_schedule [N, G]`` (step, param group; a persistent slot of C_0 that
+no op writes) is read by ONE GATHER per group at row ``optim.step`` — any schedule is data;
+past row N the GATHER reads +0.0 (lr 0: parameters stop moving). Optional gradient clipping
+by global norm follows
 ``torch.nn.utils.clip_grad_norm_``: ``total = √(Σ_params Σ g²)``,
 ``g = g · min(max_norm / (total + 1e-6), 1)``.
 """
@@ -59,12 +62,34 @@ def clip_grad_norm(b: ProgramBuilder, grads: dict[str, View], max_norm: float) -
     return {k: b.mul(g, coef, hint="clip.g") for k, g in grads.items()}
 
 
+def schedule_table(optimizer: torch.optim.Optimizer, scheduler: object, steps: int) -> np.ndarray:
+    """``[steps, groups]``: the lr each param group uses at step t (0-based), read by stepping
+    ``scheduler`` (bound to ``optimizer``) ``steps`` times, then restoring both."""
+    import warnings
+
+    if getattr(scheduler, "optimizer", None) is not optimizer:
+        raise OptimizerError("lr_schedule must be a torch.optim.lr_scheduler bound to optimizer")
+    saved = scheduler.state_dict()  # type: ignore[attr-defined]
+    lrs = [g["lr"] for g in optimizer.param_groups]
+    rows = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(steps):
+            rows.append([_f(g["lr"]) for g in optimizer.param_groups])
+            scheduler.step()  # type: ignore[attr-defined]
+    scheduler.load_state_dict(saved)  # type: ignore[attr-defined]
+    for g, lr in zip(optimizer.param_groups, lrs, strict=True):
+        g["lr"] = lr
+    return np.asarray(rows, dtype=np.float32).reshape(steps, len(lrs))
+
+
 def lower_optimizer(
     b: ProgramBuilder,
     optimizer: torch.optim.Optimizer,
     names: Mapping[int, str],
     params: Mapping[str, View],
     grads: Mapping[str, View],
+    lr_table: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Emit the update of every trained parameter; returns C_0 values of the new state slots.
 
@@ -80,7 +105,17 @@ def lower_optimizer(
     step = b.persistent("optim.step", ())
     initial["optim.step"] = np.zeros((), np.float32)
     first = b.eq(step, b.const(0.0), hint="optim.first")
+    table = None
+    if lr_table is not None:
+        table = b.persistent("optim.lr_schedule", lr_table.shape)
+        initial["optim.lr_schedule"] = np.asarray(lr_table, np.float32)
     for gi, group in enumerate(optimizer.param_groups):
+        lr: View
+        if table is None:
+            lr = b.const(_f(group["lr"]))
+        else:
+            column = View(table.slot, (), (), gi)
+            lr = b.gather(step, column, lr_table.shape[0], table.strides[0], hint="optim.lr")  # type: ignore[union-attr]
         if group.get("maximize"):
             raise OptimizerError(f"param group {gi}: maximize=True is not supported")
         if group.get("amsgrad"):
@@ -96,10 +131,10 @@ def lower_optimizer(
             if p.requires_grad and name in grads:
                 trained.append(name)
         if kind == "SGD":
-            _sgd(b, group, trained, params, grads, first, initial)
+            _sgd(b, group, lr, trained, params, grads, first, initial)
         else:
             decoupled = kind == "AdamW" or bool(group.get("decoupled_weight_decay", False))
-            _adam(b, gi, group, trained, params, grads, decoupled, initial)
+            _adam(b, gi, group, lr, trained, params, grads, decoupled, initial)
     b.add(step, b.const(1.0), out=step, hint="optim.step")
     return initial
 
@@ -107,16 +142,17 @@ def lower_optimizer(
 def _sgd(
     b: ProgramBuilder,
     group: dict,
+    lr: View,
     trained: list[str],
     params: Mapping[str, View],
     grads: Mapping[str, View],
     first: View,
     initial: dict[str, np.ndarray],
 ) -> None:
-    lr, mu = _f(group["lr"]), _f(group.get("momentum", 0.0))
+    mu = _f(group.get("momentum", 0.0))
     damp, wd = _f(group.get("dampening", 0.0)), _f(group.get("weight_decay", 0.0))
     nesterov = bool(group.get("nesterov", False))
-    neg_lr = b.const(-lr)
+    neg_lr = b.neg(lr, hint="sgd.lr")
     for name in trained:
         w, g = params[name], grads[name]
         if wd:
@@ -140,6 +176,7 @@ def _adam(
     b: ProgramBuilder,
     gi: int,
     group: dict,
+    lr: View,
     trained: list[str],
     params: Mapping[str, View],
     grads: Mapping[str, View],
@@ -148,7 +185,7 @@ def _adam(
 ) -> None:
     if not trained:
         return
-    lr, eps, wd = _f(group["lr"]), _f(group["eps"]), _f(group.get("weight_decay", 0.0))
+    eps, wd = _f(group["eps"]), _f(group.get("weight_decay", 0.0))
     beta1, beta2 = (_f(x) for x in group["betas"])
     p1 = b.persistent(f"optim.group{gi}.beta1_power", ())
     p2 = b.persistent(f"optim.group{gi}.beta2_power", ())
@@ -159,13 +196,14 @@ def _adam(
     one = b.const(1.0)
     bc1 = b.sub(one, p1, hint="adam.bc1")
     bc2_sqrt = b.sqrt(b.sub(one, p2, hint="adam.bc2"), hint="adam.bc2")
-    neg_step = b.neg(b.div(b.const(lr), bc1, hint="adam.step"), hint="adam.step")
+    neg_step = b.neg(b.div(lr, bc1, hint="adam.step"), hint="adam.step")
+    decay = b.sub(one, b.mul(lr, b.const(wd), hint="adamw.decay"), hint="adamw.decay")
     w1, c2 = b.const(1.0 - beta1), b.const(1.0 - beta2)
     b2 = b.const(beta2)
     for name in trained:
         w, g = params[name], grads[name]
         if wd and decoupled:
-            w_in = b.mul(w, b.const(1.0 - lr * wd), hint="adamw.decay")
+            w_in = b.mul(w, decay, hint="adamw.decay")
         else:
             w_in = w
             if wd:
