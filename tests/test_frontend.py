@@ -562,3 +562,34 @@ def test_roots_do_not_depend_on_threads_or_cpu_capability(which: str, tmp_path) 
         outs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     assert {o["threads"] for o in outs} == {1, 2}
     assert len({o["root"] for o in outs}) == 1, outs
+
+
+def test_dispute_computation_reads_a_compiled_job(tmp_path) -> None:
+    """replay.dispute.Computation runs a compiled CNN on an ArrayDataset: its op-level trace
+    reproduces trainproof.train's checkpoint roots, and a one-element fault in a GATHER
+    (im2col) changes them (what the bisection game then narrows down to that op)."""
+    from protocol.ir import Opcode
+    from replay.checkpoint import to_hex
+    from replay.dispute import Computation, Fault
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(1)
+    xs = rng.standard_normal((12, 1, 8, 8)).astype(np.float32)
+    data = trainproof.datasets.from_arrays(xs, rng.integers(0, 10, 12), batch_size=4, seed=0)
+    x0, y0 = data.batch(0)
+    model = CNN()
+    job = trainproof.compile(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        F.cross_entropy,
+        example=(torch.from_numpy(x0), torch.from_numpy(y0).long()),
+    )
+    run = trainproof.train(job, data, steps=2, every=1, out=tmp_path / "run")
+    honest = Computation(job.program, data, job.initial_state, 2, 1)  # type: ignore[arg-type]
+    roots = [to_hex(r) for r in honest.checkpoint_roots()]
+    assert roots == [c.state_root for c in run.checkpoints]
+    gather = next(j for j, op in enumerate(job.program.ops) if op.opcode == Opcode.GATHER)
+    fault = Fault(kind="element", step=1, op=gather, element=3)
+    cheat = Computation(job.program, data, job.initial_state, 2, 1, fault=fault)  # type: ignore[arg-type]
+    theirs = [to_hex(r) for r in cheat.checkpoint_roots()]
+    assert theirs[:2] == roots[:2] and theirs[2] != roots[2]
