@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import copy
 import os
-import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -307,8 +306,6 @@ def compile(
         raise CompileError(f"{exc} {where}".strip()) from None
 
     nodes = {n.name: n for n in gm.graph.nodes}
-    out_node = next(n for n in gm.graph.nodes if n.op == "output")
-    del out_node
     loss_val = lw.view(lw.env[nodes[sig.user_outputs[0]]])
     b.copy(loss_val, out=loss_slot, hint="loss")
     for out_name, full in sig.buffers_to_mutate.items():
@@ -367,9 +364,4 @@ def compile(
     )
 
 
-def _debug_graph(gm: fx.GraphModule) -> str:  # pragma: no cover - a developer aid
-    return "\n".join(f"{n.name}: {n.target}" for n in gm.graph.nodes)
-
-
 __all__ = ["CompileError", "compile"]
-_ = sys
