@@ -34,7 +34,7 @@ def main() -> None:
     model, opt, loss_fn, example = factory()
     native = copy.deepcopy(model)
     t0 = time.perf_counter()
-    job = trainproof.compile(model, opt, loss_fn, example)
+    job = trainproof.compile(model, opt, loss_fn, example, eval_rows=297)
     compile_s = time.perf_counter() - t0
     data = dataset()
     every = 10
@@ -75,6 +75,7 @@ def main() -> None:
         "compile_seconds": round(compile_s, 2),
         "steps_per_second": round(run.steps_per_second or 0, 2),
         "heldout_accuracy": acc,
+        "run_heldout_accuracy": run.heldout_accuracy,
         "native_heldout_accuracy": heldout_accuracy(native, data),
         "loss_curve_max_rel_diff": max(rel),
         "loss_curve_mean_rel_diff": float(np.mean(rel)),

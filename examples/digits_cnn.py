@@ -1,6 +1,6 @@
 """digits-cnn: conv + batch norm + pooling on scikit-learn's bundled 8x8 digits.
 
-    trainproof compile --model examples/digits_cnn.py:factory --out jobs/digits-cnn
+    trainproof compile --model examples/digits_cnn.py:factory --eval-rows 297 --out jobs/digits-cnn
     trainproof train --job jobs/digits-cnn --data digits --steps 300 --checkpoint-every 50 \
         --out runs/digits-cnn
 

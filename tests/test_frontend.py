@@ -428,7 +428,16 @@ def test_cli_compile_and_train_job(tmp_path) -> None:
     runner = CliRunner()
     job = tmp_path / "job"
     res = runner.invoke(
-        app, ["compile", "--model", f"{root}/examples/digits_cnn.py:factory", "--out", str(job)]
+        app,
+        [
+            "compile",
+            "--model",
+            f"{root}/examples/digits_cnn.py:factory",
+            "--eval-rows",
+            "297",
+            "--out",
+            str(job),
+        ],
     )
     assert res.exit_code == 0, res.output
     info = json.loads(res.stdout.strip().splitlines()[-1])
@@ -440,6 +449,7 @@ def test_cli_compile_and_train_job(tmp_path) -> None:
     assert [x["step"] for x in lines[:-1]] == [0, 1, 2]
     assert all(np.isfinite(x["loss"]) for x in lines[1:-1])
     assert lines[-1]["program_root"] == info["program_root"]
+    assert 0.0 <= lines[-1]["heldout_accuracy"] <= 1.0
 
 
 @pytest.mark.parametrize("kind", ["SGD", "AdamW"])
@@ -593,3 +603,30 @@ def test_dispute_computation_reads_a_compiled_job(tmp_path) -> None:
     cheat = Computation(job.program, data, job.initial_state, 2, 1, fault=fault)  # type: ignore[arg-type]
     theirs = [to_hex(r) for r in cheat.checkpoint_roots()]
     assert theirs[:2] == roots[:2] and theirs[2] != roots[2]
+
+
+def test_heldout_accuracy_matches_the_exported_model(tmp_path) -> None:
+    """The run's held-out accuracy (canonical eval forward, BatchNorm running stats) is what
+    the exported state dict gives in torch eval mode."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(2)
+    xs = rng.standard_normal((40, 1, 8, 8)).astype(np.float32)
+    ys = rng.integers(0, 10, 40)
+    data = trainproof.datasets.from_arrays(xs, ys, batch_size=8, seed=0, heldout=16)
+    x0, y0 = data.batch(0)
+    model = CNN()
+    job = trainproof.compile(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9),
+        F.cross_entropy,
+        example=(torch.from_numpy(x0), torch.from_numpy(y0).long()),
+        eval_rows=16,
+    )
+    run = trainproof.train(job, data, steps=3, every=3, out=tmp_path / "run")
+    fresh = CNN()
+    fresh.load_state_dict(trainproof.export_state_dict(tmp_path / "run", 3), strict=True)
+    fresh.eval()
+    with torch.no_grad():
+        logits = fresh(torch.from_numpy(data.x_test))
+    want = float((logits.argmax(1).numpy() == data.y_test.astype(np.int64)).mean())
+    assert run.heldout_accuracy == want

@@ -49,6 +49,9 @@ def compile_command(
     clip_grad_norm: Annotated[
         float | None, typer.Option(help="clip gradients to this norm")
     ] = None,
+    eval_rows: Annotated[
+        int | None, typer.Option(help="also compile the eval forward over this many held-out rows")
+    ] = None,
 ) -> None:
     """Capture one training step of a PyTorch model and write the job folder."""
     from replay.compile.frontend import compile as compile_job
@@ -60,7 +63,13 @@ def compile_command(
     net, opt, loss_fn, example = made
     try:
         job = compile_job(
-            net, opt, loss_fn, example, clip_grad_norm_to=clip_grad_norm, name=Path(model).stem
+            net,
+            opt,
+            loss_fn,
+            example,
+            clip_grad_norm_to=clip_grad_norm,
+            eval_rows=eval_rows,
+            name=Path(model.rpartition(":")[0]).stem,
         )
     except TrainproofError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -143,5 +152,6 @@ def train_job(
             "program_root": run.program_root,
             "dataset_root": run.dataset_root,
             "steps_per_second": run.steps_per_second,
+            "heldout_accuracy": run.heldout_accuracy,
         }
     )

@@ -1221,3 +1221,37 @@ def _fill_value(lw: Lowerer, node: fx.Node, x: Value, *args: Any, **kw: Any) -> 
     elif node.target is aten.new_ones.default:
         value = 1.0
     return lw.b.const(value).broadcast_to(_shape(node))
+
+
+@handles(aten._native_batch_norm_legit_no_training.default)
+def _batch_norm_eval(
+    lw: Lowerer,
+    node: fx.Node,
+    x: Value,
+    w: Value,
+    bias: Value,
+    rm: Value,
+    rv: Value,
+    momentum: float,
+    eps: float,
+) -> Value:
+    """Eval-mode batch norm (running statistics): ``rstd = 1/SQRT(rv + eps)``;
+    ``y = FMA((x - rm)·rstd, w, b)`` per channel (``[C]`` viewed as ``[C, 1, ...]``)."""
+    b = lw.b
+    xv = lw.view(x)
+    c = xv.shape[1]
+    tail = (1,) * (xv.rank - 2)
+
+    def per_channel(v: Value) -> View:
+        return lw.view(v).reshape((c, *tail))
+
+    rstd = b.div(
+        b.const(1.0),
+        b.sqrt(b.add(per_channel(rv), b.const(eps), hint="bne.veps"), hint="bne.std"),
+        hint="bne.rstd",
+    )
+    xhat = b.mul(b.sub(xv, per_channel(rm), hint="bne.xc"), rstd, hint="bne.xhat")
+    wv = None if w is None else per_channel(w)
+    bv = None if bias is None else per_channel(bias)
+    y = layers._affine(b, xhat, wv, bv, "bne")
+    return (y, lw.b.const(0.0), lw.b.const(0.0))

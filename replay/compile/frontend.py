@@ -148,6 +148,69 @@ class _Step(nn.Module):
         return (self.loss_fn(self.m(x), y),)
 
 
+class _Forward(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.m = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
+        return (self.m(x),)
+
+
+EVAL_X, LOGITS = "eval.x", "logits"
+
+
+def compile_eval(
+    model: nn.Module, x_shape: tuple[int, ...], x_dtype: torch.dtype
+) -> tuple[Any, dict[str, np.ndarray]]:
+    """The model's eval-mode forward over a persistent input ``eval.x`` of ``x_shape``, written
+    to the persistent ``logits`` slot: (program, its constant tables). Parameters and buffers
+    keep the training program's slot names, so a checkpoint's values plug in."""
+    from torch._functorch.aot_autograd import aot_export_module
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+            gm, sig = aot_export_module(
+                _Forward(model), (torch.zeros(x_shape, dtype=x_dtype),), trace_joint=False
+            )
+    except Exception as exc:
+        raise CompileError(
+            f"eval capture failed: {type(exc).__name__}: {_first_line(exc)} at {_where(exc)}"
+        ) from None
+    finally:
+        model.train(was_training)
+    b = ProgramBuilder()
+    tables = layers.Tables(b)
+    lw = Lowerer(b, tables)
+    named = dict(model.named_parameters(remove_duplicate=False))
+    named.update(dict(model.named_buffers(remove_duplicate=False)))
+    first: dict[int, str] = {}
+    for n, t in named.items():
+        first.setdefault(id(t), n)
+    placeholders = {n.name: n for n in gm.graph.nodes if n.op == "placeholder"}
+    inputs: dict[fx.Node, Any] = {}
+    views: dict[str, View] = {}
+    for ph, full in (*sig.inputs_to_parameters.items(), *sig.inputs_to_buffers.items()):
+        t = named[full.removeprefix("m.")]
+        nm = first[id(t)]
+        if nm not in views:
+            views[nm] = b.persistent(nm, tuple(t.shape))
+        inputs[placeholders[ph]] = views[nm]
+    inputs[placeholders[sig.user_inputs[0]]] = b.persistent(EVAL_X, x_shape)
+    try:
+        lw.run(gm.graph, inputs)
+    except LoweringError as exc:
+        raise CompileError(f"eval forward: {exc}") from None
+    nodes = {n.name: n for n in gm.graph.nodes}
+    out = lw.view(lw.env[nodes[sig.user_outputs[0]]])
+    logits = b.persistent(LOGITS, out.shape)
+    b.copy(out, out=logits, hint="logits")
+    return b.build(), dict(tables.values)
+
+
 @dataclass
 class _ProbeResult:
     seen: dict[str, list[Origin]] = field(default_factory=dict)
@@ -211,6 +274,7 @@ def compile(
     clip_grad_norm_to: float | None = None,
     lr_schedule: object | None = None,
     schedule_steps: int | None = None,
+    eval_rows: int | None = None,
     name: str = "job",
 ) -> CompiledJob:
     """Capture ``loss_fn(model(x), y)`` + its backward + ``optimizer.step()`` as one program.
@@ -220,6 +284,8 @@ def compile(
     ``lr_schedule`` + ``schedule_steps``: a ``torch.optim.lr_scheduler`` bound to
     ``optimizer`` (stepped once per step, after the update, as usual); its per-step, per-group
     learning rates become the constant table ``optim.lr_schedule`` read at row ``optim.step``.
+    ``eval_rows``: also compile the eval-mode forward over that many examples (the held-out
+    split), which :func:`~replay.compile.job.train` uses to report held-out accuracy.
     """
     t0 = time.perf_counter()
     if not (isinstance(example, tuple | list) and len(example) == 2):
@@ -349,7 +415,12 @@ def compile(
         for n, p in params.items()
         if id(p) in slot_by_id and (not p.requires_grad or n in probe.unused)
     )
+    eval_program, eval_tables = None, {}
+    if eval_rows:
+        eval_program, eval_tables = compile_eval(model, (eval_rows, *x.shape[1:]), x.dtype)
     return CompiledJob(
+        eval_program=eval_program,
+        eval_tables=eval_tables,
         name=name,
         program=program,
         initial_state=initial,

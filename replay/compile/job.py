@@ -81,6 +81,8 @@ class CompiledJob:
     compile_seconds: float = 0.0
     capture_seconds: float = 0.0
     aten_nodes: int = 0
+    eval_program: Program | None = None
+    eval_tables: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _roots: dict[str, bytes] = field(default_factory=dict, repr=False)
 
     @property
@@ -133,6 +135,10 @@ class CompiledJob:
         (folder / "program.json").write_text(self.program.model_dump_json())
         data = {k: np.asarray(v, dtype="<f4", order="C") for k, v in self.initial_state.items()}
         (folder / "initial.safetensors").write_bytes(safetensors.numpy.save(data))
+        if self.eval_program is not None:
+            (folder / "eval_program.json").write_text(self.eval_program.model_dump_json())
+            tables = {k: np.asarray(v, dtype="<f4", order="C") for k, v in self.eval_tables.items()}
+            (folder / "eval_tables.safetensors").write_bytes(safetensors.numpy.save(tables))
         (folder / "job.json").write_text(self.manifest().model_dump_json(indent=1))
 
     @classmethod
@@ -144,7 +150,15 @@ class CompiledJob:
         program = Program.model_validate_json((folder / "program.json").read_bytes())
         validate_program(program)
         initial = safetensors.numpy.load((folder / "initial.safetensors").read_bytes())
+        eval_program, eval_tables = None, {}
+        if (folder / "eval_program.json").is_file():
+            eval_program = Program.model_validate_json((folder / "eval_program.json").read_bytes())
+            validate_program(eval_program)
+            raw = (folder / "eval_tables.safetensors").read_bytes()
+            eval_tables = {k: np.asarray(v) for k, v in safetensors.numpy.load(raw).items()}
         job = cls(
+            eval_program=eval_program,
+            eval_tables=eval_tables,
             name=man.name,
             program=program,
             initial_state={k: np.asarray(v) for k, v in initial.items()},
@@ -198,6 +212,7 @@ class JobRunManifest(BaseModel):
     step_roots: list[Hex32] = []
     run_root: Hex32 | None = None
     steps_per_second: float | None = None
+    heldout_accuracy: float | None = None
 
 
 def _batch_shapes(program: Program) -> dict[int, tuple[int, ...]]:
@@ -271,9 +286,47 @@ def train(
         if (t + 1) % every == 0:
             checkpoint(t + 1, state)
     run.steps_per_second = steps / max(time.perf_counter() - t0, 1e-9)
+    run.heldout_accuracy = heldout_accuracy(job, dataset, state, backend, device)
     run.run_root = to_hex(run_root_of([from_hex(c.state_root) for c in run.checkpoints]))
     _write(out, run)
     return run
+
+
+def heldout_accuracy(
+    job: CompiledJob,
+    dataset: object,
+    state: dict[str, np.ndarray],
+    backend: str = "torch",
+    device: str = "cpu",
+) -> float | None:
+    """Accuracy (argmax of the last axis vs the labels) of the canonical eval forward on the
+    dataset's held-out split, or None without an eval program / a split of its size."""
+    program = job.eval_program
+    x_test = getattr(dataset, "x_test", None)
+    y_test = getattr(dataset, "y_test", None)
+    if program is None or x_test is None or y_test is None or len(x_test) == 0:
+        return None
+    x_slot = program.slots[program.slot_index("eval.x")]
+    if tuple(x_test.shape) != x_slot.shape:
+        return None
+    values: dict[str, np.ndarray] = {}
+    for slot in program.slots:
+        if not slot.persistent:
+            continue
+        if slot.name == "eval.x":
+            values[slot.name] = np.asarray(x_test, np.float32)
+        elif slot.name in job.eval_tables:
+            values[slot.name] = job.eval_tables[slot.name]
+        elif slot.name in state:
+            values[slot.name] = state[slot.name]
+        else:
+            values[slot.name] = np.zeros(slot.shape, np.float32)
+    ex = make_executor(program, backend, device)
+    ex.set_state(values)
+    ex.run_step(None)
+    logits = ex.get_state()["logits"]
+    pred = np.argmax(logits, axis=-1)
+    return float(np.mean(pred == np.asarray(y_test).astype(np.int64)))
 
 
 def _write(folder: Path, run: JobRunManifest) -> None:
