@@ -34,6 +34,7 @@ import torch.nn.functional as F
 import trainproof
 from replay.backends import make_executor
 from replay.compile.frontend import CompileError
+from replay.compile.job import load_state
 
 TOL = 1e-5
 
@@ -347,7 +348,7 @@ def test_refusals_name_op_module_and_line() -> None:
     msg = _refusal(Branchy(), x, y)
     assert "data-dependent" in msg and "test_frontend.py" in msg and "h.sum() > 0" in msg
     msg = _refusal(MLP(), torch.randn(4, 7), y)
-    assert "does not fit" in msg and "test_frontend.py" in msg
+    assert "does not fit" in msg and "fc1 (Linear)" in msg and "test_frontend.py" in msg
     m = MLP()
     msg = _refusal(m, x, y, torch.optim.Adam(m.parameters(), amsgrad=True))
     assert "amsgrad" in msg
@@ -630,3 +631,40 @@ def test_heldout_accuracy_matches_the_exported_model(tmp_path) -> None:
         logits = fresh(torch.from_numpy(data.x_test))
     want = float((logits.argmax(1).numpy() == data.y_test.astype(np.int64)).mean())
     assert run.heldout_accuracy == want
+    # fine-tuning: saved with safetensors, loaded into a fresh model, compiled again: C_0 holds it
+    from safetensors.torch import load_file, save_file
+
+    save_file(fresh.state_dict(), str(tmp_path / "w.safetensors"))
+    again = CNN()
+    again.load_state_dict(load_file(str(tmp_path / "w.safetensors")), strict=True)
+    job2 = trainproof.compile(
+        again,
+        torch.optim.SGD(again.parameters(), lr=0.5, momentum=0.9),
+        F.cross_entropy,
+        example=(torch.from_numpy(x0), torch.from_numpy(y0).long()),
+    )
+    _, final = load_state(tmp_path / "run", 3)
+    for e in job2.state_dict_layout:
+        assert np.array_equal(job2.initial_state[e.slot], final[e.slot]), e.key
+
+
+def test_gpt2_small_example_compiles_at_reduced_size() -> None:
+    """examples/gpt2_small.py's architecture code path (2 layers, d = 32, context 16, vocab
+    97, AdamW groups); the full 124M configuration is measured in docs §3.14."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    from gpt2_small import factory, optimizer_for
+
+    model, opt, loss, example = factory(batch=2, ctx=16, vocab=97, d=32, layers=2, heads=4)
+    ref = copy.deepcopy(model)
+    job = trainproof.compile(model, opt, loss, example)
+    assert "wte.weight" in job.initial_state
+    assert "lm_head.weight" not in job.initial_state  # tied: one slot
+    state = canonical_step(job, *example)
+    ropt = optimizer_for(ref)
+    native = torch_step(ref, ropt, loss, *example)
+    assert abs(float(state["loss"]) - native) <= 1e-5 * native
+    for n, p in ref.named_parameters():
+        assert _rel(state[f"{n}.exp_avg"], _f32(ropt.state[p]["exp_avg"])) <= 1e-4, n

@@ -228,8 +228,10 @@ def _probe(
         with mode:
             loss = loss_fn(twin(x), y)
     except Exception as exc:
+        module = stack[-1] if stack else "<loss function>"
         raise CompileError(
-            f"the example batch does not fit the model: {_first_line(exc)} (at {_where(exc)})"
+            f"the example batch does not fit the model: {_first_line(exc)} in module {module} "
+            f"at {_where(exc)}"
         ) from None
     finally:
         for h in hooks:
