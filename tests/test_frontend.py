@@ -668,3 +668,30 @@ def test_gpt2_small_example_compiles_at_reduced_size() -> None:
     assert abs(float(state["loss"]) - native) <= 1e-5 * native
     for n, p in ref.named_parameters():
         assert _rel(state[f"{n}.exp_avg"], _f32(ropt.state[p]["exp_avg"])) <= 1e-4, n
+
+
+class Shuffler(nn.Module):
+    """cat, strided slices, select, where, expand, permute, mean, pow, residual, clamp."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(12, 8)
+        self.b = nn.Linear(12, 4)
+        self.out = nn.Linear(16, 5)
+        self.scale = nn.Parameter(torch.ones(1, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.cat([self.a(x), self.b(x) * self.scale.expand(x.shape[0], 4)], dim=1)  # [B, 12]
+        odd = h[:, 1::2]  # [B, 6]
+        first = h[:, 0:1]
+        gated = torch.where(h > 0, h, 0.1 * h)  # leaky
+        z = torch.cat([gated, odd[:, :3] ** 2, first.clamp(-1.0, 1.0)], dim=1)  # [B, 16]
+        z = z - z.mean(dim=1, keepdim=True)
+        m = z.view(-1, 4, 4).permute(0, 2, 1).reshape(-1, 16)
+        return self.out(m + z)
+
+
+def test_data_movement_ops() -> None:
+    g = torch.Generator().manual_seed(10)
+    x, y = torch.randn(6, 12, generator=g), torch.randint(0, 5, (6,), generator=g)
+    check_sgd(Shuffler, sgd(lr=0.1, momentum=0.9), F.cross_entropy, x, y)

@@ -1255,3 +1255,25 @@ def _batch_norm_eval(
     bv = None if bias is None else per_channel(bias)
     y = layers._affine(b, xhat, wv, bv, "bne")
     return (y, lw.b.const(0.0), lw.b.const(0.0))
+
+
+def _truth(lw: Lowerer, node: fx.Node, i: int, v: Value) -> View:
+    """A 0/1 view of argument ``i``: itself for bool tensors, else ``1 - EQ(v, 0)``."""
+    arg = node.args[i]
+    val = arg.meta.get("val") if isinstance(arg, fx.Node) else None
+    view = lw.view(v)
+    if isinstance(val, torch.Tensor) and val.dtype == torch.bool:
+        return view
+    return lw.b.sub(lw.b.const(1.0), lw.b.eq(view, lw.b.const(0.0), hint="truth"), hint="truth")
+
+
+@handles(aten.logical_and.default, aten.bitwise_and.Tensor)
+def _land(lw: Lowerer, node: fx.Node, a: Value, c: Value) -> Value:
+    """MUL of the two 0/1 values."""
+    return lw.b.mul(_truth(lw, node, 0, a), _truth(lw, node, 1, c), hint="and")
+
+
+@handles(aten.logical_or.default, aten.bitwise_or.Tensor)
+def _lor(lw: Lowerer, node: fx.Node, a: Value, c: Value) -> Value:
+    """MAX of the two 0/1 values."""
+    return lw.b.maximum(_truth(lw, node, 0, a), _truth(lw, node, 1, c), hint="or")
