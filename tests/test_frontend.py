@@ -451,6 +451,11 @@ def test_cli_compile_and_train_job(tmp_path) -> None:
     assert all(np.isfinite(x["loss"]) for x in lines[1:-1])
     assert lines[-1]["program_root"] == info["program_root"]
     assert 0.0 <= lines[-1]["heldout_accuracy"] <= 1.0
+    res = runner.invoke(app, ["replay", "--run", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    lines = [json.loads(x) for x in res.stdout.splitlines() if x.startswith("{")]
+    assert [x["match"] for x in lines[:-1]] == [True, True]
+    assert lines[-1]["mismatches"] == 0
 
 
 @pytest.mark.parametrize("kind", ["SGD", "AdamW"])

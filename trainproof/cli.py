@@ -64,11 +64,31 @@ app.command(
     help="Capture one training step of a PyTorch model (FILE.py:FACTORY returning model, "
     "optimizer, loss function and an example batch) and write a job folder.",
 )(compile_command)
-app.command(
-    "replay",
-    help="Re-execute a run from its stored checkpoints and report, per checkpoint, whether "
-    "the replayed state root matches (or the first step that does not).",
-)(replay_command)
+
+
+@app.command("replay")
+def replay(
+    run: Annotated[Path, typer.Option(help="run folder written by `trainproof train`")],
+    from_step: Annotated[int | None, typer.Option(help="first checkpoint step (default 0)")] = None,
+    to_step: Annotated[int | None, typer.Option(help="last checkpoint step (default N)")] = None,
+    backend: Annotated[str, typer.Option(help="torch | numpy")] = "torch",
+    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+) -> None:
+    """Re-execute a run from its stored checkpoints and report, per checkpoint, whether the
+    replayed state root matches (or the first step that does not). Runs of a compiled job
+    (`train --job`) replay every interval."""
+    import json
+
+    meta = run / "run.json"
+    if meta.is_file() and json.loads(meta.read_text()).get("format") == "trainproof-job-run/v0":
+        if from_step is not None or to_step is not None:
+            raise typer.BadParameter("--from-step/--to-step are not supported for job runs yet")
+        from trainproof.jobcli import replay_job_command
+
+        replay_job_command(run, backend, device)
+        return
+    replay_command(run, from_step, to_step, backend=backend, device=device)
+
 
 app.command("deploy")(agents.deploy)
 job = typer.Typer(no_args_is_help=True, help="Requester commands.")

@@ -140,7 +140,14 @@ def train_job(
                 )
 
             run = train(
-                job, dataset, steps, every, out, backend=backend, on_checkpoint=on_checkpoint
+                job,
+                dataset,
+                steps,
+                every,
+                out,
+                backend=backend,
+                on_checkpoint=on_checkpoint,
+                data_source=data,
             )
     except TrainproofError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -155,3 +162,42 @@ def train_job(
             "heldout_accuracy": run.heldout_accuracy,
         }
     )
+
+
+def replay_job_command(run_dir: Path, backend: str, device: str) -> None:
+    """``trainproof replay`` of a job run: the dataset is regenerated from run.json."""
+    from replay.compile.job import read_job_run, replay_job
+
+    try:
+        run = read_job_run(run_dir)
+        spec = run.dataset_spec or {}
+        if run.data_source is None or "batch_size" not in spec:
+            raise typer.BadParameter("run.json does not say how to regenerate its dataset")
+        image = len(CompiledJobShape.of(run_dir)) == 4
+        dataset = load_data(
+            run.data_source, spec["batch_size"], spec["seed"], spec["heldout"], image=image
+        )
+        mismatches = 0
+
+        def on_result(r: Any) -> None:
+            nonlocal mismatches
+            mismatches += not r.match
+            _emit(r.as_json())
+
+        results = replay_job(run_dir, dataset, backend, device, on_result=on_result)
+    except TrainproofError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    first = next((r.first_mismatch_step for r in results if not r.match), None)
+    _emit({"checkpoints": len(results), "mismatches": mismatches, "first_mismatch_step": first})
+    if mismatches:
+        raise typer.Exit(code=1)
+
+
+class CompiledJobShape:
+    @staticmethod
+    def of(run_dir: Path) -> tuple[int, ...]:
+        from replay.compile.job import JobManifest
+
+        man = JobManifest.model_validate_json((run_dir / "job" / "job.json").read_bytes())
+        return man.x_shape

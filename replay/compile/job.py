@@ -27,9 +27,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from protocol.ir import BATCH_X, BATCH_Y, Opcode, Program, validate_program
 from replay.backends import make_executor
-from replay.checkpoint import Hex32, from_hex, load_checkpoint, save_checkpoint, to_hex
+from replay.checkpoint import (
+    Hex32,
+    from_hex,
+    load_checkpoint,
+    resolve_inside,
+    save_checkpoint,
+    to_hex,
+)
 from replay.errors import CheckpointError, SpecError
-from replay.runner import CHECKPOINT_DIR, CheckpointRef, run_root_of
+from replay.runner import CHECKPOINT_DIR, CheckpointRef, ReplayResult, run_root_of
 from replay.state import state_root_of
 
 LOSS_SLOT = "loss"
@@ -213,6 +220,9 @@ class JobRunManifest(BaseModel):
     run_root: Hex32 | None = None
     steps_per_second: float | None = None
     heldout_accuracy: float | None = None
+    #: how to regenerate the dataset (``digits`` or an .npz path, and the ArraySpec), if known
+    data_source: str | None = None
+    dataset_spec: dict[str, int] | None = None
 
 
 def _batch_shapes(program: Program) -> dict[int, tuple[int, ...]]:
@@ -228,6 +238,7 @@ def train(
     backend: str = "torch",
     device: str = "cpu",
     on_checkpoint: Callable[[CheckpointResult], None] | None = None,
+    data_source: str | None = None,
 ) -> JobRunManifest:
     """Run ``steps`` canonical steps, checkpointing every ``every``; returns the run manifest
     (its ``results`` list each checkpoint's step, state root and loss)."""
@@ -256,6 +267,8 @@ def train(
         checkpoint_every=every,
         backend=backend,
         device=device,
+        data_source=data_source,
+        dataset_spec=_spec_of(dataset),
     )
 
     def checkpoint(step: int, values: dict[str, np.ndarray]) -> None:
@@ -329,6 +342,55 @@ def heldout_accuracy(
     return float(np.mean(pred == np.asarray(y_test).astype(np.int64)))
 
 
+def _spec_of(dataset: object) -> dict[str, int] | None:
+    spec = getattr(dataset, "spec", None)
+    dump = getattr(spec, "model_dump", None)
+    return dict(dump()) if callable(dump) else None
+
+
+def replay_job(
+    run_dir: Path,
+    dataset: BatchSource,
+    backend: str = "torch",
+    device: str = "cpu",
+    on_result: Callable[[ReplayResult], None] | None = None,
+) -> list[ReplayResult]:
+    """Re-execute every checkpoint interval of a job run from its stored checkpoint (loaded
+    as untrusted, §3.11) and compare each end root with the committed one."""
+    run_dir = Path(run_dir)
+    run = read_job_run(run_dir)
+    job = CompiledJob.load(run_dir / "job")
+    if to_hex(job.program_root) != run.program_root:
+        raise CheckpointError("run.json and job/ commit different programs")
+    if to_hex(dataset.root(run.steps)) != run.dataset_root:
+        raise CheckpointError("the dataset given does not hash to the run's dataset_root")
+    refs = {c.step: c for c in run.checkpoints}
+    roots = [from_hex(r) for r in run.step_roots]
+    executor = make_executor(job.program, backend, device)
+    results = []
+    k = run.checkpoint_every
+    for start in range(0, max(refs), k):
+        ref = refs[start]
+        manifest = resolve_inside(run_dir, ref.manifest, "checkpoint manifest")
+        _, values = load_checkpoint(manifest, job.program, from_hex(ref.state_root))
+        executor.set_state(values)
+        first_bad = None
+        root = b""
+        for t in range(start, start + k):
+            executor.run_step(dataset.batch(t))
+            root = state_root_of(job.program, executor.get_state())
+            if first_bad is None and len(roots) > t + 1 and root != roots[t + 1]:
+                first_bad = t + 1
+        expected = from_hex(refs[start + k].state_root)
+        if root != expected and first_bad is None:
+            first_bad = start + k
+        result = ReplayResult(start, start + k, root, expected, first_bad)
+        results.append(result)
+        if on_result:
+            on_result(result)
+    return results
+
+
 def _write(folder: Path, run: JobRunManifest) -> None:
     tmp = folder / "run.json.tmp"
     tmp.write_text(run.model_dump_json(indent=1))
@@ -352,7 +414,8 @@ def load_state(run_dir: Path, step: int) -> tuple[CompiledJob, dict[str, np.ndar
     ref = next((c for c in run.checkpoints if c.step == step), None)
     if ref is None:
         raise CheckpointError(f"the run has no checkpoint at step {step}")
-    _, values = load_checkpoint(run_dir / ref.manifest, job.program, from_hex(ref.state_root))
+    manifest = resolve_inside(run_dir, ref.manifest, "checkpoint manifest")
+    _, values = load_checkpoint(manifest, job.program, from_hex(ref.state_root))
     return job, values
 
 
