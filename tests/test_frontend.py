@@ -700,3 +700,27 @@ def test_data_movement_ops() -> None:
     g = torch.Generator().manual_seed(10)
     x, y = torch.randn(6, 12, generator=g), torch.randint(0, 5, (6,), generator=g)
     check_sgd(Shuffler, sgd(lr=0.1, momentum=0.9), F.cross_entropy, x, y)
+
+
+def test_datasets_from_files_stream_and_match(tmp_path) -> None:
+    """.npz, .safetensors and memory-mapped x.npy/y.npy give the same committed batches as
+    from_arrays; the held-out split is the permutation's first `heldout` examples."""
+    import safetensors.numpy
+
+    rng = np.random.default_rng(3)
+    xs = rng.standard_normal((30, 4)).astype(np.float32)
+    ys = rng.integers(0, 3, 30)
+    ref = trainproof.datasets.from_arrays(xs, ys, batch_size=4, seed=2, heldout=5)
+    np.savez(tmp_path / "d.npz", x=xs, y=ys)
+    safetensors.numpy.save_file({"x": xs, "y": ys}, str(tmp_path / "d.safetensors"))
+    (tmp_path / "mm").mkdir()
+    np.save(tmp_path / "mm" / "x.npy", xs)
+    np.save(tmp_path / "mm" / "y.npy", ys)
+    for src in ("d.npz", "d.safetensors", "mm"):
+        d = trainproof.datasets.from_files(str(tmp_path / src), batch_size=4, seed=2, heldout=5)
+        assert d.root(12) == ref.root(12)
+        assert np.array_equal(d.x_test, ref.x_test)
+    order = np.random.default_rng(2).permutation(30)
+    assert np.array_equal(ref.y_test, ys[order[:5]].astype(np.float32))
+    x0, y0 = ref.batch(0)
+    assert x0.dtype == np.float32 and x0.shape == (4, 4) and y0.shape == (4,)

@@ -39,7 +39,13 @@ def train(
     out: Annotated[Path, typer.Option(help="new or empty folder for the run")],
     example: Annotated[str | None, typer.Option(help="built-in example, e.g. digits-mlp")] = None,
     job: Annotated[Path | None, typer.Option(help="job folder from `trainproof compile`")] = None,
-    data: Annotated[str, typer.Option(help="with --job: 'digits' or FILE.npz (x, y)")] = "digits",
+    data: Annotated[
+        str,
+        typer.Option(
+            help="with --job: 'digits', FILE.npz / FILE.safetensors (x, y) or a folder with "
+            "x.npy, y.npy (memory-mapped)"
+        ),
+    ] = "digits",
     seed: Annotated[int, typer.Option(help="with --job: dataset seed")] = 0,
     heldout: Annotated[int | None, typer.Option(help="with --job: held-out examples")] = None,
     backend: Annotated[str, typer.Option(help="torch | numpy")] = "torch",

@@ -34,6 +34,7 @@ class ArraySpec(BaseModel):
 
 
 def _as_f32(a: np.ndarray, label: str) -> np.ndarray:
+    """A float32 copy; integers must be exact in float32 (|v| < 2^24)."""
     a = np.asarray(a)
     if a.dtype.kind in "iub":
         if a.size and (a.max() >= MAX_EXACT_INT or a.min() <= -MAX_EXACT_INT):
@@ -44,30 +45,48 @@ def _as_f32(a: np.ndarray, label: str) -> np.ndarray:
 
 
 class ArrayDataset:
-    """The split and per-step batches of arrays ``x``, ``y`` (see the module docstring)."""
+    """The split and per-step batches of arrays ``x``, ``y`` (see the module docstring).
+
+    The arrays are read lazily, one batch at a time (``x[indices]``), so a ``numpy.memmap``
+    or ``np.load(..., mmap_mode="r")`` array larger than memory streams; only the held-out
+    split is materialised.
+    """
 
     def __init__(
         self, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, heldout: int = 0
     ) -> None:
-        x, y = _as_f32(x, "x"), _as_f32(y, "y")
         if len(x) != len(y):
             raise SpecError(f"x has {len(x)} examples, y has {len(y)}")
+        for label, a in (("x", x), ("y", y)):
+            if np.asarray(a[:0]).dtype.kind not in "iubf":
+                raise SpecError(f"{label} has dtype {np.asarray(a[:0]).dtype}; use numbers")
         self.spec = ArraySpec(examples=len(x), batch_size=batch_size, seed=seed, heldout=heldout)
         if heldout >= len(x):
             raise SpecError(f"heldout {heldout} leaves no training examples of {len(x)}")
+        self._x, self._y = x, y
         order = np.random.default_rng(seed).permutation(len(x))
-        test, train = order[:heldout], order[heldout:]
-        self.x_test, self.y_test = x[test], y[test]
-        self.x_train, self.y_train = x[train], y[train]
-        self.per_epoch = len(train) // batch_size
+        test, self._train = order[:heldout], order[heldout:]
+        self.x_test = _as_f32(x[test], "x") if heldout else _as_f32(x[:0], "x")
+        self.y_test = _as_f32(y[test], "y") if heldout else _as_f32(y[:0], "y")
+        self.per_epoch = len(self._train) // batch_size
         if self.per_epoch == 0:
-            raise SpecError(f"batch size {batch_size} exceeds the {len(train)} training examples")
+            raise SpecError(
+                f"batch size {batch_size} exceeds the {len(self._train)} training examples"
+            )
         self._epoch: tuple[int, np.ndarray] | None = None
+
+    @property
+    def x_train(self) -> np.ndarray:
+        return _as_f32(self._x[self._train], "x")
+
+    @property
+    def y_train(self) -> np.ndarray:
+        return _as_f32(self._y[self._train], "y")
 
     def _order(self, epoch: int) -> np.ndarray:
         if self._epoch is None or self._epoch[0] != epoch:
             rng = np.random.default_rng([self.spec.seed, epoch])
-            self._epoch = (epoch, rng.permutation(len(self.x_train)))
+            self._epoch = (epoch, rng.permutation(len(self._train)))
         return self._epoch[1]
 
     def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
@@ -76,8 +95,8 @@ class ArrayDataset:
             raise SpecError(f"step {step} is negative")
         epoch, k = divmod(step, self.per_epoch)
         bs = self.spec.batch_size
-        idx = self._order(epoch)[k * bs : (k + 1) * bs]
-        return np.ascontiguousarray(self.x_train[idx]), np.ascontiguousarray(self.y_train[idx])
+        idx = self._train[self._order(epoch)[k * bs : (k + 1) * bs]]
+        return _as_f32(self._x[idx], "x"), _as_f32(self._y[idx], "y")
 
     def leaf(self, step: int) -> bytes:
         x, y = self.batch(step)
@@ -91,6 +110,28 @@ def from_arrays(
     x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, heldout: int = 0
 ) -> ArrayDataset:
     """A committed, pre-batched dataset over numpy arrays (see the module docstring)."""
+    return ArrayDataset(x, y, batch_size, seed, heldout)
+
+
+def from_files(path: str, batch_size: int, seed: int, heldout: int = 0) -> ArrayDataset:
+    """Arrays ``x`` and ``y`` from a ``.npz`` file, a ``.safetensors`` file, or a folder
+    holding ``x.npy`` and ``y.npy`` (memory-mapped: streamed, never loaded whole)."""
+    from pathlib import Path
+
+    p = Path(path)
+    if p.is_dir():
+        x = np.load(p / "x.npy", mmap_mode="r", allow_pickle=False)
+        y = np.load(p / "y.npy", mmap_mode="r", allow_pickle=False)
+    elif p.suffix == ".npz":
+        with np.load(p, allow_pickle=False) as z:
+            x, y = z["x"], z["y"]
+    elif p.suffix == ".safetensors":
+        import safetensors.numpy
+
+        tensors = safetensors.numpy.load_file(str(p))
+        x, y = tensors["x"], tensors["y"]
+    else:
+        raise SpecError(f"{path}: expected .npz, .safetensors or a folder with x.npy and y.npy")
     return ArrayDataset(x, y, batch_size, seed, heldout)
 
 

@@ -81,7 +81,6 @@ def compile_command(
 
 
 def load_data(spec: str, batch: int, seed: int, heldout: int | None, image: bool) -> Any:
-    import numpy as np
 
     from trainproof import datasets
 
@@ -89,11 +88,7 @@ def load_data(spec: str, batch: int, seed: int, heldout: int | None, image: bool
         return datasets.digits(
             batch, seed=seed, heldout=297 if heldout is None else heldout, image=image
         )
-    path = Path(spec)
-    if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            return datasets.from_arrays(z["x"], z["y"], batch, seed, heldout or 0)
-    raise typer.BadParameter("--data is 'digits' or an .npz file with arrays x and y")
+    return datasets.from_files(spec, batch, seed, heldout or 0)
 
 
 def train_job(
