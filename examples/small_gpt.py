@@ -8,6 +8,8 @@ pinned environment. Byte-level tokens (vocab 256), windows of 32 + 1 bytes with 
 linear-warmup + cosine schedule (``lr_schedule``: the per-step lrs are a committed table).
 
     PYTHONPATH=. python examples/small_gpt.py [STEPS]    # canonical run + held-out bits/byte
+    trainproof compile --model examples/small_gpt.py:factory --schedule-steps 200 --out J
+    (the CLI's --data has no text loader yet: use the script, or save dataset() as x.npy/y.npy)
 """
 
 from __future__ import annotations

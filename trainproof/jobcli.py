@@ -52,15 +52,23 @@ def compile_command(
     eval_rows: Annotated[
         int | None, typer.Option(help="also compile the eval forward over this many held-out rows")
     ] = None,
+    schedule_steps: Annotated[
+        int | None, typer.Option(help="steps of the factory's lr scheduler to tabulate")
+    ] = None,
 ) -> None:
     """Capture one training step of a PyTorch model and write the job folder."""
     from replay.compile.frontend import compile as compile_job
 
     factory = load_factory(model)
     made = factory()
-    if not isinstance(made, tuple) or len(made) != 4:
-        raise typer.BadParameter("the factory must return (model, optimizer, loss_fn, (x, y))")
-    net, opt, loss_fn, example = made
+    if not isinstance(made, tuple) or len(made) not in (4, 5):
+        raise typer.BadParameter(
+            "the factory must return (model, optimizer, loss_fn, (x, y)[, lr_scheduler])"
+        )
+    net, opt, loss_fn, example = made[:4]
+    sched = made[4] if len(made) == 5 else None
+    if sched is not None and not schedule_steps:
+        raise typer.BadParameter("the factory returns an lr scheduler: give --schedule-steps")
     try:
         job = compile_job(
             net,
@@ -69,6 +77,8 @@ def compile_command(
             example,
             clip_grad_norm_to=clip_grad_norm,
             eval_rows=eval_rows,
+            lr_schedule=sched,
+            schedule_steps=schedule_steps,
             name=Path(model.rpartition(":")[0]).stem,
         )
     except TrainproofError as exc:
