@@ -724,3 +724,42 @@ def test_datasets_from_files_stream_and_match(tmp_path) -> None:
     assert np.array_equal(ref.y_test, ys[order[:5]].astype(np.float32))
     x0, y0 = ref.batch(0)
     assert x0.dtype == np.float32 and x0.shape == (4, 4) and y0.shape == (4,)
+
+
+class PlainNorm(nn.Module):
+    """LayerNorm without affine parameters, nn.GELU and nn.SiLU modules."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(12, 5)
+        self.ln = nn.LayerNorm(5, elementwise_affine=False)
+        self.gelu = nn.GELU()
+        self.silu = nn.SiLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.silu(self.gelu(self.ln(self.fc(x))))
+
+
+def test_label_smoothing_and_plain_layer_norm() -> None:
+    g = torch.Generator().manual_seed(11)
+    x, y = torch.randn(8, 12, generator=g), torch.randint(0, 5, (8,), generator=g)
+
+    def smoothed(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(z, t, label_smoothing=0.1)
+
+    check_sgd(MLP, sgd(lr=0.1), smoothed, x, y)
+    check_sgd(PlainNorm, sgd(lr=0.1, momentum=0.9), F.cross_entropy, x, y)
+
+
+def test_class_dim_logits_are_refused_with_a_hint() -> None:
+    model = TinyGPT()
+    x, y = torch.randint(0, 13, (2, 6)), torch.randint(0, 13, (2, 6))
+    with pytest.raises(CompileError) as info:
+        trainproof.compile(
+            model,
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            lambda z, t: F.cross_entropy(z.transpose(1, 2), t),
+            example=(x, y),
+        )
+    msg = str(info.value)
+    assert "nll_loss2d_forward" in msg and "<loss function>" in msg and "test_frontend.py" in msg

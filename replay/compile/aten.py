@@ -1277,3 +1277,13 @@ def _land(lw: Lowerer, node: fx.Node, a: Value, c: Value) -> Value:
 def _lor(lw: Lowerer, node: fx.Node, a: Value, c: Value) -> Value:
     """MAX of the two 0/1 values."""
     return lw.b.maximum(_truth(lw, node, 0, a), _truth(lw, node, 1, c), hint="or")
+
+
+@handles(aten.bitwise_not.default)
+def _bnot(lw: Lowerer, node: fx.Node, x: Value) -> Value:
+    """``1 - x`` of a bool (0/1) tensor."""
+    arg = node.args[0]
+    val = arg.meta.get("val") if isinstance(arg, fx.Node) else None
+    if not (isinstance(val, torch.Tensor) and val.dtype == torch.bool):
+        raise LoweringError("bitwise_not of a non-bool tensor is not supported", node)
+    return lw.b.sub(lw.b.const(1.0), lw.view(x), hint="not")

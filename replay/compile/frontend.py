@@ -101,7 +101,7 @@ class _Probe(TorchDispatchMode):
         if self.forward:
             name = str(func.overloadpacket.__name__)
             origin = Origin(
-                self.stack[-1] if self.stack else "<model>",
+                self.stack[-1] if self.stack else "<loss function>",
                 _user_frame(traceback.extract_stack()),
             )
             self.seen.setdefault(name, []).append(origin)
