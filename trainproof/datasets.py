@@ -1,0 +1,147 @@
+"""Committed, pre-batched datasets from arrays (docs/protocol.md §3.10 generalised).
+
+:func:`from_arrays` takes numpy arrays ``x [N, ...]`` and ``y [N, ...]`` and returns an
+:class:`ArrayDataset` with the interface of :class:`replay.dataset.Dataset` (``batch(t)``,
+``leaf(t)``, ``root(steps)``, ``x_test`` / ``y_test``), so :func:`trainproof.train`,
+``replay.dispute.Computation`` and the runner read it the same way:
+
+- values are converted to float32 (integer labels and token ids are exact below 2^24);
+- held-out split: ``default_rng(seed).permutation(N)``, the first ``heldout`` indices aside;
+- epoch ``e`` visits the training examples in the order ``default_rng([seed, e]).permutation``,
+  cut into ``batch_size`` batches (the tail is dropped); step ``t`` reads batch ``t``;
+- leaf ``t`` = ``tensor_root(x_t) || tensor_root(y_t)``; ``root(N) = MTH(leaf_0..leaf_{N-1})``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from protocol.commitments import tensor_root
+from protocol.merkle import merkle_root
+from replay.errors import SpecError
+
+MAX_EXACT_INT = 1 << 24
+
+
+class ArraySpec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    examples: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    seed: int = Field(ge=0)
+    heldout: int = Field(ge=0)
+
+
+def _as_f32(a: np.ndarray, label: str) -> np.ndarray:
+    """A float32 copy; integers must be exact in float32 (|v| < 2^24)."""
+    a = np.asarray(a)
+    if a.dtype.kind in "iub":
+        if a.size and (a.max() >= MAX_EXACT_INT or a.min() <= -MAX_EXACT_INT):
+            raise SpecError(f"{label} holds integers beyond 2^24, not exact in float32")
+    elif a.dtype.kind != "f":
+        raise SpecError(f"{label} has dtype {a.dtype}; use numbers")
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+class ArrayDataset:
+    """The split and per-step batches of arrays ``x``, ``y`` (see the module docstring).
+
+    The arrays are read lazily, one batch at a time (``x[indices]``), so a ``numpy.memmap``
+    or ``np.load(..., mmap_mode="r")`` array larger than memory streams; only the held-out
+    split is materialised.
+    """
+
+    def __init__(
+        self, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, heldout: int = 0
+    ) -> None:
+        if len(x) != len(y):
+            raise SpecError(f"x has {len(x)} examples, y has {len(y)}")
+        for label, a in (("x", x), ("y", y)):
+            if np.asarray(a[:0]).dtype.kind not in "iubf":
+                raise SpecError(f"{label} has dtype {np.asarray(a[:0]).dtype}; use numbers")
+        self.spec = ArraySpec(examples=len(x), batch_size=batch_size, seed=seed, heldout=heldout)
+        if heldout >= len(x):
+            raise SpecError(f"heldout {heldout} leaves no training examples of {len(x)}")
+        self._x, self._y = x, y
+        order = np.random.default_rng(seed).permutation(len(x))
+        test, self._train = order[:heldout], order[heldout:]
+        self.x_test = _as_f32(x[test], "x") if heldout else _as_f32(x[:0], "x")
+        self.y_test = _as_f32(y[test], "y") if heldout else _as_f32(y[:0], "y")
+        self.per_epoch = len(self._train) // batch_size
+        if self.per_epoch == 0:
+            raise SpecError(
+                f"batch size {batch_size} exceeds the {len(self._train)} training examples"
+            )
+        self._epoch: tuple[int, np.ndarray] | None = None
+
+    @property
+    def x_train(self) -> np.ndarray:
+        return _as_f32(self._x[self._train], "x")
+
+    @property
+    def y_train(self) -> np.ndarray:
+        return _as_f32(self._y[self._train], "y")
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if self._epoch is None or self._epoch[0] != epoch:
+            rng = np.random.default_rng([self.spec.seed, epoch])
+            self._epoch = (epoch, rng.permutation(len(self._train)))
+        return self._epoch[1]
+
+    def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """(x_t, y_t): the exact float32 arrays step ``t`` reads."""
+        if step < 0:
+            raise SpecError(f"step {step} is negative")
+        epoch, k = divmod(step, self.per_epoch)
+        bs = self.spec.batch_size
+        idx = self._train[self._order(epoch)[k * bs : (k + 1) * bs]]
+        return _as_f32(self._x[idx], "x"), _as_f32(self._y[idx], "y")
+
+    def leaf(self, step: int) -> bytes:
+        x, y = self.batch(step)
+        return tensor_root(x) + tensor_root(y)
+
+    def root(self, steps: int) -> bytes:
+        return merkle_root([self.leaf(t) for t in range(steps)])
+
+
+def from_arrays(
+    x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, heldout: int = 0
+) -> ArrayDataset:
+    """A committed, pre-batched dataset over numpy arrays (see the module docstring)."""
+    return ArrayDataset(x, y, batch_size, seed, heldout)
+
+
+def from_files(path: str, batch_size: int, seed: int, heldout: int = 0) -> ArrayDataset:
+    """Arrays ``x`` and ``y`` from a ``.npz`` file, a ``.safetensors`` file, or a folder
+    holding ``x.npy`` and ``y.npy`` (memory-mapped: streamed, never loaded whole)."""
+    from pathlib import Path
+
+    p = Path(path)
+    if p.is_dir():
+        x = np.load(p / "x.npy", mmap_mode="r", allow_pickle=False)
+        y = np.load(p / "y.npy", mmap_mode="r", allow_pickle=False)
+    elif p.suffix == ".npz":
+        with np.load(p, allow_pickle=False) as z:
+            x, y = z["x"], z["y"]
+    elif p.suffix == ".safetensors":
+        import safetensors.numpy
+
+        tensors = safetensors.numpy.load_file(str(p))
+        x, y = tensors["x"], tensors["y"]
+    else:
+        raise SpecError(f"{path}: expected .npz, .safetensors or a folder with x.npy and y.npy")
+    return ArrayDataset(x, y, batch_size, seed, heldout)
+
+
+def digits(batch_size: int, seed: int = 0, heldout: int = 297, image: bool = True) -> ArrayDataset:
+    """scikit-learn's bundled digits (no download): x = pixels / 16 (exact), as
+    ``[N, 1, 8, 8]`` images (or ``[N, 64]`` with ``image=False``), y = class index."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = (np.asarray(data.data, dtype=np.float64) / 16.0).astype(np.float32)
+    if image:
+        x = x.reshape(-1, 1, 8, 8)
+    return from_arrays(x, np.asarray(data.target), batch_size, seed, heldout)

@@ -1,0 +1,208 @@
+"""``trainproof compile`` and ``trainproof train --job``: the PyTorch front end on the CLI.
+
+stdout carries JSON lines (machine-readable), stderr a progress bar.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from protocol.errors import TrainproofError
+
+
+def _emit(obj: dict[str, object]) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def load_factory(spec: str) -> Any:
+    """``FILE.py:FACTORY`` → the factory function."""
+    path, _, name = spec.rpartition(":")
+    if not path or not name:
+        raise typer.BadParameter("expected FILE.py:FACTORY", param_hint="--model")
+    file = Path(path)
+    if not file.is_file():
+        raise typer.BadParameter(f"{file} does not exist", param_hint="--model")
+    mod_spec = importlib.util.spec_from_file_location(f"trainproof_user_{file.stem}", file)
+    assert mod_spec and mod_spec.loader
+    module = importlib.util.module_from_spec(mod_spec)
+    sys.path.insert(0, str(file.parent.resolve()))
+    mod_spec.loader.exec_module(module)
+    fn = getattr(module, name, None)
+    if fn is None:
+        raise typer.BadParameter(f"{file} has no {name}", param_hint="--model")
+    return fn
+
+
+def compile_command(
+    model: Annotated[
+        str, typer.Option(help="FILE.py:FACTORY returning model, optimizer, loss, (x, y)")
+    ],
+    out: Annotated[Path, typer.Option(help="new folder for the compiled job")],
+    clip_grad_norm: Annotated[
+        float | None, typer.Option(help="clip gradients to this norm")
+    ] = None,
+    eval_rows: Annotated[
+        int | None, typer.Option(help="also compile the eval forward over this many held-out rows")
+    ] = None,
+    schedule_steps: Annotated[
+        int | None, typer.Option(help="steps of the factory's lr scheduler to tabulate")
+    ] = None,
+) -> None:
+    """Capture one training step of a PyTorch model and write the job folder."""
+    from replay.compile.frontend import compile as compile_job
+
+    factory = load_factory(model)
+    made = factory()
+    if not isinstance(made, tuple) or len(made) not in (4, 5):
+        raise typer.BadParameter(
+            "the factory must return (model, optimizer, loss_fn, (x, y)[, lr_scheduler])"
+        )
+    net, opt, loss_fn, example = made[:4]
+    sched = made[4] if len(made) == 5 else None
+    if sched is not None and not schedule_steps:
+        raise typer.BadParameter("the factory returns an lr scheduler: give --schedule-steps")
+    try:
+        job = compile_job(
+            net,
+            opt,
+            loss_fn,
+            example,
+            clip_grad_norm_to=clip_grad_norm,
+            eval_rows=eval_rows,
+            lr_schedule=sched,
+            schedule_steps=schedule_steps,
+            name=Path(model.rpartition(":")[0]).stem,
+        )
+    except TrainproofError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    job.save(out)
+    stats = job.stats()
+    stats.pop("opcodes", None)
+    _emit({"job": str(out), "program_root": "0x" + job.program_root.hex(), **stats})
+
+
+def load_data(spec: str, batch: int, seed: int, heldout: int | None, image: bool) -> Any:
+
+    from trainproof import datasets
+
+    if spec == "digits":
+        return datasets.digits(
+            batch, seed=seed, heldout=297 if heldout is None else heldout, image=image
+        )
+    return datasets.from_files(spec, batch, seed, heldout or 0)
+
+
+def train_job(
+    job_dir: Path,
+    data: str,
+    steps: int,
+    every: int,
+    out: Path,
+    backend: str,
+    seed: int,
+    heldout: int | None,
+) -> None:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from replay.compile.job import CheckpointResult, CompiledJob, train
+
+    try:
+        job = CompiledJob.load(job_dir)
+        dataset = load_data(data, job.x_shape[0], seed, heldout, image=len(job.x_shape) == 4)
+        t0 = time.perf_counter()
+        last = [t0, 0]
+        with Progress(
+            TextColumn(f"training {job.name}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        ) as progress:
+            task = progress.add_task("steps", total=steps)
+
+            def on_checkpoint(r: CheckpointResult) -> None:
+                now = time.perf_counter()
+                rate = (r.step - last[1]) / max(now - last[0], 1e-9) if r.step else None
+                last[0], last[1] = now, r.step
+                progress.update(task, completed=r.step)
+                _emit(
+                    {
+                        "step": r.step,
+                        "state_root": r.state_root,
+                        "loss": r.loss,
+                        "steps_per_second": rate,
+                    }
+                )
+
+            run = train(
+                job,
+                dataset,
+                steps,
+                every,
+                out,
+                backend=backend,
+                on_checkpoint=on_checkpoint,
+                data_source=data,
+            )
+    except TrainproofError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    _emit(
+        {
+            "steps": run.steps,
+            "run_root": run.run_root,
+            "program_root": run.program_root,
+            "dataset_root": run.dataset_root,
+            "steps_per_second": run.steps_per_second,
+            "heldout_accuracy": run.heldout_accuracy,
+        }
+    )
+
+
+def replay_job_command(run_dir: Path, backend: str, device: str) -> None:
+    """``trainproof replay`` of a job run: the dataset is regenerated from run.json."""
+    from replay.compile.job import read_job_run, replay_job
+
+    try:
+        run = read_job_run(run_dir)
+        spec = run.dataset_spec or {}
+        if run.data_source is None or "batch_size" not in spec:
+            raise typer.BadParameter("run.json does not say how to regenerate its dataset")
+        image = len(CompiledJobShape.of(run_dir)) == 4
+        dataset = load_data(
+            run.data_source, spec["batch_size"], spec["seed"], spec["heldout"], image=image
+        )
+        mismatches = 0
+
+        def on_result(r: Any) -> None:
+            nonlocal mismatches
+            mismatches += not r.match
+            _emit(r.as_json())
+
+        results = replay_job(run_dir, dataset, backend, device, on_result=on_result)
+    except TrainproofError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    first = next((r.first_mismatch_step for r in results if not r.match), None)
+    _emit({"checkpoints": len(results), "mismatches": mismatches, "first_mismatch_step": first})
+    if mismatches:
+        raise typer.Exit(code=1)
+
+
+class CompiledJobShape:
+    @staticmethod
+    def of(run_dir: Path) -> tuple[int, ...]:
+        from replay.compile.job import JobManifest
+
+        man = JobManifest.model_validate_json((run_dir / "job" / "job.json").read_bytes())
+        return man.x_shape
