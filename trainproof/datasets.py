@@ -113,12 +113,56 @@ def from_arrays(
     return ArrayDataset(x, y, batch_size, seed, heldout)
 
 
+_SAFETENSORS_DTYPES = {
+    "F64": "<f8",
+    "F32": "<f4",
+    "F16": "<f2",
+    "I64": "<i8",
+    "I32": "<i4",
+    "I16": "<i2",
+    "I8": "i1",
+    "U64": "<u8",
+    "U32": "<u4",
+    "U16": "<u2",
+    "U8": "u1",
+    "BOOL": "?",
+}
+
+
+def _safetensors_mmap(path: str) -> dict[str, np.ndarray]:
+    """The tensors of a ``.safetensors`` file as read-only memory maps (nothing is read but
+    the header): 8-byte little-endian header length, JSON header, then the raw data."""
+    import json
+
+    with open(path, "rb") as f:
+        (n,) = np.frombuffer(f.read(8), dtype="<u8")
+        header = json.loads(f.read(int(n)))
+    out = {}
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = _SAFETENSORS_DTYPES.get(meta["dtype"])
+        if dtype is None:
+            raise SpecError(f"{path}: tensor {name} has dtype {meta['dtype']}; use numbers")
+        start, end = meta["data_offsets"]
+        shape = tuple(meta["shape"])
+        if end == start:
+            out[name] = np.zeros(shape, dtype)
+        else:
+            offset = 8 + int(n) + start
+            out[name] = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+    return out
+
+
 def from_files(path: str, batch_size: int, seed: int, heldout: int = 0) -> ArrayDataset:
-    """Arrays ``x`` and ``y`` from a ``.npz`` file, a ``.safetensors`` file, or a folder
-    holding ``x.npy`` and ``y.npy`` (memory-mapped: streamed, never loaded whole)."""
+    """Arrays ``x`` and ``y`` from a folder holding ``x.npy`` and ``y.npy`` or a
+    ``.safetensors`` file (both memory-mapped: each batch reads only its rows, so a dataset
+    larger than memory streams), or a ``.npz`` file (loaded whole)."""
     from pathlib import Path
 
     p = Path(path)
+    if not p.exists():
+        raise SpecError(f"{path} does not exist")
     if p.is_dir():
         x = np.load(p / "x.npy", mmap_mode="r", allow_pickle=False)
         y = np.load(p / "y.npy", mmap_mode="r", allow_pickle=False)
@@ -126,9 +170,9 @@ def from_files(path: str, batch_size: int, seed: int, heldout: int = 0) -> Array
         with np.load(p, allow_pickle=False) as z:
             x, y = z["x"], z["y"]
     elif p.suffix == ".safetensors":
-        import safetensors.numpy
-
-        tensors = safetensors.numpy.load_file(str(p))
+        tensors = _safetensors_mmap(str(p))
+        if "x" not in tensors or "y" not in tensors:
+            raise SpecError(f"{path} must hold tensors named x and y")
         x, y = tensors["x"], tensors["y"]
     else:
         raise SpecError(f"{path}: expected .npz, .safetensors or a folder with x.npy and y.npy")

@@ -90,14 +90,45 @@ def compile_command(
     _emit({"job": str(out), "program_root": "0x" + job.program_root.hex(), **stats})
 
 
-def load_data(spec: str, batch: int, seed: int, heldout: int | None, image: bool) -> Any:
+DATA_FORMS = (
+    "digits (scikit-learn's digits); text:bytes (the torch 2.13.0 sources, one token per "
+    "byte, vocab 256); text:bpe:VOCAB (the same text, a byte-level BPE of VOCAB tokens "
+    "trained on the training files); FILE.npz / FILE.safetensors holding x and y; or a "
+    "folder with x.npy and y.npy (memory-mapped: larger than memory streams)"
+)
 
+
+def load_data(
+    spec: str, batch: int, seed: int, heldout: int | None, x_shape: tuple[int, ...]
+) -> Any:
+    """The dataset a ``--data`` form names, shaped for a job whose batch x is ``x_shape``."""
+    from replay.errors import SpecError
     from trainproof import datasets
 
     if spec == "digits":
         return datasets.digits(
-            batch, seed=seed, heldout=297 if heldout is None else heldout, image=image
+            batch, seed=seed, heldout=297 if heldout is None else heldout, image=len(x_shape) == 4
         )
+    if spec == "text" or spec.startswith("text:"):
+        parts = spec.split(":")
+        if parts == ["text", "bytes"]:
+            tokenizer, vocab = "bytes", 256
+        elif len(parts) == 3 and parts[1] == "bpe" and parts[2].isdigit():
+            tokenizer, vocab = "bpe", int(parts[2])
+        else:
+            raise SpecError(f"unknown --data form {spec!r}; expected text:bytes or text:bpe:VOCAB")
+        if len(x_shape) != 2:
+            raise SpecError(f"text data gives x of shape [B, context]; the job reads {x_shape}")
+        return datasets.text(
+            tokenizer,
+            vocab,
+            context=x_shape[1],
+            batch_size=batch,
+            seed=seed,
+            heldout=5 if heldout is None else heldout,
+        )
+    if not Path(spec).exists():
+        raise SpecError(f"unknown --data form {spec!r} (no such file); expected {DATA_FORMS}")
     return datasets.from_files(spec, batch, seed, heldout or 0)
 
 
@@ -118,7 +149,7 @@ def train_job(
 
     try:
         job = CompiledJob.load(job_dir)
-        dataset = load_data(data, job.x_shape[0], seed, heldout, image=len(job.x_shape) == 4)
+        dataset = load_data(data, job.x_shape[0], seed, heldout, tuple(job.x_shape))
         t0 = time.perf_counter()
         last = [t0, 0]
         with Progress(
@@ -154,6 +185,8 @@ def train_job(
                 on_checkpoint=on_checkpoint,
                 data_source=data,
             )
+        if getattr(dataset, "tokenizer_json", None):
+            (out / "tokenizer.json").write_text(dataset.tokenizer_json)
     except TrainproofError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from None
@@ -178,9 +211,12 @@ def replay_job_command(run_dir: Path, backend: str, device: str) -> None:
         spec = run.dataset_spec or {}
         if run.data_source is None or "batch_size" not in spec:
             raise typer.BadParameter("run.json does not say how to regenerate its dataset")
-        image = len(CompiledJobShape.of(run_dir)) == 4
         dataset = load_data(
-            run.data_source, spec["batch_size"], spec["seed"], spec["heldout"], image=image
+            run.data_source,
+            int(spec["batch_size"]),
+            int(spec["seed"]),
+            int(spec["heldout"]),
+            CompiledJobShape.of(run_dir),
         )
         mismatches = 0
 
