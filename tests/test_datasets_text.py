@@ -191,6 +191,9 @@ def test_cli_data_forms(lm_job, tmp_path) -> None:
         assert res.exit_code == 2, res.output
         err = [line for line in res.output.splitlines() if line.strip()]
         assert len(err) == 1 and err[0].startswith("error: unknown --data form"), res.output
+    args = ["train", "--job", str(lm_job), "--data", "text:bpe:400", "--steps", "1"]
+    res = runner.invoke(app, [*args, "--checkpoint-every", "1", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "400 token ids but the job's embedding has 300 rows" in res.output
     d = load_data("text:bpe:300", 2, 0, None, (2, 8))
     assert d.spec.tokenizer == "bpe" and d.spec.context == 8 and d.spec.heldout == 5
     with pytest.raises(SpecError, match=r"\[B, context\]"):

@@ -132,6 +132,32 @@ def load_data(
     return datasets.from_files(spec, batch, seed, heldout or 0)
 
 
+def token_rows(program: Any) -> int | None:
+    """The fewest rows of a table that a GATHER indexes by the batch's x (an embedding of
+    token ids), or None when no op does."""
+    from protocol.ir import BATCH_X, Opcode
+
+    x_slots = {op.out for op in program.ops if op.opcode == Opcode.LOAD_BATCH and op.imm == BATCH_X}
+    rows = [
+        op.reduce_len
+        for op in program.ops
+        if op.opcode == Opcode.GATHER and op.operands and op.operands[0].slot in x_slots
+    ]
+    return min(rows) if rows else None
+
+
+def check_vocab(job: Any, dataset: Any, data: str) -> None:
+    """Refuse token ids beyond the job's embedding (GATHER would read them as +0.0 rows)."""
+    from replay.errors import SpecError
+
+    vocab = getattr(dataset, "vocab_size", None)
+    rows = token_rows(job.program)
+    if vocab is not None and rows is not None and vocab > rows:
+        raise SpecError(
+            f"--data {data} has {vocab} token ids but the job's embedding has {rows} rows"
+        )
+
+
 def train_job(
     job_dir: Path,
     data: str,
@@ -150,6 +176,7 @@ def train_job(
     try:
         job = CompiledJob.load(job_dir)
         dataset = load_data(data, job.x_shape[0], seed, heldout, tuple(job.x_shape))
+        check_vocab(job, dataset, data)
         t0 = time.perf_counter()
         last = [t0, 0]
         with Progress(
