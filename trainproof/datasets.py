@@ -10,6 +10,11 @@
 - epoch ``e`` visits the training examples in the order ``default_rng([seed, e]).permutation``,
   cut into ``batch_size`` batches (the tail is dropped); step ``t`` reads batch ``t``;
 - leaf ``t`` = ``tensor_root(x_t) || tensor_root(y_t)``; ``root(N) = MTH(leaf_0..leaf_{N-1})``.
+
+:func:`from_files` memory-maps ``x.npy``/``y.npy`` folders and ``.safetensors`` files (a batch
+reads only its rows); :func:`digits` is scikit-learn's digits; :func:`text` is language-model
+windows over the Python sources of the pinned torch 2.13.0 wheel (BSD-3-Clause), byte-level or
+BPE (docs/protocol.md §3.10.1).
 """
 
 from __future__ import annotations
