@@ -9,7 +9,9 @@ linear-warmup + cosine schedule (``lr_schedule``: the per-step lrs are a committ
 
     PYTHONPATH=. python examples/small_gpt.py [STEPS]    # canonical run + held-out bits/byte
     trainproof compile --model examples/small_gpt.py:factory --schedule-steps 200 --out J
-    (the CLI's --data has no text loader yet: use the script, or save dataset() as x.npy/y.npy)
+    trainproof train --job J --data text:bytes --steps 200 --checkpoint-every 20 --out R
+    (the CLI's text:bytes is the 50-file torch-sources corpus, docs §3.10.1; the script's
+    numbers are on module.py alone)
 """
 
 from __future__ import annotations

@@ -83,8 +83,13 @@ def train(
     data: Annotated[
         str,
         typer.Option(
-            help="with --job: 'digits', FILE.npz / FILE.safetensors (x, y) or a folder with "
-            "x.npy, y.npy (memory-mapped)"
+            help="with --job: digits | text:bytes | text:bpe:VOCAB | FILE.npz | "
+            "FILE.safetensors | DIR. digits: scikit-learn's digits. text:bytes: windows of the "
+            "torch 2.13.0 sources (50 files, sha256-checked), one token per byte (vocab 256), "
+            "context from the job's x shape [B, T], --heldout = held-out files (default 5). "
+            "text:bpe:VOCAB: the same text as a byte-level BPE of VOCAB tokens trained on the "
+            "training files (tokenizer.json written to the run). FILE.npz / FILE.safetensors: "
+            "arrays x and y. DIR: x.npy and y.npy, memory-mapped (larger than memory streams)."
         ),
     ] = "digits",
     seed: Annotated[int, typer.Option(help="with --job: dataset seed")] = 0,

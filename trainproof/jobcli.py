@@ -90,15 +90,72 @@ def compile_command(
     _emit({"job": str(out), "program_root": "0x" + job.program_root.hex(), **stats})
 
 
-def load_data(spec: str, batch: int, seed: int, heldout: int | None, image: bool) -> Any:
+DATA_FORMS = (
+    "digits (scikit-learn's digits); text:bytes (the torch 2.13.0 sources, one token per "
+    "byte, vocab 256); text:bpe:VOCAB (the same text, a byte-level BPE of VOCAB tokens "
+    "trained on the training files); FILE.npz / FILE.safetensors holding x and y; or a "
+    "folder with x.npy and y.npy (memory-mapped: larger than memory streams)"
+)
 
+
+def load_data(
+    spec: str, batch: int, seed: int, heldout: int | None, x_shape: tuple[int, ...]
+) -> Any:
+    """The dataset a ``--data`` form names, shaped for a job whose batch x is ``x_shape``."""
+    from replay.errors import SpecError
     from trainproof import datasets
 
     if spec == "digits":
         return datasets.digits(
-            batch, seed=seed, heldout=297 if heldout is None else heldout, image=image
+            batch, seed=seed, heldout=297 if heldout is None else heldout, image=len(x_shape) == 4
         )
+    if spec == "text" or spec.startswith("text:"):
+        parts = spec.split(":")
+        if parts == ["text", "bytes"]:
+            tokenizer, vocab = "bytes", 256
+        elif len(parts) == 3 and parts[1] == "bpe" and parts[2].isdigit():
+            tokenizer, vocab = "bpe", int(parts[2])
+        else:
+            raise SpecError(f"unknown --data form {spec!r}; expected text:bytes or text:bpe:VOCAB")
+        if len(x_shape) != 2:
+            raise SpecError(f"text data gives x of shape [B, context]; the job reads {x_shape}")
+        return datasets.text(
+            tokenizer,
+            vocab,
+            context=x_shape[1],
+            batch_size=batch,
+            seed=seed,
+            heldout=5 if heldout is None else heldout,
+        )
+    if not Path(spec).exists():
+        raise SpecError(f"unknown --data form {spec!r} (no such file); expected {DATA_FORMS}")
     return datasets.from_files(spec, batch, seed, heldout or 0)
+
+
+def token_rows(program: Any) -> int | None:
+    """The fewest rows of a table that a GATHER indexes by the batch's x (an embedding of
+    token ids), or None when no op does."""
+    from protocol.ir import BATCH_X, Opcode
+
+    x_slots = {op.out for op in program.ops if op.opcode == Opcode.LOAD_BATCH and op.imm == BATCH_X}
+    rows = [
+        op.reduce_len
+        for op in program.ops
+        if op.opcode == Opcode.GATHER and op.operands and op.operands[0].slot in x_slots
+    ]
+    return min(rows) if rows else None
+
+
+def check_vocab(job: Any, dataset: Any, data: str) -> None:
+    """Refuse token ids beyond the job's embedding (GATHER would read them as +0.0 rows)."""
+    from replay.errors import SpecError
+
+    vocab = getattr(dataset, "vocab_size", None)
+    rows = token_rows(job.program)
+    if vocab is not None and rows is not None and vocab > rows:
+        raise SpecError(
+            f"--data {data} has {vocab} token ids but the job's embedding has {rows} rows"
+        )
 
 
 def train_job(
@@ -118,7 +175,8 @@ def train_job(
 
     try:
         job = CompiledJob.load(job_dir)
-        dataset = load_data(data, job.x_shape[0], seed, heldout, image=len(job.x_shape) == 4)
+        dataset = load_data(data, job.x_shape[0], seed, heldout, tuple(job.x_shape))
+        check_vocab(job, dataset, data)
         t0 = time.perf_counter()
         last = [t0, 0]
         with Progress(
@@ -154,6 +212,8 @@ def train_job(
                 on_checkpoint=on_checkpoint,
                 data_source=data,
             )
+        if getattr(dataset, "tokenizer_json", None):
+            (out / "tokenizer.json").write_text(dataset.tokenizer_json)
     except TrainproofError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from None
@@ -178,9 +238,12 @@ def replay_job_command(run_dir: Path, backend: str, device: str) -> None:
         spec = run.dataset_spec or {}
         if run.data_source is None or "batch_size" not in spec:
             raise typer.BadParameter("run.json does not say how to regenerate its dataset")
-        image = len(CompiledJobShape.of(run_dir)) == 4
         dataset = load_data(
-            run.data_source, spec["batch_size"], spec["seed"], spec["heldout"], image=image
+            run.data_source,
+            int(spec["batch_size"]),
+            int(spec["seed"]),
+            int(spec["heldout"]),
+            CompiledJobShape.of(run_dir),
         )
         mismatches = 0
 

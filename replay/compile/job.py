@@ -220,9 +220,9 @@ class JobRunManifest(BaseModel):
     run_root: Hex32 | None = None
     steps_per_second: float | None = None
     heldout_accuracy: float | None = None
-    #: how to regenerate the dataset (``digits`` or an .npz path, and the ArraySpec), if known
+    #: how to regenerate the dataset (a ``--data`` form, and the dataset's spec), if known
     data_source: str | None = None
-    dataset_spec: dict[str, int] | None = None
+    dataset_spec: dict[str, int | str] | None = None
 
 
 def _batch_shapes(program: Program) -> dict[int, tuple[int, ...]]:
