@@ -131,8 +131,18 @@ def resolve_inside(folder: Path, name: str, what: str) -> Path:
     return target
 
 
-def _reject_pickle(path: Path, head: bytes) -> None:
-    if path.suffix.lower() in PICKLE_SUFFIXES or head[:1] == b"\x80" or head[:2] == b"PK":
+def _looks_like_safetensors(head: bytes, size: int) -> bool:
+    """A u64 little-endian header length that fits the file, followed by a JSON object."""
+    return len(head) >= 9 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size
+
+
+def _reject_pickle(path: Path, head: bytes, size: int | None = None) -> None:
+    # a pickle starts with 0x80 (protocol 2+), a torch.save zip with "PK"; a safetensors
+    # header length can start with the same bytes (e.g. 0x...80), so those are told apart
+    magic = head[:1] == b"\x80" or head[:2] == b"PK"
+    if magic and size is not None and _looks_like_safetensors(head, size):
+        magic = False
+    if path.suffix.lower() in PICKLE_SUFFIXES or magic:
         raise CheckpointError(
             f"{path.name} looks like a pickle / torch.save file; trainproof never unpickles "
             "checkpoints: only .safetensors files are accepted"
@@ -151,8 +161,8 @@ def load_checkpoint(
     limit = sum(4 * s.numel for s in persistent) + MAX_HEADER_BYTES
     size = path.stat().st_size
     with open(path, "rb") as f:
-        head = f.read(8)
-        _reject_pickle(path, head)
+        head = f.read(9)
+        _reject_pickle(path, head, size)
         if size > limit:
             raise CheckpointError(f"{path.name} is {size} bytes; this program's state fits {limit}")
         data = head + f.read()

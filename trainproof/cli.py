@@ -72,16 +72,75 @@ app = typer.Typer(
     ),
 )
 
+
+@app.command("train")
+def train(
+    steps: Annotated[int, typer.Option(help="number of training steps N")],
+    checkpoint_every: Annotated[int, typer.Option(help="checkpoint interval k (divides N)")],
+    out: Annotated[Path, typer.Option(help="new or empty folder for the run")],
+    example: Annotated[str | None, typer.Option(help="built-in example, e.g. digits-mlp")] = None,
+    job: Annotated[Path | None, typer.Option(help="job folder from `trainproof compile`")] = None,
+    data: Annotated[
+        str,
+        typer.Option(
+            help="with --job: digits | text:bytes | text:bpe:VOCAB | FILE.npz | "
+            "FILE.safetensors | DIR. digits: scikit-learn's digits. text:bytes: windows of the "
+            "torch 2.13.0 sources (50 files, sha256-checked), one token per byte (vocab 256), "
+            "context from the job's x shape [B, T], --heldout = held-out files (default 5). "
+            "text:bpe:VOCAB: the same text as a byte-level BPE of VOCAB tokens trained on the "
+            "training files (tokenizer.json written to the run). FILE.npz / FILE.safetensors: "
+            "arrays x and y. DIR: x.npy and y.npy, memory-mapped (larger than memory streams)."
+        ),
+    ] = "digits",
+    seed: Annotated[int, typer.Option(help="with --job: dataset seed")] = 0,
+    heldout: Annotated[int | None, typer.Option(help="with --job: held-out examples")] = None,
+    backend: Annotated[str, typer.Option(help="torch | numpy")] = "torch",
+    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+) -> None:
+    """Train canonically (bit-exact): a built-in --example, or a compiled --job. Prints one
+    JSON line per checkpoint (step, state root; with --job also loss and steps/s)."""
+    if (example is None) == (job is None):
+        raise typer.BadParameter("give exactly one of --example and --job")
+    if job is not None:
+        from trainproof.jobcli import train_job
+
+        train_job(job, data, steps, checkpoint_every, out, backend, seed, heldout)
+        return
+    train_command(example, steps, checkpoint_every, out, backend=backend, device=device)
+
+
+from trainproof.jobcli import compile_command  # noqa: E402
+
 app.command(
-    "train",
-    help="Train an example model in canonical (bit-exact) mode, writing checkpoints and "
-    "printing one JSON line per checkpoint, then the held-out accuracy.",
-)(train_command)
-app.command(
-    "replay",
-    help="Re-execute a run from its stored checkpoints and report, per checkpoint, whether "
-    "the replayed state root matches (or the first step that does not).",
-)(replay_command)
+    "compile",
+    help="Capture one training step of a PyTorch model (FILE.py:FACTORY returning model, "
+    "optimizer, loss function and an example batch) and write a job folder.",
+)(compile_command)
+
+
+@app.command("replay")
+def replay(
+    run: Annotated[Path, typer.Option(help="run folder written by `trainproof train`")],
+    from_step: Annotated[int | None, typer.Option(help="first checkpoint step (default 0)")] = None,
+    to_step: Annotated[int | None, typer.Option(help="last checkpoint step (default N)")] = None,
+    backend: Annotated[str, typer.Option(help="torch | numpy")] = "torch",
+    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+) -> None:
+    """Re-execute a run from its stored checkpoints and report, per checkpoint, whether the
+    replayed state root matches (or the first step that does not). Runs of a compiled job
+    (`train --job`) replay every interval."""
+    import json
+
+    meta = run / "run.json"
+    if meta.is_file() and json.loads(meta.read_text()).get("format") == "trainproof-job-run/v0":
+        if from_step is not None or to_step is not None:
+            raise typer.BadParameter("--from-step/--to-step are not supported for job runs yet")
+        from trainproof.jobcli import replay_job_command
+
+        replay_job_command(run, backend, device)
+        return
+    replay_command(run, from_step, to_step, backend=backend, device=device)
+
 
 app.command("deploy")(agents.deploy)
 job = typer.Typer(no_args_is_help=True, help="Requester commands.")
