@@ -75,11 +75,13 @@ app = typer.Typer(
 
 @app.command("train")
 def train(
-    steps: Annotated[int, typer.Option(help="number of training steps N")],
-    checkpoint_every: Annotated[int, typer.Option(help="checkpoint interval k (divides N)")],
     out: Annotated[Path, typer.Option(help="new or empty folder for the run")],
     example: Annotated[str | None, typer.Option(help="built-in example, e.g. digits-mlp")] = None,
     job: Annotated[Path | None, typer.Option(help="job folder from `trainproof compile`")] = None,
+    steps: Annotated[int | None, typer.Option(help="number of training steps N")] = None,
+    checkpoint_every: Annotated[
+        int | None, typer.Option(help="checkpoint interval k (divides N)")
+    ] = None,
     data: Annotated[
         str,
         typer.Option(
@@ -96,17 +98,23 @@ def train(
     heldout: Annotated[int | None, typer.Option(help="with --job: held-out examples")] = None,
     backend: Annotated[str, typer.Option(help="torch | numpy")] = "torch",
     device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    resume: Annotated[
+        bool, typer.Option(help="continue the interrupted run in --out from its last checkpoint")
+    ] = False,
 ) -> None:
     """Train canonically (bit-exact): a built-in --example, or a compiled --job. Prints one
-    JSON line per checkpoint (step, state root; with --job also loss and steps/s)."""
-    if (example is None) == (job is None):
-        raise typer.BadParameter("give exactly one of --example and --job")
-    if job is not None:
-        from trainproof.jobcli import train_job
-
-        train_job(job, data, steps, checkpoint_every, out, backend, seed, heldout)
+    JSON line per checkpoint (step, state root, loss, steps/s) and a progress bar; an
+    interrupted --example run continues with --resume."""
+    if job is None:
+        train_command(out, example, steps, checkpoint_every, backend, device, resume)
         return
-    train_command(example, steps, checkpoint_every, out, backend=backend, device=device)
+    if example is not None or resume:
+        raise typer.BadParameter("--job trains a compiled job: drop --example and --resume")
+    if steps is None or checkpoint_every is None:
+        raise typer.BadParameter("--job needs --steps and --checkpoint-every")
+    from trainproof.jobcli import train_job
+
+    train_job(job, data, steps, checkpoint_every, out, backend, seed, heldout)
 
 
 from trainproof.jobcli import compile_command  # noqa: E402
@@ -129,10 +137,8 @@ def replay(
     """Re-execute a run from its stored checkpoints and report, per checkpoint, whether the
     replayed state root matches (or the first step that does not). Runs of a compiled job
     (`train --job`) replay every interval."""
-    import json
 
-    meta = run / "run.json"
-    if meta.is_file() and json.loads(meta.read_text()).get("format") == "trainproof-job-run/v0":
+    if _run_format(run / "run.json") == "trainproof-job-run/v0":
         if from_step is not None or to_step is not None:
             raise typer.BadParameter("--from-step/--to-step are not supported for job runs yet")
         from trainproof.jobcli import replay_job_command
@@ -140,6 +146,18 @@ def replay(
         replay_job_command(run, backend, device)
         return
     replay_command(run, from_step, to_step, backend=backend, device=device)
+
+
+def _run_format(meta: Path) -> str | None:
+    """The ``format`` a run.json declares; None when absent or unreadable (replay_command then
+    says what is wrong with it)."""
+    import json
+
+    try:
+        data = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return None
+    return data.get("format") if isinstance(data, dict) else None
 
 
 app.command("deploy")(agents.deploy)
