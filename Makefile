@@ -36,7 +36,7 @@ api-client: setup
 
 setup: $(PY_STAMP) $(NODE_STAMP)
 
-$(PY_STAMP): pyproject.toml setup.py protocol/_treehash.c replay/_kernels.c
+$(PY_STAMP): pyproject.toml setup.py protocol/_treehash.c replay/execute/_kernels.c
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24"
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"

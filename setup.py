@@ -16,8 +16,8 @@ setup(
             optional=True,
         ),
         Extension(
-            "replay._kernels",
-            sources=["replay/_kernels.c"],
+            "replay.execute._kernels",
+            sources=["replay/execute/_kernels.c"],
             # only explicit fmaf: never let the compiler contract anything else
             extra_compile_args=[
                 *("-O3", "-std=c11", "-pthread"),

@@ -10,8 +10,8 @@ Writes bench/results/e2e.json and prints tables.
 2. Replay vs training: canonical training throughput of the trainer (``replay.runner.train``,
    torch backend, checkpointing) against the challenger's replay of the same run
    (``replay.runner.replay``, from the stored checkpoints) and against the dispute-time trace
-   (``replay.trace.StepTrace``, numpy reference with every op-level state root) — steps/s and
-   the ratio, median of --repeats runs in this process.
+   (``replay.dispute.trace.StepTrace``, numpy reference with every op-level state root) —
+   steps/s and the ratio, median of --repeats runs in this process.
 3. Sampling: the per-interval sampling rate a challenger needs to catch, with probability
    0.99, a cheat confined to 1% of the intervals, and what that costs as a fraction of the
    training compute (rate x replay cost / training cost).
@@ -34,9 +34,9 @@ from protocol.anvil import AnvilNode, rpc
 from protocol.chain import ChainSettings, connect, deploy_market
 from protocol.game import JobStatus
 from protocol.market import ApeMarket
-from replay.dispute import example_computation, job_spec_for
+from replay.dispute.players import example_computation, job_spec_for
+from replay.dispute.trace import StepTrace
 from replay.runner import replay, train
-from replay.trace import StepTrace
 
 FAULT = "step=7,op=222,elem=7"
 ETH = 10**18

@@ -7,7 +7,7 @@ Writes bench/results/gas_game.json and prints tables. All gas is a transaction's
 (21,000 base + calldata + execution), the number a player pays for.
 
 1. Real games on anvil (contracts/TrainProof.vy, the reference players of
-   replay/dispute.py) on the digits-mlp trace with k = --every steps per interval: a trainer
+   replay/dispute/players.py) on the digits-mlp trace with k = --every steps per interval: a trainer
    fault in a MATMUL, a reduction, an elementwise op and a LOAD_BATCH, and a challenger
    lying in a MATMUL. Baseline measured in the same run: a plain ETH transfer (21,000).
 2. Arity sweep: TRACE_ARITY compiled at 2, 4, 8, 16 (titanoboa), one reveal + pick round
@@ -34,9 +34,10 @@ from protocol.game import Phase
 from protocol.ir import Opcode
 from protocol.market import ApeMarket
 from protocol.merkle import MerkleTree, leaf_hash
-from replay.compiler import compile_train, initial_state
-from replay.dataset import Dataset
-from replay.dispute import (
+from replay.compile.compiler import compile_train, initial_state
+from replay.compile.examples import get_example
+from replay.data.dataset import Dataset
+from replay.dispute.players import (
     ChallengerPlayer,
     Computation,
     Fault,
@@ -44,7 +45,6 @@ from replay.dispute import (
     job_spec_for,
     play,
 )
-from replay.examples import get_example
 
 ROOT = Path(__file__).resolve().parent.parent
 BISECTION = {Phase.TRACE_REVEAL, Phase.TRACE_PICK, Phase.CHUNK_REVEAL, Phase.CHUNK_PICK,

@@ -6,19 +6,20 @@ For each MLP (1024 → H ReLU → H ReLU → 10, AdamW, batch B: D1024-H1024 B12
 D1024-H2048 B256 = 6.3M) it measures, each in a fresh subprocess of this script:
 
 - ``step``: one training step on the torch backend (``run_step_tensors``) of the program as
-  compiled (FREE after each value's last read, ``replay.liveness``);
+  compiled (FREE after each value's last read, ``replay.compile.liveness``);
 - ``step_before``: the same ops with every FREE moved to the end (the placement before the
-  liveness pass, ``replay.liveness.frees_at_end``);
-- ``trace``: ``replay.trace.StepTrace`` of the compiled step (every op-level root) plus the
+  liveness pass, ``replay.compile.liveness.frees_at_end``);
+- ``trace``: ``replay.dispute.trace.StepTrace`` of the compiled step (every op-level root) plus the
   partial sums of one element of its largest MATMUL (what a dispute computes).
 
 Peak extra RSS: the process sets everything up (program, executor with C_0 loaded, batch), then
 resets the kernel's high-water mark (``echo 5 > /proc/self/clear_refs``), reads VmRSS as the
 baseline, runs the measured work, and reads VmHWM; extra = VmHWM - baseline. The live set is
-computed from the program (``replay.liveness.live_bytes``): the largest sum of ephemeral slot
-bytes at any op boundary (persistent slots are in the baseline; the torch step replaces each in
-place). A trace keeps S_0 to re-execute from, so its live set also counts the persistent values
-already rewritten at that boundary. Writes bench/results/memory.json and prints a table.
+computed from the program (``replay.compile.liveness.live_bytes``): the largest sum of
+ephemeral slot bytes at any op boundary (persistent slots are in the baseline; the torch
+step replaces each in place). A trace keeps S_0 to re-execute from, so its live set also
+counts the persistent values already rewritten at that boundary. Writes
+bench/results/memory.json and prints a table.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ sys.path.insert(0, os.environ.get("MEMORY_BENCH_TREE") or str(Path(__file__).res
 import numpy as np
 
 from protocol.ir import Opcode, Program
-from replay.compiler import compile_train, initial_state, linear_shapes
-from replay.spec import AdamW, Linear, MLPSpec, ReLU
+from replay.compile.compiler import compile_train, initial_state, linear_shapes
+from replay.compile.spec import AdamW, Linear, MLPSpec, ReLU
 
 MODELS = {
     "small": ("D1024-H1024 B128", 1024, 1024, 128),
@@ -71,7 +72,7 @@ def params_of(spec: MLPSpec) -> int:
 
 
 def before_program(program: Program) -> Program:
-    from replay.liveness import frees_at_end
+    from replay.compile.liveness import frees_at_end
 
     return Program(slots=program.slots, ops=tuple(frees_at_end(program.slots, program.ops)))
 
@@ -103,8 +104,8 @@ def _status() -> dict[str, int]:
 def warm_up(what: str, trace_backend: str) -> None:
     """The same work on a tiny MLP of the same structure: torch's one-time lazy setup (kernel
     tables, thread pool, allocator arenas) happens here, not in the measured run."""
-    from replay.torch_backend import TorchExecutor
-    from replay.trace import StepTrace
+    from replay.dispute.trace import StepTrace
+    from replay.execute.torch_backend import TorchExecutor
 
     spec = MLPSpec(
         input_dim=32,
@@ -141,7 +142,7 @@ def child(key: str, what: str, threads: int, trace_backend: str) -> dict[str, in
     start = initial_state(spec, program)
     batch = batch_of(spec)
     if what in ("step", "step_before", "step_original"):
-        from replay.torch_backend import TorchExecutor
+        from replay.execute.torch_backend import TorchExecutor
 
         ex = TorchExecutor(program if what != "step_before" else before_program(program))
         ex.set_state(start)
@@ -152,7 +153,7 @@ def child(key: str, what: str, threads: int, trace_backend: str) -> dict[str, in
             ex.run_step_tensors(tb)
 
     else:
-        from replay.trace import StepTrace
+        from replay.dispute.trace import StepTrace
 
         j = largest_matmul(program)
         flat = program.ops[j].numel // 2
@@ -198,7 +199,7 @@ METHOD = " ".join(
         "resident and the step reuses memory freed during setup, hiding part of its",
         "peak). The trace is measured in the first mode only.",
         "Live set = max over op boundaries of the bytes of full ephemeral slots",
-        "(replay.liveness.live_bytes); 'before' = the same ops with every FREE at the",
+        "(replay.compile.liveness.live_bytes); 'before' = the same ops with every FREE at the",
         "end, on the current executor; 'original' = the step at original_revision (its",
         "compiler and executor, with this checkout's built native kernels).",
         "Trace = StepTrace (all op-level roots) + partials of one element of the largest",
@@ -235,7 +236,7 @@ def main() -> None:
         print(json.dumps(child(key, what, int(threads), trace_backend)))
         return
     from bench import _report
-    from replay.liveness import live_bytes
+    from replay.compile.liveness import live_bytes
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

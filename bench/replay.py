@@ -36,13 +36,13 @@ from rich.console import Console
 from rich.table import Table
 
 from protocol.ir import Program
-from replay.accuracy import FUNCTIONS, float32_sweep, measure
-from replay.builder import ProgramBuilder
-from replay.compiler import compile_train, initial_state, param_names
-from replay.dataset import Dataset
-from replay.examples import DIGITS_MLP
-from replay.numpy_backend import NumpyExecutor
-from replay.torch_backend import TorchExecutor
+from replay.compile.accuracy import FUNCTIONS, float32_sweep, measure
+from replay.compile.builder import ProgramBuilder
+from replay.compile.compiler import compile_train, initial_state, param_names
+from replay.compile.examples import DIGITS_MLP
+from replay.data.dataset import Dataset
+from replay.execute.numpy_backend import NumpyExecutor
+from replay.execute.torch_backend import TorchExecutor
 
 RESULTS = Path(__file__).resolve().parent / "results" / "replay.json"
 MATMUL_SIZES = [(64, 64, 128), (128, 128, 128), (256, 256, 256)]

@@ -32,15 +32,15 @@ from protocol.game import JobStatus
 from protocol.market import Commitment
 from protocol.pnl import Ledger, PnL
 from protocol.units import eth
-from replay.checkpoint import CheckpointError
-from replay.dispute import (
+from replay.data.checkpoint import CheckpointError
+from replay.data.publish import fetch_checkpoint
+from replay.dispute.players import (
     ChallengerPlayer,
     Computation,
     Fault,
     example_computation,
     spec_mismatch,
 )
-from replay.publish import fetch_checkpoint
 
 log = setup_logging("challenger")
 

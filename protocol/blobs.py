@@ -6,7 +6,7 @@
 - A **checkpoint pointer** maps a committed state root to the blobs of that checkpoint
   (its manifest and its safetensors file). Pointers are not trusted either: whoever follows
   one verifies, after loading, that the checkpoint's state root is the committed one
-  (``replay.publish``).
+  (``replay.data.publish``).
 
 ``BlobStore`` is the one small interface (``put``, ``get``, ``put_pointer``, ``get_pointer``);
 ``FileStore`` keeps blobs under a folder, ``HttpStore`` reads from ``trainproof blobs serve``.

@@ -11,7 +11,7 @@ What both sides of a dispute share, and what the on-chain executor mirrors:
   program with a :class:`ProgramError` naming the op and the problem.
 
 Element semantics (what each opcode computes on float32 values) live in
-``replay/semantics.py``; this module only knows shapes, indices and bytes.
+``replay/execute/semantics.py``; this module only knows shapes, indices and bytes.
 """
 
 from __future__ import annotations

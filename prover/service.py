@@ -28,15 +28,15 @@ from protocol.ir import REDUCTION_OPS
 from protocol.market import JobView, Market, Web3Market
 from protocol.pnl import Ledger, PnL
 from protocol.units import eth
-from replay.checkpoint import CheckpointError
-from replay.dispute import (
+from replay.data.checkpoint import CheckpointError
+from replay.data.publish import fetch_checkpoint, publish_state
+from replay.dispute.players import (
     Computation,
     TrainerPlayer,
     example_computation,
     parse_fault,
     spec_mismatch,
 )
-from replay.publish import fetch_checkpoint, publish_state
 
 log = setup_logging("prover")
 

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from protocol.errors import TrainproofError
-from replay.checkpoint import to_hex
+from replay.data.checkpoint import to_hex
 from replay.errors import SpecError
 from replay.runner import CheckpointEvent, ReplayResult, read_run, replay, train
 from replay.runner import resume as resume_run

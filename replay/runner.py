@@ -20,8 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from protocol.ir import Program
 from protocol.merkle import merkle_root
-from replay.backends import make_executor
-from replay.checkpoint import (
+from replay.compile.compiler import EVAL_X, LOGITS, compile_eval, compile_train, initial_state
+from replay.compile.examples import get_example
+from replay.compile.spec import MLPSpec
+from replay.data.checkpoint import (
     Hex32,
     from_hex,
     load_checkpoint,
@@ -29,12 +31,10 @@ from replay.checkpoint import (
     save_checkpoint,
     to_hex,
 )
-from replay.compiler import EVAL_X, LOGITS, compile_eval, compile_train, initial_state
-from replay.dataset import Dataset, DatasetSpec
+from replay.data.dataset import Dataset, DatasetSpec
 from replay.errors import CheckpointError, SpecError
-from replay.examples import get_example
-from replay.spec import MLPSpec
-from replay.state import state_root_of
+from replay.execute.backends import make_executor
+from replay.execute.state import state_root_of
 
 RUN_FORMAT = "trainproof-run/v0"
 CHECKPOINT_DIR = "checkpoints"

@@ -4,11 +4,11 @@
   k = 2 (two checkpoint intervals), with the honest computation and a few faulty ones
   (:data:`FAULTS`), each built once per process (:func:`computation`).
 - :func:`deploy` deploys Executor + TrainProof from compilations cached per process.
-- :class:`BoaMarket` is replay.dispute's Market interface over a boa contract, so the
+- :class:`BoaMarket` is replay.dispute.players's Market interface over a boa contract, so the
   reference players (TrainerPlayer, ChallengerPlayer, play) run on titanoboa unchanged.
 - :class:`GameDriver` plays one game on a boa contract: it computes each party's move from
-  that party's :class:`~replay.dispute.Computation` with the same logic as the reference
-  players (replay/dispute.py, written for ape), reads the values a move revealed from the
+  that party's :class:`~replay.dispute.players.Computation` with the same logic as the reference
+  players (replay/dispute/players.py, written for ape), reads the values a move revealed from the
   boa logs of that move, and can send any call (correct or tampered) for a test to assert on.
 """
 
@@ -32,9 +32,10 @@ from protocol.ir import REDUCTION_OPS
 from protocol.market import JobView
 from protocol.merkle import MerkleTree, leaf_hash
 from protocol.outbox import Sent
-from replay.compiler import compile_train, initial_state
-from replay.dataset import Dataset
-from replay.dispute import (
+from replay.compile.compiler import compile_train, initial_state
+from replay.compile.examples import get_example
+from replay.data.dataset import Dataset
+from replay.dispute.players import (
     ChallengerPlayer,
     Computation,
     Fault,
@@ -44,8 +45,7 @@ from replay.dispute import (
     opened_op,
     operand_witnesses,
 )
-from replay.examples import get_example
-from replay.state import as_committed
+from replay.execute.state import as_committed
 
 N_STEPS, EVERY = 4, 2
 STAKE = 10**18
@@ -336,7 +336,7 @@ class GameDriver:
         return cls(BoaMarket(self.tp, who, self.book), comp, g.job_id)
 
     def trainer_call(self, g: GameState | None = None) -> Call | None:
-        """The trainer's move from its computation (replay.dispute.TrainerPlayer); None: it
+        """The trainer's move from its computation (replay.dispute.players.TrainerPlayer); None: it
         has none (it can only run out its clock)."""
         g = g or self.state()
         player = self._player(TrainerPlayer, self.trainer, self.trainer_comp, g)
@@ -344,7 +344,7 @@ class GameDriver:
         return None if move is None else Call(move.fn, move.args, self.trainer)
 
     def challenger_call(self, g: GameState | None = None) -> Call:
-        """The challenger's move from its computation (replay.dispute.ChallengerPlayer)."""
+        """The challenger's move from its computation (replay.dispute.players.ChallengerPlayer)."""
         g = g or self.state()
         player = self._player(ChallengerPlayer, self.challenger, self.challenger_comp, g)
         move = player.next_move(self.game_id, g)

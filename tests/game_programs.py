@@ -1,7 +1,7 @@
 """Training programs beyond the MLP, for tests that replay a step op by op (dispute games).
 
 :func:`mixed_train_program` is ONE SGD training step of a small CNN on the digits dataset
-(replay/dataset.py, ``x`` ``[B, 64]`` = pixels/16, ``y`` the class), using every lowered layer
+(replay/data/dataset.py, ``x`` ``[B, 64]`` = pixels/16, ``y`` the class), using every lowered layer
 kind a dispute test wants to target (docs/protocol.md §3.13):
 
 1. ``tokens = ROUND(x·16)`` ∈ 0..16 (exact), embedding GATHER into ``emb.weight`` ``[17, 4]``
@@ -10,7 +10,7 @@ kind a dispute test wants to target (docs/protocol.md §3.13):
    MATMUL (FMA chain), bias ADD; ReLU (MAX with +0);
 3. 2x2 max pool: window GATHER + REDUCE_MAX → ``[B, 8, 4, 4]`` = ``[B, 128]``;
 4. layer norm over the 128 features (REDUCE_SUMs, affine FMA);
-5. linear head 128 → 10 (MATMUL + ADD) and softmax cross-entropy (replay/compiler.py's
+5. linear head 128 → 10 (MATMUL + ADD) and softmax cross-entropy (replay/compile/compiler.py's
    ``_softmax_xent``, loss into the persistent slot ``loss``);
 6. backward through all of it (embedding gradient by INDEX_ADD) and plain SGD
    ``w ← FMA(g, -lr, w)`` for every parameter.
@@ -25,9 +25,9 @@ from __future__ import annotations
 import numpy as np
 
 from protocol.ir import BATCH_Y, Opcode, Program, validate_program
-from replay import layers
-from replay.builder import ProgramBuilder, View
-from replay.compiler import CLASS_IDS, LOSS, _softmax_xent
+from replay.compile import layers
+from replay.compile.builder import ProgramBuilder, View
+from replay.compile.compiler import CLASS_IDS, LOSS, _softmax_xent
 
 VOCAB = 17  # pixel intensities 0..16
 EMBED = 4

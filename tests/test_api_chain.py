@@ -20,16 +20,16 @@ from api.indexer import ChainMoved, Indexer
 from protocol.anvil import rpc
 from protocol.game import GameState, JobStatus, Phase
 from protocol.market import ApeMarket
-from replay.compiler import compile_train, initial_state
-from replay.dataset import Dataset
-from replay.dispute import (
+from replay.compile.compiler import compile_train, initial_state
+from replay.compile.examples import get_example
+from replay.data.dataset import Dataset
+from replay.dispute.players import (
     ChallengerPlayer,
     Computation,
     Fault,
     TrainerPlayer,
     job_spec_for,
 )
-from replay.examples import get_example
 
 STAKE, BOND, REWARD = 10**18, 10**17, 5 * 10**17
 CLOCK, WINDOW, TRAIN_TIME = 3600, 7200, 3600

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 
 from protocol.blobs import BlobError, CheckpointPointer, FileStore, HttpStore, make_server
-from replay.checkpoint import CheckpointError, from_hex
-from replay.compiler import compile_train
-from replay.examples import get_example
-from replay.publish import fetch_checkpoint, publish_run
+from replay.compile.compiler import compile_train
+from replay.compile.examples import get_example
+from replay.data.checkpoint import CheckpointError, from_hex
+from replay.data.publish import fetch_checkpoint, publish_run
 from replay.runner import read_run, train
 
 

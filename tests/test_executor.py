@@ -5,14 +5,14 @@
   opcode, rank 0..4, dims and strides up to 2**32 - 1, offsets, reduce_len / reduce_stride).
 - Semantics: on random descriptors of every op kind over random slot values rich in special
   values (±0, subnormals, ±inf, NaNs with random payloads and signs, ties, integral and
-  fractional exponents), ``element`` equals the numpy backend (replay/numpy_backend.py, whose
-  element semantics are replay/semantics.py) on every output element, with the operands the
-  op does not read filled with junk; ``initial_acc`` and ``partial_step`` reproduce the
+  fractional exponents), ``element`` equals the numpy backend (replay/execute/numpy_backend.py,
+  whose element semantics are replay/execute/semantics.py) on every output element, with the
+  operands the op does not read filled with junk; ``initial_acc`` and ``partial_step`` reproduce the
   reference partials ``acc_0 .. acc_R`` (``reduce_partials``) one step at a time.
 - Special values exhaustively: every element op on the cross product of 17 special values,
   through a broadcasting descriptor; every reduction's partial step on all (acc, x) pairs.
 - End to end: every element of every element op and every partial of every reduction of a
-  compiled training step (a small GELU MLP with AdamW), read through replay.trace.StepTrace
+  compiled training step (a small GELU MLP with AdamW), read through replay.dispute.trace.StepTrace
   (``operand_reads``, ``partials``), exactly what an honest party submits in a dispute.
 - Reverts: wrong op class, unknown opcode, wrong descriptor length, operand out of range.
 """
@@ -46,11 +46,11 @@ from protocol.ir import (
     is_nan_bits,
     operand_index,
 )
-from replay import semantics
-from replay.compiler import compile_train, initial_state
-from replay.numpy_backend import execute_op, reduce_partials
-from replay.spec import GELU, AdamW, Linear, MLPSpec
-from replay.trace import StepTrace
+from replay.compile.compiler import compile_train, initial_state
+from replay.compile.spec import GELU, AdamW, Linear, MLPSpec
+from replay.dispute.trace import StepTrace
+from replay.execute import semantics
+from replay.execute.numpy_backend import execute_op, reduce_partials
 
 CONTRACT = "contracts/Executor.vy"
 

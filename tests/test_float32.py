@@ -20,7 +20,7 @@ from mutated module source must be caught by the same structured generator.
 
 Also: named edge cases on each external function, the externals against `batch`, the same
 module compiled with Venom (as contracts/Executor.vy uses it) on 2,048 cases per primitive,
-and agreement with the replay reference semantics (replay/semantics.py) when it is present.
+and agreement with the replay reference semantics (replay/execute/semantics.py) when it is present.
 """
 
 from __future__ import annotations
@@ -1321,7 +1321,7 @@ def test_edge_cases(c, op, args, want):
 
 
 # ---------------------------------------------------------------------------------------------
-# the contract agrees with the replay reference semantics (replay/semantics.py), when present
+# the contract agrees with the replay reference semantics (replay/execute/semantics.py)
 # ---------------------------------------------------------------------------------------------
 
 REPLAY_NAMES = {"maximum": "MAX", "minimum": "MIN", "round_even": "ROUND", "abs": "ABS"}
@@ -1332,7 +1332,7 @@ REPLAY_OPS = [op for op in OPS if op != "fma"]
 @pytest.mark.slow
 @pytest.mark.parametrize("op", REPLAY_OPS)
 def test_matches_replay_semantics(c, op):
-    semantics = pytest.importorskip("replay.semantics")
+    semantics = pytest.importorskip("replay.execute.semantics")
     ir = pytest.importorskip("protocol.ir")
     fn = semantics.ELEMENTWISE[ir.Opcode[REPLAY_NAMES.get(op, op.upper())]]
     rng = np.random.default_rng(OP[op])
@@ -1344,4 +1344,4 @@ def test_matches_replay_semantics(c, op):
     got = run(c, op, *ins)
     with np.errstate(all="ignore"):
         want = fn(*[orc.f32(x.astype(np.uint32)) for x in ins])
-    assert_bits(op + " (replay.semantics)", tuple(ins), got, orc.bits_of(want))
+    assert_bits(op + " (replay.execute.semantics)", tuple(ins), got, orc.bits_of(want))

@@ -32,9 +32,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import trainproof
-from replay.backends import make_executor
 from replay.compile.frontend import CompileError
 from replay.compile.job import load_state
+from replay.execute.backends import make_executor
 
 TOL = 1e-5
 
@@ -509,9 +509,9 @@ ROOTS_SCRIPT = """
 import json, sys
 import numpy as np
 import torch
-from replay.backends import make_executor
+from replay.execute.backends import make_executor
 from replay.compile.job import CompiledJob
-from replay.state import state_root_of
+from replay.execute.state import state_root_of
 job = CompiledJob.load(__import__("pathlib").Path(sys.argv[1]))
 batches = np.load(sys.argv[2])
 ex = make_executor(job.program, "torch")
@@ -581,12 +581,12 @@ def test_roots_do_not_depend_on_threads_or_cpu_capability(which: str, tmp_path) 
 
 
 def test_dispute_computation_reads_a_compiled_job(tmp_path) -> None:
-    """replay.dispute.Computation runs a compiled CNN on an ArrayDataset: its op-level trace
+    """replay.dispute.players.Computation runs a compiled CNN on an ArrayDataset: its op-level trace
     reproduces trainproof.train's checkpoint roots, and a one-element fault in a GATHER
     (im2col) changes them (what the bisection game then narrows down to that op)."""
     from protocol.ir import Opcode
-    from replay.checkpoint import to_hex
-    from replay.dispute import Computation, Fault
+    from replay.data.checkpoint import to_hex
+    from replay.dispute.players import Computation, Fault
 
     torch.manual_seed(0)
     rng = np.random.default_rng(1)

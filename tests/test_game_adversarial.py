@@ -18,7 +18,7 @@ name the `# dev:` reason of the check that failed (see game_fixtures.BUILDS for 
   with a dispute open, twice; settle and withdraw twice; wrong stake and bond; k not dividing N;
 - re-entrancy on withdraw (contracts/test/Reentrant.vy);
 - several challengers (one honest; all lying) and a trainer challenging itself;
-- the reference players of replay/dispute.py (through BoaMarket) play the same games as the
+- the reference players of replay/dispute/players.py (through BoaMarket) play the same games as the
   GameDriver used here.
 """
 
@@ -62,8 +62,8 @@ from game_fixtures import (
 from protocol.commitments import chunk, chunk_tree
 from protocol.game import JobStatus, Phase
 from protocol.merkle import MerkleTree
-from replay.dispute import ChallengerPlayer, TrainerPlayer, play, transition_opening
-from replay.state import as_committed
+from replay.dispute.players import ChallengerPlayer, TrainerPlayer, play, transition_opening
+from replay.execute.state import as_committed
 
 SHARE = STAKE * WINNER_SHARE_BPS // BPS
 BOND_BURN = BOND * BOND_BURN_BPS // BPS
@@ -775,7 +775,7 @@ def test_challenger_names_correct_element(tp, people, index) -> None:
 def test_reference_players_agree_with_the_driver(
     tp, people, trainer, challenger, trainer_wins
 ) -> None:
-    """replay.dispute's players, through BoaMarket, play the same game as GameDriver: the
+    """replay.dispute.players's players, through BoaMarket, play the same game as GameDriver: the
     same moves in the same phases, the same timeouts, the same verdict."""
     book = LogBook()
     job_id = committed_job(tp, people["requester"], people["trainer"], trainer)

@@ -16,9 +16,10 @@ import pytest
 from protocol.game import JobStatus, Phase
 from protocol.ir import Opcode
 from protocol.market import ApeMarket
-from replay.compiler import compile_train, initial_state
-from replay.dataset import Dataset
-from replay.dispute import (
+from replay.compile.compiler import compile_train, initial_state
+from replay.compile.examples import get_example
+from replay.data.dataset import Dataset
+from replay.dispute.players import (
     ChallengerPlayer,
     Computation,
     Fault,
@@ -26,7 +27,6 @@ from replay.dispute import (
     job_spec_for,
     play,
 )
-from replay.examples import get_example
 
 STEPS, EVERY = 4, 2
 STAKE, BOND, REWARD = 10**18, 10**17, 5 * 10**17

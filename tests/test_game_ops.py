@@ -22,8 +22,15 @@ from game_programs import mixed_targets, mixed_train_program
 from protocol.game import JobStatus, Phase
 from protocol.ir import Program, index_value, operand_index
 from protocol.market import ApeMarket
-from replay.dataset import Dataset, DatasetSpec
-from replay.dispute import ChallengerPlayer, Computation, Fault, TrainerPlayer, job_spec_for, play
+from replay.data.dataset import Dataset, DatasetSpec
+from replay.dispute.players import (
+    ChallengerPlayer,
+    Computation,
+    Fault,
+    TrainerPlayer,
+    job_spec_for,
+    play,
+)
 
 STEPS, EVERY, BATCH = 4, 2, 16
 STAKE, BOND, REWARD = 10**18, 10**17, 5 * 10**17

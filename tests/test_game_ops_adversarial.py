@@ -38,9 +38,9 @@ from game_programs import mixed_targets, mixed_train_program
 from protocol.commitments import chunk, chunk_tree
 from protocol.game import Phase
 from protocol.ir import Opcode, OpDescriptor, Operand, Program, Slot, index_value, operand_index
-from replay.dataset import Dataset, DatasetSpec
-from replay.dispute import Computation, Fault, job_spec_for
-from replay.state import as_committed
+from replay.data.dataset import Dataset, DatasetSpec
+from replay.dispute.players import Computation, Fault, job_spec_for
+from replay.execute.state import as_committed
 
 STEPS, EVERY, BATCH = 4, 2, 16
 ROWS, WIDTH = 7, 64  # 448 table elements: rows 0-3 in chunk 0, 4-6 in chunk 1

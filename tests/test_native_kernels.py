@@ -1,4 +1,4 @@
-"""The native FMA-chain matmul (replay/_kernels.c) against the numpy reference: every tile
+"""The native FMA-chain matmul (replay/execute/_kernels.c) against the numpy reference: every tile
 shape and tail, R = 0, every thread count gives the same bits (each element is one
 accumulator in r order, whoever computes it). ISA paths are compared on whole training
 steps in tests/test_replay_training.py (the path is chosen once per process)."""
@@ -8,10 +8,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from replay import semantics as sem
-from replay.native import native_isa, native_matmul
+from replay.execute import semantics as sem
+from replay.execute.native import native_isa, native_matmul
 
-pytestmark = pytest.mark.skipif(native_isa() is None, reason="replay._kernels is not built")
+pytestmark = pytest.mark.skipif(native_isa() is None, reason="replay.execute._kernels is not built")
 
 SHAPES = [(1, 1, 1), (4, 3, 32), (37, 50, 45), (8, 0, 33), (5, 64, 16), (3, 7, 0), (0, 3, 4)]
 

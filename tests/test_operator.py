@@ -28,7 +28,7 @@ from protocol.chain import ChainSettings, Deployment, connect, deploy_market
 from protocol.game import JobStatus
 from protocol.market import ApeMarket
 from prover.service import ProverConfig, ProverService
-from replay.dispute import example_computation, job_spec_for
+from replay.dispute.players import example_computation, job_spec_for
 
 __all__ = ["world"]  # the fixture, shared with test_services
 

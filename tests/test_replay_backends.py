@@ -34,8 +34,8 @@ from protocol.ir import (
     arity,
     validate_program,
 )
-from replay.numpy_backend import NumpyExecutor
-from replay.torch_backend import TorchExecutor
+from replay.execute.numpy_backend import NumpyExecutor
+from replay.execute.torch_backend import TorchExecutor
 
 SPECIAL = [
     0x00000000, 0x80000000, 0x7F800000, 0xFF800000, 0x7FC00000, 0xFFC00000, 0x7FC00001,

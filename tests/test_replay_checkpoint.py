@@ -12,11 +12,11 @@ import pytest
 import safetensors.numpy
 
 from protocol.ir import Program
-from replay.checkpoint import from_hex, load_checkpoint, save_checkpoint
-from replay.compiler import compile_train, initial_state
+from replay.compile.compiler import compile_train, initial_state
+from replay.compile.examples import DIGITS_MLP
+from replay.data.checkpoint import from_hex, load_checkpoint, save_checkpoint
 from replay.errors import CheckpointError
-from replay.examples import DIGITS_MLP
-from replay.state import state_root_of
+from replay.execute.state import state_root_of
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from replay import semantics as sem
-from replay.torch_kernels import fma as torch_fma
+from replay.execute import semantics as sem
+from replay.execute.torch_kernels import fma as torch_fma
 
 try:  # pytest's rootdir-relative import: tests/ itself is on sys.path
     import float32_oracle as orc

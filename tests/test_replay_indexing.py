@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from protocol.ir import Opcode, OpDescriptor, Operand, Program, Slot, index_value, validate_program
-from replay import semantics
-from replay.numpy_backend import NumpyExecutor
-from replay.torch_backend import TorchExecutor
+from replay.execute import semantics
+from replay.execute.numpy_backend import NumpyExecutor
+from replay.execute.torch_backend import TorchExecutor
 
 V, D, P = 7, 5, 23
 SPECIAL_INDICES = [0.0, -0.0, 1.0, 6.0, 7.0, 8.0, -1.0, 2.5, np.nan, np.inf, -np.inf, 3.0, 1e30]

@@ -1,4 +1,4 @@
-"""replay/layers.py against PyTorch autograd, on both backends.
+"""replay/compile/layers.py against PyTorch autograd, on both backends.
 
 Each test builds one program that computes a layer's forward and backward (the upstream
 gradient is a random persistent input), runs it on the numpy reference and on the torch
@@ -25,13 +25,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol.ir import Opcode, Program, validate_program
-from replay import layers
-from replay.builder import ProgramBuilder, View
-from replay.dataset import Dataset, DatasetSpec
-from replay.numpy_backend import NumpyExecutor
-from replay.state import state_root_of
-from replay.torch_backend import TorchExecutor
-from replay.trace import StepTrace
+from replay.compile import layers
+from replay.compile.builder import ProgramBuilder, View
+from replay.data.dataset import Dataset, DatasetSpec
+from replay.dispute.trace import StepTrace
+from replay.execute.numpy_backend import NumpyExecutor
+from replay.execute.state import state_root_of
+from replay.execute.torch_backend import TorchExecutor
 
 TOL = 1e-5
 

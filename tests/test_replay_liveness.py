@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 
 from protocol.ir import Opcode, Program, validate_program
-from replay import numpy_backend
-from replay.backends import make_executor
-from replay.compiler import compile_eval, compile_train, initial_state
-from replay.dataset import Dataset, DatasetSpec
-from replay.examples import DIGITS_MLP
-from replay.liveness import frees_at_end, live_bytes, place_frees
-from replay.spec import GELU, SGD, Linear, MLPSpec
-from replay.state import state_root_of
+from replay.compile.compiler import compile_eval, compile_train, initial_state
+from replay.compile.examples import DIGITS_MLP
+from replay.compile.liveness import frees_at_end, live_bytes, place_frees
+from replay.compile.spec import GELU, SGD, Linear, MLPSpec
+from replay.data.dataset import Dataset, DatasetSpec
+from replay.execute import numpy_backend
+from replay.execute.backends import make_executor
+from replay.execute.state import state_root_of
 
 #: digits-mlp after 5 steps from C_0 and its program_root, both computed before the liveness
 #: pass (FREEs all at the end): moving the FREEs changes program_root and op-level roots, never
@@ -103,7 +103,7 @@ def test_digits_counts_and_live_set() -> None:
 
 
 def test_a_value_nobody_reads_is_freed_right_after_its_write() -> None:
-    from replay.builder import ProgramBuilder
+    from replay.compile.builder import ProgramBuilder
 
     b = ProgramBuilder()
     x = b.persistent("x", (3,))

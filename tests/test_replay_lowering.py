@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from protocol.ir import ELEMENTWISE_OPS, REDUCTION_OPS, Opcode
-from replay.accuracy import FUNCTIONS, evaluate, float32_sweep, measure, ulps, unary_program
+from replay.compile.accuracy import FUNCTIONS, evaluate, float32_sweep, measure, ulps, unary_program
 
 
 @pytest.mark.parametrize("name", sorted(FUNCTIONS))

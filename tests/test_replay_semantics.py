@@ -1,4 +1,4 @@
-"""replay/semantics.py (the numpy reference) against the float32 contract's exact oracles.
+"""replay/execute/semantics.py (the numpy reference) against the float32 contract's exact oracles.
 
 The oracles in tests/float32_oracle.py (exact rational arithmetic, written for the Vyper
 float32 library) are independent of numpy's arithmetic: agreement here means the off-chain
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from replay import semantics as sem
+from replay.execute import semantics as sem
 
 try:  # pytest's rootdir-relative import: tests/ itself is on sys.path
     import float32_oracle as orc

@@ -10,16 +10,16 @@ import pytest
 from protocol.commitments import chunk_tree, state_root, tensor_root, tensor_root_from_fields
 from protocol.constants import DTYPE_FLOAT32
 from protocol.ir import REDUCTION_OPS, Opcode, operand_index
-from replay import numpy_backend, semantics
-from replay.backends import make_executor
-from replay.compiler import compile_train, initial_state
-from replay.dataset import Dataset
-from replay.examples import DIGITS_MLP
-from replay.liveness import live_bytes
-from replay.numpy_backend import reduce_partials
-from replay.spec import GELU, AdamW, Linear, MLPSpec, ReLU
-from replay.state import IncrementalStateTree, state_root_of
-from replay.trace import StepTrace
+from replay.compile.compiler import compile_train, initial_state
+from replay.compile.examples import DIGITS_MLP
+from replay.compile.liveness import live_bytes
+from replay.compile.spec import GELU, AdamW, Linear, MLPSpec, ReLU
+from replay.data.dataset import Dataset
+from replay.dispute.trace import StepTrace
+from replay.execute import numpy_backend, semantics
+from replay.execute.backends import make_executor
+from replay.execute.numpy_backend import reduce_partials
+from replay.execute.state import IncrementalStateTree, state_root_of
 
 
 @pytest.fixture(scope="module")

@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from replay.backends import make_executor
-from replay.checkpoint import from_hex, to_hex
 from replay.cli import app
-from replay.compiler import compile_train, initial_state
-from replay.dataset import Dataset, DatasetSpec
-from replay.examples import DIGITS_MLP
+from replay.compile.compiler import compile_train, initial_state
+from replay.compile.examples import DIGITS_MLP
+from replay.compile.spec import GELU, SGD, Linear, MLPSpec
+from replay.data.checkpoint import from_hex, to_hex
+from replay.data.dataset import Dataset, DatasetSpec
+from replay.execute.backends import make_executor
+from replay.execute.state import state_root_of
 from replay.runner import read_run, run_root_of, train, write_run
-from replay.spec import GELU, SGD, Linear, MLPSpec
-from replay.state import state_root_of
 
 REPO = Path(__file__).resolve().parents[1]
 #: steps after which digits-mlp is documented to reach >= 95% held-out accuracy
@@ -93,12 +93,12 @@ def test_digits_mlp_reaches_95_percent(tmp_path: Path) -> None:
 ENV_SCRIPT = textwrap.dedent(
     """
     import hashlib, json, torch
-    from replay.backends import make_executor
-    from replay.compiler import compile_train, initial_state
-    from replay.dataset import Dataset
-    from replay.examples import DIGITS_MLP
-    from replay.native import native_isa
-    from replay.state import state_root_of
+    from replay.execute.backends import make_executor
+    from replay.compile.compiler import compile_train, initial_state
+    from replay.data.dataset import Dataset
+    from replay.compile.examples import DIGITS_MLP
+    from replay.execute.native import native_isa
+    from replay.execute.state import state_root_of
     program = compile_train(DIGITS_MLP.model)
     ex = make_executor(program, "torch")
     ex.set_state(initial_state(DIGITS_MLP.model, program))

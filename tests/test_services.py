@@ -37,7 +37,7 @@ from protocol.chain import ChainSettings, Deployment, connect, deploy_market
 from protocol.game import JobStatus
 from protocol.market import ApeMarket
 from prover.service import ProverConfig, ProverService
-from replay.dispute import example_computation, job_spec_for
+from replay.dispute.players import example_computation, job_spec_for
 
 STEPS, EVERY = 4, 2
 ETH = 10**18

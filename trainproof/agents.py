@@ -67,7 +67,7 @@ def register(
     """Register a training job of an example (its program, data and C_0 bound on-chain)."""
     import secrets
 
-    from replay.dispute import example_computation, job_spec_for
+    from replay.dispute.players import example_computation, job_spec_for
 
     check_job_parameters(steps, every, reward, stake, bond, clock, window, train_time)
     agent = Agent(AgentConfig(rpc=rpc, deployment=deployment, db=db, key_env=key_env,

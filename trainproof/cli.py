@@ -187,7 +187,7 @@ def blobs_publish(
     then put every checkpoint into a store, keyed by its state root; prints one JSON line per
     checkpoint. A damaged run is refused and nothing of it is published."""
     from protocol.blobs import FileStore
-    from replay.publish import publish_run
+    from replay.data.publish import publish_run
 
     for pointer in publish_run(FileStore(store), run):
         print(pointer.model_dump_json())

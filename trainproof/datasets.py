@@ -1,9 +1,9 @@
 """Committed, pre-batched datasets from arrays (docs/protocol.md §3.10 generalised).
 
 :func:`from_arrays` takes numpy arrays ``x [N, ...]`` and ``y [N, ...]`` and returns an
-:class:`ArrayDataset` with the interface of :class:`replay.dataset.Dataset` (``batch(t)``,
+:class:`ArrayDataset` with the interface of :class:`replay.data.dataset.Dataset` (``batch(t)``,
 ``leaf(t)``, ``root(steps)``, ``x_test`` / ``y_test``), so :func:`trainproof.train`,
-``replay.dispute.Computation`` and the runner read it the same way:
+``replay.dispute.players.Computation`` and the runner read it the same way:
 
 - values are converted to float32 (integer labels and token ids are exact below 2^24);
 - held-out split: ``default_rng(seed).permutation(N)``, the first ``heldout`` indices aside;

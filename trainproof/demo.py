@@ -33,7 +33,7 @@ from protocol.anvil import REPO_ROOT, AnvilNode, rpc
 from protocol.chain import ChainSettings, connect, deploy_market
 from protocol.game import JobStatus, Phase
 from protocol.market import ApeMarket
-from replay.dispute import example_computation, job_spec_for
+from replay.dispute.players import example_computation, job_spec_for
 
 console = Console()
 

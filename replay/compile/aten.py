@@ -2,8 +2,9 @@
 
 :class:`Lowerer` walks the joint forward + backward FX graph that
 :mod:`replay.compile.frontend` captures and emits, for every node, the IR ops of
-:mod:`replay.builder` / :mod:`replay.layers` / :mod:`replay.lowering` that compute it. Values
-are :class:`~replay.builder.View` objects (torch's strides become index maps, so views,
+:mod:`replay.compile.builder` / :mod:`replay.compile.layers` /
+:mod:`replay.compile.lowering` that compute it. Values are
+:class:`~replay.compile.builder.View` objects (torch's strides become index maps, so views,
 transposes, slices, expands and contiguous reshapes cost nothing), compile-time constants
 (``torch.Tensor`` values folded at compile time, materialised as constant table slots or scalar
 FILLs when an op reads them), Python scalars, or tuples of those.
@@ -31,8 +32,8 @@ import torch
 from torch import fx
 
 from protocol.ir import Opcode, contiguous_strides
-from replay import layers, lowering
-from replay.builder import ProgramBuilder, View
+from replay.compile import layers, lowering
+from replay.compile.builder import ProgramBuilder, View
 from replay.errors import SpecError
 
 aten = torch.ops.aten

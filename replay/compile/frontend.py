@@ -13,7 +13,7 @@ with ``trace_joint=True``). Why this one, on torch 2.13:
   ``convolution_backward``, ``native_layer_norm(_backward)``,
   ``_native_batch_norm_legit_functional`` + ``native_batch_norm_backward``,
   ``max_pool2d_with_indices(_backward)``, ``embedding_dense_backward`` ... and map one to one
-  onto replay/layers.py, whose summation orders are documented;
+  onto replay/compile/layers.py, whose summation orders are documented;
 - ``make_fx`` over ``torch.func.grad`` trips over in-place buffer updates (BatchNorm's
   ``num_batches_tracked.add_``), and ``torch.export`` + ``_export_forward_backward`` runs the
   core-ATen decompositions over the whole graph (layer norm, batch norm, GELU and their
@@ -47,9 +47,9 @@ from torch import fx, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from protocol.ir import BATCH_Y
-from replay import layers
-from replay.builder import ProgramBuilder, View
+from replay.compile import layers
 from replay.compile.aten import Lowerer, LoweringError
+from replay.compile.builder import ProgramBuilder, View
 from replay.compile.job import LOSS_SLOT, CompiledJob, StateEntry
 from replay.compile.optim import (
     OptimizerError,

@@ -26,8 +26,7 @@ import safetensors.numpy
 from pydantic import BaseModel, ConfigDict, Field
 
 from protocol.ir import BATCH_X, BATCH_Y, Opcode, Program, validate_program
-from replay.backends import make_executor
-from replay.checkpoint import (
+from replay.data.checkpoint import (
     Hex32,
     from_hex,
     load_checkpoint,
@@ -36,8 +35,9 @@ from replay.checkpoint import (
     to_hex,
 )
 from replay.errors import CheckpointError, SpecError
+from replay.execute.backends import make_executor
+from replay.execute.state import state_root_of
 from replay.runner import CHECKPOINT_DIR, CheckpointRef, ReplayResult, run_root_of
-from replay.state import state_root_of
 
 LOSS_SLOT = "loss"
 JOB_FORMAT = "trainproof-job/v0"

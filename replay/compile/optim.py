@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from protocol.ir import Opcode
-from replay.builder import ProgramBuilder, View
+from replay.compile.builder import ProgramBuilder, View
 from replay.errors import SpecError
 
 

@@ -4,7 +4,8 @@ Every value the builder returns is a :class:`View` of a slot: a shape, element s
 offset into the slot's flat C-order data. Transposes, broadcasts and contiguous reshapes are
 free (they only change the view); every op writes a fresh ephemeral slot, unless ``out=`` names
 a persistent slot to (over)write. :meth:`ProgramBuilder.build` frees every ephemeral value right
-after the last op that reads it (:func:`replay.liveness.place_frees`) and validates the program.
+after the last op that reads it (:func:`replay.compile.liveness.place_frees`) and validates
+the program.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from protocol.ir import (
     float32_bits,
     validate_program,
 )
+from replay.compile.liveness import place_frees
 from replay.errors import SpecError
-from replay.liveness import place_frees
 
 
 @dataclass(frozen=True)
@@ -373,8 +374,8 @@ class ProgramBuilder:
 
     # ------------------------------------------------------------------ finish
     def build(self) -> Program:
-        """Free each ephemeral value right after its last read (``replay.liveness``), validate,
-        return the program."""
+        """Free each ephemeral value right after its last read (``replay.compile.liveness``),
+        validate, return the program."""
         ops = place_frees(self.slots, self.ops)
         program = Program(slots=tuple(self.slots), ops=tuple(ops))
         validate_program(program)

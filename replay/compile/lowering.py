@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from replay.builder import ProgramBuilder, View
+from replay.compile.builder import ProgramBuilder, View
 
 LOG2E = 1.44269504088896341
 #: ln 2 split so that k·LN2_HI is exact for |k| < 2**9 (LN2_HI has 15 significant bits).

@@ -23,14 +23,14 @@ import numpy as np
 from protocol.commitments import chunk_tree, state_tree, tensor_root
 from protocol.ir import REDUCTION_OPS, Opcode, Program, index_value, operand_index
 from protocol.merkle import InclusionProof, MerkleTree
-from replay.backends import Batch, Executor, make_executor
 from replay.errors import ExecutionError
-from replay.numpy_backend import (
+from replay.execute.backends import Batch, Executor, make_executor
+from replay.execute.numpy_backend import (
     NumpyExecutor,
     check_named,
     reduce_partials,
 )
-from replay.state import IncrementalStateTree, as_committed
+from replay.execute.state import IncrementalStateTree, as_committed
 
 #: A fault hook (tests, demos): called after op ``j`` ran on the executor with the step's
 #: batch; returns the slots to replace and their new values (the op's own output included,

@@ -8,7 +8,7 @@ import numpy as np
 
 from protocol.ir import Program
 from replay.errors import ExecutionError
-from replay.numpy_backend import NumpyExecutor
+from replay.execute.numpy_backend import NumpyExecutor
 
 BackendName = Literal["torch", "numpy"]
 Batch = tuple[np.ndarray, np.ndarray]
@@ -39,7 +39,7 @@ def make_executor(program: Program, backend: str = "torch", device: str = "cpu")
             raise ExecutionError(f"the numpy backend runs on the cpu, not {device!r}")
         return NumpyExecutor(program)
     if backend == "torch":
-        from replay.torch_backend import TorchExecutor
+        from replay.execute.torch_backend import TorchExecutor
 
         return TorchExecutor(program, device)
     raise ExecutionError(f"unknown backend {backend!r}; choose 'torch' or 'numpy'")

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from protocol.commitments import state_root, tensor_root
 from protocol.ir import Program
 from replay.errors import CheckpointError
-from replay.state import as_committed
+from replay.execute.state import as_committed
 
 Hex32 = Annotated[str, StringConstraints(pattern=r"^0x[0-9a-f]{64}$")]
 CHECKPOINT_FORMAT = "trainproof-checkpoint/v0"

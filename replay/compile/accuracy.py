@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from protocol.ir import Program
-from replay import lowering
-from replay.builder import ProgramBuilder, View
-from replay.numpy_backend import NumpyExecutor
+from replay.compile import lowering
+from replay.compile.builder import ProgramBuilder, View
+from replay.execute.numpy_backend import NumpyExecutor
 
 
 def _gelu(b: ProgramBuilder, x: View) -> View:

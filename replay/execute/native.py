@@ -1,4 +1,4 @@
-"""The optional native kernels (``replay/_kernels.c``, built by ``make`` with the package).
+"""The optional native kernels (``replay/execute/_kernels.c``, built by ``make`` with the package).
 
 They compute exactly the canonical semantics (docs/protocol.md §3.7), so whether they are
 built changes speed, never bits; ``TRAINPROOF_NATIVE=0`` turns them off (tests compare both),

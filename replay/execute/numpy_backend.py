@@ -2,7 +2,7 @@
 
 State is a list of slot values (a C-contiguous float32 array of the slot's shape, or None
 when empty). Each op gathers its operands through their affine index maps and applies the
-element semantics of ``replay/semantics.py``; reductions and MATMUL are explicit sequential
+element semantics of ``replay/execute/semantics.py``; reductions and MATMUL are explicit sequential
 loops over ``r`` (``acc_{r+1} = acc_r op term_r``), vectorised across output elements.
 """
 
@@ -22,8 +22,8 @@ from protocol.ir import (
     Operand,
     Program,
 )
-from replay import semantics
 from replay.errors import ExecutionError
+from replay.execute import semantics
 
 SlotValues = list[np.ndarray | None]
 
@@ -180,7 +180,7 @@ class NumpyExecutor:
         return self.state[i]
 
     def set_slot(self, i: int, value: np.ndarray | None) -> None:
-        """Replace slot ``i``'s value (fault injection: replay.trace's ``tamper`` hook)."""
+        """Replace slot ``i``'s value (fault injection: replay.dispute.trace's ``tamper`` hook)."""
         self.state[i] = None if value is None else np.ascontiguousarray(value, dtype=np.float32)
 
     def run_op(self, j: int, batch: tuple[np.ndarray, np.ndarray] | None) -> None:

@@ -3,7 +3,7 @@
 The prover publishes every checkpoint of a run (manifest + safetensors, two blobs) under a
 pointer keyed by its state root; a challenger that knows a committed state root from the
 chain fetches the two blobs (each re-hashed against its address), loads them with every
-check of ``replay.checkpoint.load_checkpoint`` and accepts the state only if its root is
+check of ``replay.data.checkpoint.load_checkpoint`` and accepts the state only if its root is
 the committed one. Anything else — missing, tampered, truncated, substituted — raises, and
 the caller falls back to replaying from an earlier verified state.
 """
@@ -18,7 +18,7 @@ import numpy as np
 
 from protocol.blobs import BlobError, BlobStore, CheckpointPointer
 from protocol.ir import Program
-from replay.checkpoint import (
+from replay.data.checkpoint import (
     CheckpointError,
     from_hex,
     load_checkpoint,

@@ -1,4 +1,4 @@
-"""torch kernels for each IR primitive, with the exact semantics of ``replay/semantics.py``.
+"""torch kernels for each IR primitive, with the exact semantics of ``replay/execute/semantics.py``.
 
 Only kernels whose float32 results are defined bit for bit are used: elementwise
 ``add sub mul div neg abs round`` (IEEE correctly rounded; one kernel per primitive, so nothing
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from protocol.ir import CANONICAL_NAN_BITS, Opcode
-from replay.semantics import LDEXP_CLAMP
+from replay.execute.semantics import LDEXP_CLAMP
 
 Tensor = torch.Tensor
 F32 = torch.float32
@@ -99,7 +99,7 @@ def _sqrt(x: Tensor) -> Tensor:
 def fma(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
     """``a·b + c`` rounded once: the exact float64 product, the float64 sum rounded to odd
     through its exact TwoSum error, then one float64→float32 rounding (the algorithm and its
-    proof: ``replay.semantics.fma``). Only correctly rounded float64 ``+ - ·``, compares and
+    proof: ``replay.execute.semantics.fma``). Only correctly rounded float64 ``+ - ·``, compares and
     ``nextafter``: the same bits on every device."""
     p = a.to(torch.float64) * b.to(torch.float64)
     return fma64(p, c.to(torch.float64))
@@ -125,7 +125,7 @@ def _inf64(device: torch.device) -> Tensor:
 
 def index_rows(x: Tensor, rows: int) -> tuple[Tensor, Tensor]:
     """(valid, row) of float32 index values: finite, integral, ``0 ≤ x < rows`` (``-0`` is 0);
-    row 0 where invalid (``replay.semantics.index_rows``)."""
+    row 0 where invalid (``replay.execute.semantics.index_rows``)."""
     x64 = x.to(torch.float64, memory_format=torch.contiguous_format)  # dense: fast kernels
     valid = torch.isfinite(x64) & (x64 >= 0) & (torch.floor(x64) == x64) & (x64 < rows)
     return valid, torch.where(valid, x64, 0.0).to(torch.int64)

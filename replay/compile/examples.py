@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from replay.dataset import DatasetSpec
+from replay.compile.spec import AdamW, Linear, MLPSpec, ReLU
+from replay.data.dataset import DatasetSpec
 from replay.errors import SpecError
-from replay.spec import AdamW, Linear, MLPSpec, ReLU
 
 
 @dataclass(frozen=True)

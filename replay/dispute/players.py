@@ -38,11 +38,11 @@ from protocol.ir import REDUCTION_OPS, Opcode, Program
 from protocol.market import Market
 from protocol.merkle import MerkleTree, leaf_hash, root_from_path, root_of_leaf_hashes
 from protocol.outbox import Sent
-from replay.backends import Batch, Executor
-from replay.dataset import Dataset
-from replay.numpy_backend import named_from_slots
-from replay.state import as_committed
-from replay.trace import StepTrace, Tamper
+from replay.data.dataset import Dataset
+from replay.dispute.trace import StepTrace, Tamper
+from replay.execute.backends import Batch, Executor
+from replay.execute.numpy_backend import named_from_slots
+from replay.execute.state import as_committed
 
 
 def perturbed(x: np.float32) -> np.float32:
@@ -544,9 +544,9 @@ def _first_different_element(theirs: bytes, ours: bytes) -> int:
 def example_computation(
     example: str, steps: int, every: int, fault: Fault | None = None
 ) -> Computation:
-    """A named example's computation (replay.examples) for a job of ``steps`` steps."""
-    from replay.compiler import compile_train, initial_state
-    from replay.examples import get_example
+    """A named example's computation (replay.compile.examples) for a job of ``steps`` steps."""
+    from replay.compile.compiler import compile_train, initial_state
+    from replay.compile.examples import get_example
 
     ex = get_example(example)
     program = compile_train(ex.model)

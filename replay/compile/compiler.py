@@ -10,7 +10,7 @@ The training step, in IR ops only:
    ``loss``), ``dz = (p - onehot) / B``;
 4. backward through the layers (MATMULs against transposed views, bias grads as REDUCE_SUM);
 5. the optimizer update (SGD momentum or AdamW), writing each persistent slot once;
-6. FREE of every ephemeral value right after its last read (``replay.liveness``).
+6. FREE of every ephemeral value right after its last read (``replay.compile.liveness``).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from protocol.ir import BATCH_Y, Program
-from replay import lowering
-from replay.builder import ProgramBuilder, View
-from replay.spec import GELU, SGD, AdamW, Linear, MLPSpec, ReLU
+from replay.compile import lowering
+from replay.compile.builder import ProgramBuilder, View
+from replay.compile.spec import GELU, SGD, AdamW, Linear, MLPSpec, ReLU
 
 CLASS_IDS = "class_ids"
 LOSS = "loss"

@@ -1,6 +1,6 @@
 """The torch interpreter: the same bits as the numpy reference, with few kernels per op.
 
-Each op is compiled once into a closure (``replay/torch_kernels.py`` holds the kernels):
+Each op is compiled once into a closure (``replay/execute/torch_kernels.py`` holds the kernels):
 
 - operands are passed to torch as they are when the IR index map is the identity or a
   numpy-style broadcast of the slot, as an ``as_strided`` view otherwise; values that a FILL of
@@ -38,9 +38,9 @@ from protocol.ir import (
     contiguous_strides,
 )
 from replay.errors import ExecutionError
-from replay.native import native_matmul, native_matmul_available
-from replay.numpy_backend import named_from_slots, slots_from_named
-from replay.torch_kernels import (
+from replay.execute.native import native_matmul, native_matmul_available
+from replay.execute.numpy_backend import named_from_slots, slots_from_named
+from replay.execute.torch_kernels import (
     ELEMENT_KERNELS,
     F32,
     RowSummer,
@@ -151,7 +151,7 @@ class TorchExecutor:
         return t.detach().to("cpu").contiguous().numpy().copy()
 
     def set_slot(self, i: int, value: np.ndarray | None) -> None:
-        """Replace slot ``i``'s value (fault injection, ``replay.trace``)."""
+        """Replace slot ``i``'s value (fault injection, ``replay.dispute.trace``)."""
         self.state[i] = None if value is None else self._to_device(value)
         self._computed.discard(i)
 
@@ -380,7 +380,7 @@ class TorchExecutor:
         """The sequential FMA chain ``acc_{r+1} = fma(a_r, b_r, acc_r)``.
 
         A (batched) matrix product — A's map constant along the last output dim, B's along
-        the one before — runs on the native kernel (``replay._kernels``) on the CPU, one
+        the one before — runs on the native kernel (``replay.execute._kernels``) on the CPU, one
         [M, R] @ [R, N] block per batch index; anything else, and every op when the kernel is
         not built or the device is not the CPU, is vectorised over the output elements with
         one exact float64 product table per r, rounded once (``fma64``)."""

@@ -1,6 +1,6 @@
 """CNN and transformer layers lowered into IR ops, forward and backward (docs/protocol.md §3.13).
 
-Every function only emits ops through a :class:`~replay.builder.ProgramBuilder`. A forward
+Every function only emits ops through a :class:`~replay.compile.builder.ProgramBuilder`. A forward
 function returns the output view and a context holding what its backward needs; a backward
 function takes that context and the upstream gradient view and returns the input and
 parameter gradients. Layouts are torch's (``[N, C, H, W]`` images, ``[O, C, kh, kw]`` conv
@@ -11,7 +11,7 @@ NCHW is read without a copy.
 Constant integer index tables (im2col positions, pooling windows, the causal mask, the
 reverse ramp of the max-pool first-index rule) are persistent slots that the program only
 reads: :class:`Tables` declares them and collects their values, which the caller adds to
-``C_0`` (like ``class_ids`` in replay/compiler.py). An index of ``-1`` names no row, so
+``C_0`` (like ``class_ids`` in replay/compile/compiler.py). An index of ``-1`` names no row, so
 GATHER reads it as ``+0.0`` (zero padding, holes of a strided transposed convolution).
 
 Summation orders (each a sequential FMA chain or sum, strictly in index order):
@@ -34,8 +34,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from protocol.ir import contiguous_strides
-from replay import lowering
-from replay.builder import ProgramBuilder, View
+from replay.compile import lowering
+from replay.compile.builder import ProgramBuilder, View
 from replay.errors import SpecError
 
 NO_ROW = -1.0

@@ -1,0 +1,1 @@
+"""Data a job commits to: datasets, checkpoints, publishing them as blobs."""
