@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 try:
-    from replay import _kernels
+    from replay.execute import _kernels
 except ImportError:  # pragma: no cover - built by `make`; the torch path is the fallback
     _kernels = None  # type: ignore[assignment]
 
