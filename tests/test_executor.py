@@ -571,9 +571,9 @@ def _index_patterns(rng: np.random.Generator, n: int) -> np.ndarray:
 
 def test_gather_and_index_add_on_random_indices(ex) -> None:
     """gather_row, GATHER's element and INDEX_ADD's partial step against the numpy reference
-    on 2,048 random index patterns (the index classes themselves: INDEX_CASES above)."""
+    on 10,240 random index patterns each (the index classes themselves: INDEX_CASES above)."""
     rng = np.random.default_rng(11)
-    n = 2_048
+    n = 10_240
     rows = 6
     gather = OpDescriptor(
         opcode=Opcode.GATHER, out=2, shape=(3,), reduce_len=rows,
