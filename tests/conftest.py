@@ -34,6 +34,13 @@ def chain(request: pytest.FixtureRequest) -> Iterator[Chain]:
             yield ch
 
 
+@pytest.fixture(scope="module")
+def market(chain: Chain):
+    """Executor + TrainProof, deployed once per test module and network (the game tests)."""
+    executor = chain.deploy("Executor")
+    return chain.deploy("TrainProof", executor.address)
+
+
 @pytest.fixture(scope="session")
 def harness(chain: Chain):
     """The commitment harness (contracts/CommitmentHarness.vy), deployed once per network."""

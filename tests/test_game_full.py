@@ -12,6 +12,7 @@ import zlib
 from functools import cache
 
 import pytest
+from chain_games import BOND, REWARD, STAKE, advance, new_job, run_dispute
 
 from protocol.game import JobStatus, Phase
 from protocol.ir import Opcode
@@ -20,17 +21,12 @@ from replay.compile.compiler import compile_train, initial_state
 from replay.compile.examples import get_example
 from replay.data.dataset import Dataset
 from replay.dispute.players import (
-    ChallengerPlayer,
     Computation,
     Fault,
     TrainerPlayer,
-    job_spec_for,
-    play,
 )
 
 STEPS, EVERY = 4, 2
-STAKE, BOND, REWARD = 10**18, 10**17, 5 * 10**17
-MAX_MOVES = 40
 
 
 @cache
@@ -74,46 +70,6 @@ def stable_seed(kind: str, opcodes: set[Opcode]) -> int:
     return zlib.crc32(f"{kind}:{sorted(int(o) for o in opcodes)}".encode())
 
 
-@pytest.fixture(scope="module")
-def market(chain):
-    executor = chain.deploy("Executor")
-    return chain.deploy("TrainProof", executor.address)
-
-
-def advance(seconds: int) -> None:
-    from ape import chain as ape_chain
-
-    ape_chain.pending_timestamp += seconds
-    ape_chain.mine()
-
-
-def new_job(chain, market) -> tuple[int, object, object, object]:
-    requester, trainer, challenger = (chain.test_account(i) for i in (3, 4, 5))
-    spec = job_spec_for(honest(), stake=STAKE, bond=BOND, clock=3600, window=7200, train_time=3600)
-    receipt = market.register_job(spec.as_tuple(), sender=requester, value=REWARD)
-    job_id = int(receipt.events[0].job_id)
-    market.accept_job(job_id, market.jobs(job_id).job_hash, sender=trainer, value=STAKE)
-    return job_id, requester, trainer, challenger
-
-
-def run_dispute(chain, market, trainer_comp: Computation, challenger_comp: Computation):
-    job_id, requester, trainer_acct, challenger_acct = new_job(chain, market)
-    trainer = TrainerPlayer(ApeMarket(market, trainer_acct), trainer_comp, job_id)
-    challenger = ChallengerPlayer(ApeMarket(market, challenger_acct), challenger_comp, job_id)
-    trainer.commit()
-    committed = trainer_comp.checkpoint_roots()
-    interval = challenger.first_bad_interval(committed)
-    assert interval is not None, "the challenger's computation must disagree somewhere"
-    game_id = challenger.open(committed, interval, BOND)
-    result = play(trainer, challenger, game_id, advance)
-    assert len(result.moves) <= MAX_MOVES
-    before = {a: market.credits(a) for a in (trainer_acct, challenger_acct, requester)}
-    market.settle(game_id, sender=requester)
-    paid = {a: market.credits(a) - before[a] for a in before}
-    assert chain.provider.get_balance(market.address) == market.liabilities()
-    return result, job_id, paid, (requester, trainer_acct, challenger_acct)
-
-
 TRAINER_FAULTS = [
     ("element", {Opcode.MATMUL}),
     ("element", {Opcode.REDUCE_SUM, Opcode.REDUCE_MAX}),
@@ -126,9 +82,9 @@ TRAINER_FAULTS = [
 @pytest.mark.parametrize(("kind", "opcodes"), TRAINER_FAULTS, ids=lambda v: str(v))
 def test_cheating_trainer_loses(chain, market, kind, opcodes) -> None:
     fault = random_fault(kind, opcodes, seed=stable_seed(kind, opcodes))
-    result, job_id, paid, (requester, trainer, challenger) = run_dispute(
-        chain, market, faulty(fault), honest()
-    )
+    d = run_dispute(chain, market, honest(), faulty(fault), honest())
+    result, job_id, paid = d.result, d.job_id, d.paid
+    requester, trainer, challenger = d.requester, d.trainer, d.challenger
     assert not result.trainer_won, f"trainer with {fault} won"
     assert market.jobs(job_id).status == JobStatus.REJECTED
     assert paid[challenger] == BOND + STAKE // 2
@@ -150,9 +106,8 @@ CHALLENGER_LIES = [
 @pytest.mark.parametrize(("kind", "opcodes"), CHALLENGER_LIES, ids=lambda v: str(v))
 def test_honest_trainer_beats_lying_challenger(chain, market, kind, opcodes) -> None:
     fault = random_fault(kind, opcodes, seed=7 + stable_seed(kind, opcodes))
-    result, job_id, paid, (_requester, trainer, challenger) = run_dispute(
-        chain, market, honest(), faulty(fault)
-    )
+    d = run_dispute(chain, market, honest(), honest(), faulty(fault))
+    result, job_id, paid, trainer, challenger = d.result, d.job_id, d.paid, d.trainer, d.challenger
     assert result.trainer_won, f"challenger with {fault} won"
     assert result.timeouts == 0
     assert market.jobs(job_id).status == JobStatus.COMMITTED
@@ -163,7 +118,7 @@ def test_honest_trainer_beats_lying_challenger(chain, market, kind, opcodes) -> 
 
 
 def test_honest_commitment_finalises_and_pays(chain, market) -> None:
-    job_id, requester, trainer_acct, _ = new_job(chain, market)
+    job_id, requester, trainer_acct, _ = new_job(chain, market, honest())
     TrainerPlayer(ApeMarket(market, trainer_acct), honest(), job_id).commit()
     advance(7200 + 1)
     market.finalize(job_id, sender=requester)

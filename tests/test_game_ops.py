@@ -17,24 +17,18 @@ from functools import cache
 
 import numpy as np
 import pytest
+from chain_games import run_dispute
 from game_programs import mixed_targets, mixed_train_program
 
 from protocol.game import JobStatus, Phase
 from protocol.ir import Program, index_value, operand_index
-from protocol.market import ApeMarket
 from replay.data.dataset import Dataset, DatasetSpec
 from replay.dispute.players import (
-    ChallengerPlayer,
     Computation,
     Fault,
-    TrainerPlayer,
-    job_spec_for,
-    play,
 )
 
 STEPS, EVERY, BATCH = 4, 2, 16
-STAKE, BOND, REWARD = 10**18, 10**17, 5 * 10**17
-MAX_MOVES = 40
 
 
 @cache
@@ -101,46 +95,14 @@ def seed_of(target: str) -> int:
     return zlib.crc32(target.encode())
 
 
-@pytest.fixture(scope="module")
-def market(chain):
-    executor = chain.deploy("Executor")
-    return chain.deploy("TrainProof", executor.address)
-
-
-def advance(seconds: int) -> None:
-    from ape import chain as ape_chain
-
-    ape_chain.pending_timestamp += seconds
-    ape_chain.mine()
-
-
-def run_dispute(chain, market, trainer_comp: Computation, challenger_comp: Computation):
-    requester, trainer_acct, challenger_acct = (chain.test_account(i) for i in (3, 4, 5))
-    spec = job_spec_for(honest(), stake=STAKE, bond=BOND, clock=3600, window=7200, train_time=3600)
-    receipt = market.register_job(spec.as_tuple(), sender=requester, value=REWARD)
-    job_id = int(receipt.events[0].job_id)
-    market.accept_job(job_id, market.jobs(job_id).job_hash, sender=trainer_acct, value=STAKE)
-    trainer = TrainerPlayer(ApeMarket(market, trainer_acct), trainer_comp, job_id)
-    challenger = ChallengerPlayer(ApeMarket(market, challenger_acct), challenger_comp, job_id)
-    trainer.commit()
-    committed = trainer_comp.checkpoint_roots()
-    interval = challenger.first_bad_interval(committed)
-    assert interval is not None, "the challenger's computation must disagree somewhere"
-    game_id = challenger.open(committed, interval, BOND)
-    result = play(trainer, challenger, game_id, advance)
-    assert len(result.moves) <= MAX_MOVES
-    market.settle(game_id, sender=requester)
-    assert chain.provider.get_balance(market.address) == market.liabilities()
-    return result, job_id
-
-
 REDUCTIONS = {"fma-matmul", "index-add", "pooling", "layer-norm"}
 
 
 @pytest.mark.parametrize("target", sorted(TARGETS))
 def test_cheating_trainer_loses(chain, market, target: str) -> None:
     fault = fault_for(target, seed_of(target))
-    result, job_id = run_dispute(chain, market, computation(fault), honest())
+    d = run_dispute(chain, market, honest(), computation(fault), honest())
+    result, job_id = d.result, d.job_id
     assert not result.trainer_won, f"trainer with {fault} won"
     assert result.timeouts == 0
     assert market.jobs(job_id).status == JobStatus.REJECTED
@@ -154,7 +116,8 @@ def test_cheating_trainer_loses(chain, market, target: str) -> None:
 @pytest.mark.parametrize("target", sorted(TARGETS))
 def test_honest_trainer_beats_a_lying_challenger(chain, market, target: str) -> None:
     fault = fault_for(target, 7 + seed_of(target))
-    result, job_id = run_dispute(chain, market, honest(), computation(fault))
+    d = run_dispute(chain, market, honest(), honest(), computation(fault))
+    result, job_id = d.result, d.job_id
     assert result.trainer_won, f"challenger with {fault} won"
     assert result.timeouts == 0
     assert market.jobs(job_id).status == JobStatus.COMMITTED
