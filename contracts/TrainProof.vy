@@ -116,6 +116,7 @@ struct JobSpec:
     program_len: uint64  # L, ops per step
     dataset_root: bytes32  # MTH over steps of (x_root || y_root)
     initial_root: bytes32  # C_0, the state root before step 0
+    bundle: bytes32  # sha256 of the job bundle's manifest (docs/protocol.md §5.4)
     steps: uint64  # N
     every: uint64  # k, steps per checkpoint interval (divides N)
     slots: uint64  # S, slots in the state tree
@@ -335,6 +336,7 @@ def register_job(spec: JobSpec) -> uint256:
     assert spec.steps % spec.every == 0  # dev: k must divide N
     assert convert(spec.steps // spec.every, uint256) <= MAX_CHECKPOINTS  # dev: too many checkpoints
     assert spec.program_len > 0 and spec.slots > 0  # dev: empty program
+    assert spec.bundle != empty(bytes32)  # dev: no bundle
     assert convert(spec.program_len, uint256) <= MAX_PROGRAM_LEN  # dev: program too long
     assert convert(spec.every, uint256) * convert(spec.program_len, uint256) <= MAX_SPAN  # dev: interval too long
     assert spec.clock >= MIN_CLOCK and spec.clock <= MAX_DURATION  # dev: bad clock

@@ -108,6 +108,9 @@ class JobSpec(BaseModel):
     program_len: int = Field(gt=0, lt=2**64)
     dataset_root: bytes = Field(min_length=32, max_length=32)
     initial_root: bytes = Field(min_length=32, max_length=32)
+    bundle: bytes = Field(
+        min_length=32, max_length=32, description="sha256 of the job bundle's manifest"
+    )
     steps: int = Field(gt=0, lt=2**64)
     every: int = Field(gt=0, lt=2**64)
     slots: int = Field(gt=0, lt=2**64)

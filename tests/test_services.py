@@ -33,11 +33,12 @@ from api.indexer import Indexer
 from challenger.service import ChallengerConfig, ChallengerService
 from protocol.agent import AgentConfig, load_account
 from protocol.anvil import AnvilNode, free_port, rpc
+from protocol.blobs import FileStore
 from protocol.chain import ChainSettings, Deployment, connect, deploy_market
 from protocol.game import JobStatus
 from protocol.market import ApeMarket
 from prover.service import ProverConfig, ProverService
-from replay.dispute.players import example_computation, job_spec_for
+from replay.dispute.players import example_computation, job_spec_for, write_job_bundle
 
 STEPS, EVERY = 4, 2
 ETH = 10**18
@@ -57,9 +58,12 @@ def world(tmp_path):
         path = tmp_path / "deployment.json"
         deployment.save(path)
         market = ch.at("TrainProof", deployment.contracts["TrainProof"])
+        comp = example_computation("digits-mlp", STEPS, EVERY)
+        bundle = write_job_bundle(FileStore(tmp_path / "store"), comp)
+        assert write_job_bundle(FileStore(tmp_path / "bundle"), comp) == bundle  # bundle only
         spec = job_spec_for(
-            example_computation("digits-mlp", STEPS, EVERY),
-            stake=STAKE, bond=BOND, clock=WINDOW, window=WINDOW, train_time=600,
+            comp, bundle=bundle, stake=STAKE, bond=BOND, clock=WINDOW, window=WINDOW,
+            train_time=600,
         )  # fmt: skip
         market.register_job(spec.as_tuple(), sender=ch.test_account(1), value=REWARD)
         yield node, path, ApeMarket(market, ch.test_account(1)), tmp_path
@@ -69,7 +73,7 @@ def prover(world, fault: str | None = None) -> ProverService:
     node, deployment, _, tmp = world
     return ProverService(ProverConfig(
         rpc=node.url, deployment=deployment, db=tmp / "prover.db", test_account=2, job=1,
-        store=str(tmp / "store"), fault=fault, poll=0.1,
+        store=[str(tmp / "store")], fault=fault, poll=0.1,
     ))  # fmt: skip
 
 
@@ -79,7 +83,7 @@ def challenger(
     node, deployment, _, tmp = world
     return ChallengerService(ChallengerConfig(
         rpc=node.url, deployment=deployment, db=tmp / "challenger.db", test_account=3,
-        store=store or str(tmp / "store"), rate=1.0, confirmations=0, lie=lie, poll=0.1,
+        store=[store or str(tmp / "store")], rate=1.0, confirmations=0, lie=lie, poll=0.1,
         attest_to=attest_to,
     ))  # fmt: skip
 
@@ -140,15 +144,17 @@ def test_honest_commitment_without_dispute_finalises_and_pays(world) -> None:
 
 
 @pytest.mark.parametrize("damage", ["missing", "tampered", "truncated"])
-def test_bad_checkpoints_route_to_full_replay(world, damage, caplog) -> None:
+def test_bad_checkpoints_route_to_replay_from_an_earlier_one(world, damage, caplog) -> None:
     caplog.set_level(logging.INFO, logger="trainproof.challenger")
     market, tmp = world[2], world[3]
     p = prover(world, "step=3,op=222,elem=5")
     while p.step().status != JobStatus.COMMITTED:
         pass
     blobs = tmp / "store" / "blobs"
-    files = sorted(f for f in blobs.rglob("*") if f.is_file())
-    for f in files:  # damage every published blob
+    pointers = [json.loads(f.read_text()) for f in (tmp / "store" / "roots").glob("*.json")]
+    later = [a for ptr in pointers if ptr["step"] > 0 for a in (ptr["manifest"], ptr["tensors"])]
+    files = [blobs / a[:2] / a[2:] for a in later]
+    for f in files:  # damage every checkpoint published after C_0 (the bundle stays intact)
         if damage == "missing":
             f.unlink()
         elif damage == "tampered":
@@ -160,7 +166,7 @@ def test_bad_checkpoints_route_to_full_replay(world, damage, caplog) -> None:
     run_both(world, p, c)
     assert market.job(1).status == JobStatus.REJECTED  # the verdict is still right
     assert "event=checkpoint_rejected" in caplog.text
-    assert "event=full_replay" in caplog.text
+    assert "event=replay_from" in caplog.text and "from=0" in caplog.text
 
 
 # ---------------------------------------------------------------- kill tests
