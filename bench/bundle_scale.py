@@ -135,10 +135,9 @@ def main() -> None:
         write_s = time.perf_counter() - t0
         bundle = Bundle.open(store, address)
         ds = manifest.dataset
-        kinds = {address: "bundle head", manifest.program.address: "bundle head",
-                 manifest.initial.manifest.address: "bundle head",
-                 manifest.initial.tensors.address: "bundle head",
-                 manifest.metadata.address: "bundle head", ds.index.address: "dataset index"}  # fmt: skip
+        head = [address, manifest.program.address, manifest.initial.manifest.address,
+                manifest.initial.tensors.address, manifest.metadata.address]  # fmt: skip
+        kinds = {**dict.fromkeys(head, "bundle head"), ds.index.address: "dataset index"}
         page_bytes = 0
         for p in range(ds.pages):
             page = bundle.dataset.page(p)
@@ -148,9 +147,10 @@ def main() -> None:
         dataset_bytes = ds.index.size + page_bytes + ds.steps * ds.batch_bytes
         server, sent = counting_server(store, kinds)
         url = f"http://127.0.0.1:{server.server_address[1]}"  # type: ignore[attr-defined]
-        with AnvilNode() as node, connect(
-            ChainSettings(rpc_url=node.url, provider="foundry")
-        ) as ch:
+        with (
+            AnvilNode() as node,
+            connect(ChainSettings(rpc_url=node.url, provider="foundry")) as ch,
+        ):
             deployment = deploy_market(ch)
             deployment.save(tmp / "deployment.json")
             market = ch.at("TrainProof", deployment.contracts["TrainProof"])
@@ -174,7 +174,7 @@ def main() -> None:
             )
             fetched = dict(sent)
             log = (tmp / "challenger.log").read_text()
-            assert f"all 1 sampled intervals match" in log, log[-3000:]
+            assert "all 1 sampled intervals match" in log, log[-3000:]
             sent.clear()
             base_rss, _ = challenger_rss(
                 [*watch, "--db", str(tmp / "c2.db"), "--from-block", "999999999"],

@@ -16,7 +16,7 @@ import safetensors.numpy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.blobs import FileStore, StoreSet, address_of
+from protocol.blobs import FileStore, MemoryStore, StoreSet, address_of
 from protocol.merkle import MerkleTree
 from replay.data.bundle import (
     MAX_METADATA_BYTES,
@@ -27,7 +27,12 @@ from replay.data.bundle import (
     BundleMetadata,
     write_bundle,
 )
-from replay.dispute.players import Computation, example_computation, job_spec_for
+from replay.dispute.players import (
+    Computation,
+    example_computation,
+    job_spec_for,
+    write_job_bundle,
+)
 from trainproof.datasets import from_arrays
 
 STEPS = 10
@@ -97,6 +102,12 @@ def test_a_bundle_opens_to_the_jobs_inputs(written: tuple, comp: Computation) ->
     # the whole bundle's blobs: manifest, program, C_0 x2, metadata, source, index, 3 pages,
     # 10 batches
     assert len(list(bundle.refs())) == 7 + 3 + STEPS
+
+
+def test_the_same_job_always_has_the_same_bundle_address(comp: Computation) -> None:
+    """A bundle is named by content: writing it again (another process, another hash seed
+    for safetensors' metadata map) must give the same bytes, or jobs could not be re-bound."""
+    assert len({write_job_bundle(MemoryStore(), comp) for _ in range(12)}) == 1
 
 
 @settings(max_examples=20, deadline=None)

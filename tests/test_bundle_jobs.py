@@ -85,9 +85,10 @@ def test_two_front_end_jobs_from_their_bundles_alone(tmp_path: Path) -> None:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
     try:
-        with AnvilNode() as node, connect(
-            ChainSettings(rpc_url=node.url, provider="foundry")
-        ) as ch:
+        with (
+            AnvilNode() as node,
+            connect(ChainSettings(rpc_url=node.url, provider="foundry")) as ch,
+        ):
             deployment = deploy_market(ch)
             deployment.save(tmp_path / "deployment.json")
             contract = ch.at("TrainProof", deployment.contracts["TrainProof"])

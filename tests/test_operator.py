@@ -24,11 +24,11 @@ from api.db import make_engine, make_sessions
 from api.indexer import Indexer
 from challenger.service import ChallengerConfig, ChallengerService
 from protocol.anvil import AnvilNode, free_port, rpc
+from protocol.blobs import FileStore
 from protocol.chain import ChainSettings, Deployment, connect, deploy_market
 from protocol.game import JobStatus
 from protocol.market import ApeMarket
 from prover.service import ProverConfig, ProverService
-from protocol.blobs import FileStore
 from replay.dispute.players import example_computation, job_spec_for, write_job_bundle
 
 __all__ = ["world"]  # the fixture, shared with test_services
