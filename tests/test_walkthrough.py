@@ -123,7 +123,8 @@ def test_walkthrough_from_outside_the_checkout(outside: Path) -> None:
             assert start, (role, log[:3000])
             assert "watch=" in log
             assert "Traceback" not in log, log[-3000:]
-        assert "job 1 (digits-mlp, 4 steps, status OPEN" in prover_log
+        assert re.search(r"job 1 \(digits-mlp, bundle [0-9a-f]{12}…, 4 steps, status OPEN",
+                         prover_log), prover_log[:3000]  # fmt: skip
         assert re.search(rf"start chain_id=31337 .*contract={address} code=ok", api_log), api_log
         # the P&L as it goes: the watcher posted the bond, the trainer its stake
         assert re.search(r"event=pnl role=challenger .*posted='0.1 ETH'", watcher_log)

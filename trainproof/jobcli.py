@@ -10,7 +10,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -316,15 +316,12 @@ def bundle_command(
     from trainproof.agents import progress_bar
 
     if (example is None) == (job is None) or (job is None) != (data is None):
-        raise typer.BadParameter("give --job and --data (a compiled job), or --example")
+        _usage_error("give --job and --data (a compiled job), or --example")
     try:
         files: dict[str, bytes] = {}
         for path in source or []:
             if not path.is_file() or path.stat().st_size > MAX_SOURCE_BYTES:
-                raise typer.BadParameter(
-                    f"{path} is not a file of at most {MAX_SOURCE_BYTES} bytes",
-                    param_hint="--source",
-                )
+                _usage_error(f"--source {path} is not a file of at most {MAX_SOURCE_BYTES} bytes")
             files[path.name] = path.read_bytes()
         if example is not None:
             inputs = example_inputs(example, steps, description, licence, data_licence)
@@ -395,3 +392,9 @@ def example_inputs(
     )
     return {"program": comp.program, "initial_state": comp.state_before(0),
             "dataset": comp.dataset, "metadata": metadata}  # fmt: skip
+
+
+def _usage_error(line: str) -> NoReturn:
+    """Options that do not fit together: one line on stderr, exit code 2."""
+    typer.echo(f"error: {line} (see --help)", err=True)
+    raise typer.Exit(code=2)
