@@ -80,7 +80,11 @@ def test_two_front_end_jobs_from_their_bundles_alone(tmp_path: Path) -> None:
         publish_bundle(bundle, [str(store)])
         addresses.append((address, bundle))
     gpt_program = addresses[1][1].program
+    # the first MATMUL is the QKV projection: element 32 is token 0's first value entry,
+    # which every later position attends to (token 0's query, elements 0..15, changes
+    # nothing: a softmax over one key is 1 whatever the score)
     matmul = next(j for j, op in enumerate(gpt_program.ops) if op.opcode == Opcode.MATMUL)
+    assert gpt_program.ops[matmul].shape == (32, 48)
     server = make_server(FileStore(store))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
@@ -102,7 +106,7 @@ def test_two_front_end_jobs_from_their_bundles_alone(tmp_path: Path) -> None:
                                                 job=1, store=[str(store)]))  # fmt: skip
             cheat = ProverService(ProverConfig(**common, db=tmp_path / "p2.db", test_account=3,
                                                job=2, store=[str(store)],
-                                               fault=f"step=3,op={matmul},elem=0"))  # fmt: skip
+                                               fault=f"step=3,op={matmul},elem=32"))  # fmt: skip
             watcher = ChallengerService(ChallengerConfig(
                 **common, db=tmp_path / "c.db", test_account=4, store=[url], rate=1.0,
                 confirmations=0,
