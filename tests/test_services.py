@@ -169,6 +169,101 @@ def test_bad_checkpoints_route_to_replay_from_an_earlier_one(world, damage, capl
     assert "event=replay_from" in caplog.text and "from=0" in caplog.text
 
 
+# ---------------------------------------------------------------- bad bundles
+
+
+def watcher_copy(world) -> tuple[Path, Path]:
+    """A copy of the prover's store (bundle and published checkpoints) for the watcher alone,
+    and the blob folder of that copy, to damage without touching what the prover reads."""
+    import shutil
+
+    tmp = world[3]
+    shutil.copytree(tmp / "store", tmp / "watcher")
+    return tmp / "watcher", tmp / "watcher" / "blobs"
+
+
+def bundle_manifest(world) -> dict:
+    tmp, market = world[3], world[2]
+    address = market.job(1).spec.bundle.hex()
+    return json.loads((tmp / "store" / "blobs" / address[:2] / address[2:]).read_text())
+
+
+def test_a_swapped_batch_leaves_the_other_intervals_disputable(world, caplog) -> None:
+    """Step 0's batch in the watcher's only store is another step's: interval 0 can't be
+    replayed (said, with the part), interval 1 can, holds the cheat, and is disputed."""
+    caplog.set_level(logging.INFO, logger="trainproof.challenger")
+    market = world[2]
+    p = prover(world, "step=3,op=222,elem=5")
+    while p.step().status != JobStatus.COMMITTED:
+        pass
+    store, blobs = watcher_copy(world)
+    index = FileStore(store).get(bundle_manifest(world)["dataset"]["index"]["address"])
+    page = FileStore(store).get(index[:32].hex())  # page 0: 96 bytes per step
+    batch0, batch1 = page[64:96].hex(), page[96 + 64 : 96 + 96].hex()
+    (blobs / batch0[:2] / batch0[2:]).write_bytes((blobs / batch1[:2] / batch1[2:]).read_bytes())
+    c = challenger(world, store=str(store))
+    run_both(world, p, c)
+    assert market.job(1).status == JobStatus.REJECTED
+    assert "event=interval_unverifiable job=1 interval=0 part='batch of step 0'" in caplog.text
+    assert json.loads(c.db.get("job:1"))["verdict"] == "disputed"
+
+
+def test_a_bundle_that_does_not_verify_marks_the_job_unverifiable(world, caplog) -> None:
+    """C_0's tensors in the watcher's only store are altered: the job is unverifiable (log
+    line naming the part, the watcher's record), retried with backoff, final after the
+    window; the watcher never disputes what it could not check."""
+    caplog.set_level(logging.INFO, logger="trainproof.challenger")
+    market = world[2]
+    p = prover(world)
+    while p.step().status != JobStatus.COMMITTED:
+        pass
+    store, blobs = watcher_copy(world)
+    tensors = bundle_manifest(world)["initial"]["tensors"]["address"]
+    f = blobs / tensors[:2] / tensors[2:]
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 0x40  # one bit of the last parameter
+    f.write_bytes(bytes(data))
+    c = challenger(world, store=str(store))
+    c.step()
+    record = json.loads(c.db.get("job:1"))
+    assert record["verdict"] == "unverifiable" and record["part"] == "initial state tensors", record
+    assert "event=unverifiable job=1 part='initial state tensors'" in caplog.text
+    run_both(world, p, c)
+    assert market.job(1).status == JobStatus.FINALIZED and market.games_of(1) == []
+    assert "event=unverifiable_final job=1 status=FINALIZED part='initial state tensors'" in caplog.text
+    assert json.loads(c.db.get("job:1"))["final"] is True
+
+
+def test_a_job_binding_another_bundle_is_refused_by_both_services(world, caplog) -> None:
+    """A job registered with the bundle of another run (same model, 6 steps, not 4): the
+    prover refuses to train it; a trainer that commits anyway meets a watcher that marks
+    the job unverifiable, naming the manifest, and does not dispute."""
+    from ape import accounts
+
+    from protocol.agent import AgentError
+
+    caplog.set_level(logging.INFO, logger="trainproof.challenger")
+    node, deployment, market, tmp = world
+    comp = example_computation("digits-mlp", STEPS, EVERY)
+    other = write_job_bundle(FileStore(tmp / "store"), example_computation("digits-mlp", 6, 2))
+    spec = market.job(1).spec.model_copy(update={"bundle": other})
+    market.contract.register_job(spec.as_tuple(), sender=market.account, value=REWARD)
+    with pytest.raises(AgentError, match="bundle manifest: its dataset root 0x[0-9a-f]{64} is not the job.s"):
+        ProverService(ProverConfig(
+            rpc=node.url, deployment=deployment, db=tmp / "p2.db", test_account=2, job=2,
+            store=[str(tmp / "store")], poll=0.1,
+        ))  # fmt: skip
+    trainer = accounts.test_accounts[2]
+    market.contract.accept_job(2, market.contract.jobs(2).job_hash, sender=trainer, value=STAKE)
+    market.contract.commit_run(2, comp.checkpoint_roots()[1:], sender=trainer)
+    c = challenger(world)
+    c.step()
+    record = json.loads(c.db.get("job:2"))
+    assert record["verdict"] == "unverifiable" and record["part"] == "manifest", record
+    assert "event=unverifiable job=2 part='manifest'" in caplog.text
+    assert market.games_of(2) == []
+
+
 # ---------------------------------------------------------------- kill tests
 
 
