@@ -72,6 +72,7 @@ def spec(i: int) -> dict[str, Any]:
         "program_len": 359,
         "dataset_root": _h("d", i),
         "initial_root": _h("c0", i),
+        "bundle": _h("bundle", i),
         "steps": 40,
         "every": 10,
         "slots": 188,
