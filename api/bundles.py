@@ -175,6 +175,13 @@ class BundleChecker:
         """Fetch and verify ``job``'s bundle (no database access)."""
         if self.stores is None:
             return Verdict(job.id, job.bundle, UNCHECKED, why=NO_STORES)
+        if job.bundle is None or not any(bytes.fromhex(job.bundle.removeprefix("0x"))):
+            why = (
+                "the job binds no bundle (JobSpec.bundle is zero)"
+                if job.bundle
+                else "the job binds no bundle (registered on a contract from before bundles)"
+            )
+            return Verdict(job.id, job.bundle, INVALID, "manifest", why)
         probe = _Probe(self.stores)
         spec = job_spec(job)
         try:
