@@ -1,5 +1,5 @@
 """The bundle checker: fetches and verifies each indexed job's bundle (docs/protocol.md §5.4)
-from the API's blob stores and records what it found on the job (docs/protocol.md §6.3).
+from the API's blob stores and records what it found on the job (docs/protocol.md §7).
 
 A job's inputs (program, C_0, dataset batches) are reachable only through the bundle its
 spec binds; a bundle nobody can fetch, or one whose parts do not verify, makes the job

@@ -38,7 +38,7 @@ class IndexStatus(BaseModel):
 
 class BundleCheck(BaseModel):
     """What the API found when it fetched and verified the job's bundle (docs/protocol.md
-    §6.3): the inputs a challenger needs to replay the job. ``unverifiable`` is the one field
+    §7): the inputs a challenger needs to replay the job. ``unverifiable`` is the one field
     a marketplace needs: true when the bundle is ``unavailable`` or ``invalid``, i.e. no
     challenger can obtain the job's inputs from the API's stores, so nobody can check the
     trainer's work and the job's result must not be trusted."""
@@ -59,16 +59,14 @@ class BundleCheck(BaseModel):
         "so its commitment cannot be verified by anyone (treat the job as unverifiable)"
     )
     part: str | None = Field(
-        None, description="the bundle part that failed, e.g. 'manifest', 'batch of step 3'"
+        description="the bundle part that failed, e.g. 'manifest', 'batch of step 3'"
     )
-    why: str | None = Field(None, description="why that part failed (or why not checked)")
-    scope: str | None = Field(
-        None, description="what the last check covered, e.g. 'complete: 4 batches'"
-    )
-    checked_at: int | None = Field(None, description="unix seconds of the last check")
-    tries: int = Field(0, description="checks in a row that did not verify")
+    why: str | None = Field(description="why that part failed (or why not checked)")
+    scope: str | None = Field(description="what the last check covered, e.g. 'complete: 4 batches'")
+    checked_at: int | None = Field(description="unix seconds of the last check")
+    tries: int = Field(description="checks in a row that did not verify")
     next_check: int | None = Field(
-        None, description="unix seconds of the next check (null: none planned)"
+        description="unix seconds of the next check (null: none planned)"
     )
 
 

@@ -1,4 +1,4 @@
-"""The API's bundle checker (api/bundles.py, docs/protocol.md §6.3) on real bundles: written
+"""The API's bundle checker (api/bundles.py, docs/protocol.md §7) on real bundles: written
 into a FileStore and served over HTTP by the blob server, fetched and verified for each
 indexed job. A complete bundle reads ``verified``; a missing blob ``unavailable``, checked
 again later with a growing delay until it appears; a blob tampered with in the store, or a

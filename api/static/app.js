@@ -5,7 +5,7 @@ const $ = (sel) => document.querySelector(sel);
 const esc = (s) => String(s ?? "").replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[c]);
 const short = (h) => (h ? esc(h.slice(0, 10)) + "…" : "—");
 const badge = (s) => `<span class="badge ${esc(s)}" data-status="${esc(s)}">${esc(s)}</span>`;
-// a job's bundle check (docs/protocol.md §6.3): unavailable / invalid = unverifiable
+// a job's bundle check (docs/protocol.md §7): unavailable / invalid = unverifiable
 const BUNDLE_TEXT = { verified: "inputs verified", unavailable: "unverifiable: inputs unavailable",
   invalid: "unverifiable: inputs invalid", unchecked: "inputs unchecked" };
 const bundleBadge = (b) => {
