@@ -20,7 +20,8 @@ spec binds; a bundle nobody can fetch, or one whose parts do not verify, makes t
   it (or are not the size the manifest states). Content that does not verify never will (the
   addresses are hashes): final, unless the failure was a store's bad copy (another store may
   yet serve a good one), which is checked again with backoff like ``unavailable``.
-- ``unchecked``: not checked yet, or no stores are configured (``--store``).
+- ``unchecked``: not checked yet, or no stores are configured (``--store``), or the check
+  itself failed (an unexpected error, logged; tried again with backoff).
 
 Checks run on their own thread (``run_forever``) or one pass at a time (``run_once``); a
 check holds no database transaction while it fetches, so it never blocks the indexer or a
@@ -39,7 +40,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.db import Change, Job, Meta
@@ -227,7 +228,7 @@ class BundleChecker:
             select(Job)
             .where(
                 or_(
-                    Job.bundle_status == UNCHECKED,
+                    and_(Job.bundle_status == UNCHECKED, Job.bundle_next_check.is_(None)),
                     Job.bundle_next_check <= int(now),
                 )
             )
@@ -317,7 +318,12 @@ class BundleChecker:
                 break
             for job in jobs:
                 seen.add(job.id)
-                verdict = self.check(job)
+                try:
+                    verdict = self.check(job)
+                except Exception as e:  # a bug, or bytes no check foresaw: not a verdict
+                    log.exception("event=bundle_check_failed job=%d", job.id)
+                    why = f"the check failed ({type(e).__name__}: {e}); trying again later"
+                    verdict = Verdict(job.id, job.bundle, UNCHECKED, why=why, retry=True)
                 self.record(verdict, job.bundle_tries or 0)
                 done.append(verdict)
         return done

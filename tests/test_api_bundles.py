@@ -272,6 +272,26 @@ def test_no_stores_leaves_bundles_unchecked(sessions, bundle, tmp_path) -> None:
     assert (v.status, v.part) == ("unavailable", "manifest")
 
 
+def test_a_check_that_fails_is_tried_again(sessions, store, bundle, monkeypatch) -> None:
+    from api import bundles
+
+    def broken(*args: object, **kw: object) -> None:
+        raise RuntimeError("no such luck")
+
+    register(sessions, 1, spec_of(bundle))
+    monkeypatch.setattr(bundles.Bundle, "open", broken)
+    clock = Clock()
+    check = checker(sessions, [str(store.root)], clock)
+    (v,) = check.run_once()
+    got = api(sessions, 1)
+    assert got["status"] == "unchecked" and "RuntimeError: no such luck" in got["why"]
+    assert got["next_check"] == T0 + BASE_DELAY and check.run_once() == []
+    monkeypatch.undo()
+    clock.now += BASE_DELAY
+    (v,) = check.run_once()
+    assert v.status == "verified"
+
+
 def test_a_big_dataset_is_sampled(sessions, store, bundle) -> None:
     register(sessions, 1, spec_of(bundle))
     clock = Clock()
