@@ -292,6 +292,27 @@ def test_a_check_that_fails_is_tried_again(sessions, store, bundle, monkeypatch)
     assert v.status == "verified"
 
 
+def test_the_checker_thread_serves_while_it_checks(sessions, store, bundle) -> None:
+    """As in ``trainproof api serve``: the checker on its own thread, the API answering."""
+    register(sessions, 1, spec_of(bundle))
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=BundleChecker(sessions, [str(store.root)]).run_forever, args=(0.05, stop)
+    )
+    thread.start()
+    try:
+        client = TestClient(create_app(sessions))
+        for _ in range(400):
+            if client.get("/v1/jobs/1/status").json()["bundle"]["status"] != "unchecked":
+                break
+            stop.wait(0.05)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert api(sessions, 1)["status"] == "verified"
+
+
 def test_a_big_dataset_is_sampled(sessions, store, bundle) -> None:
     register(sessions, 1, spec_of(bundle))
     clock = Clock()
