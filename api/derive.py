@@ -113,6 +113,7 @@ def apply(s: Session, ev: Event, emit: bool = True) -> None:
             program_len=spec["program_len"],
             dataset_root=spec["dataset_root"],
             initial_root=spec["initial_root"],
+            bundle=spec.get("bundle"),  # None: a contract from before JobSpec.bundle
             steps=spec["steps"],
             every=spec["every"],
             slots=spec["slots"],
