@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import threading
@@ -96,17 +95,18 @@ def counting_server(store: FileStore, kinds: dict[str, str]) -> tuple[object, di
 
 
 def challenger_rss(args: list[str], log: Path) -> tuple[int, float]:
-    """Peak RSS (bytes) and wall time of a challenger process run to its end."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """Peak RSS (bytes) and wall time of a challenger process run to its end (its own
+    rusage, from wait4: not the maximum over every child this process ever had)."""
     t0 = time.perf_counter()
     with open(log, "wb") as out:
-        subprocess.run([sys.executable, "-m", "trainproof", *args], stdout=out, stderr=out,
-                       cwd=ROOT, check=True, timeout=3600,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if peak <= before:
-        raise RuntimeError("the challenger's peak RSS is hidden by an earlier, larger child")
-    return peak * 1024, time.perf_counter() - t0
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        proc = subprocess.Popen([sys.executable, "-m", "trainproof", *args], stdout=out,
+                                stderr=out, cwd=ROOT, env=env)  # fmt: skip
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the challenger exited with {proc.returncode}: see {log}")
+    return usage.ru_maxrss * 1024, time.perf_counter() - t0
 
 
 def main() -> None:
