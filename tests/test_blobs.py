@@ -114,6 +114,25 @@ def test_a_pointer_to_another_checkpoint_is_rejected(served, run_dir, program) -
         fetch_checkpoint(remote, program, bytes.fromhex(second.state_root))
 
 
+def test_a_lying_pointer_does_not_shadow_an_honest_one(served, run_dir, program, tmp_path, caplog):
+    """The first store of a set answers checkpoint 2's root with checkpoint 0's blobs, the
+    second honestly: the checkpoint still comes back verified, from the second pointer."""
+    store, _ = served
+    first, second, *_ = publish_run(store, run_dir)
+    liar = FileStore(tmp_path / "liar")
+    for address in (first.manifest, first.tensors):
+        liar.put(store.get(address))
+    liar.put_pointer(second.model_copy(update={"manifest": first.manifest,
+                                               "tensors": first.tensors}))  # fmt: skip
+    both = StoreSet([liar, store])
+    with caplog.at_level(logging.WARNING, logger="trainproof.blobs"):
+        state = fetch_checkpoint(both, program, bytes.fromhex(second.state_root))
+    assert f"event=pointer_rejected store={liar.root}" in caplog.text
+    assert set(state) == {program.slots[i].name for i in program.persistent_slots}
+    with pytest.raises(CheckpointError, match="committed"):  # the liar alone: refused
+        fetch_checkpoint(StoreSet([liar]), program, bytes.fromhex(second.state_root))
+
+
 def test_truncated_or_missing_checkpoint_is_rejected(served, run_dir, program) -> None:
     store, remote = served
     pointer = publish_run(store, run_dir)[1]
