@@ -113,7 +113,7 @@ def test_zero_size_tensor_only_the_empty_root(tp, people, trainer) -> None:
     )  # fmt: skip
     job_id = new_job(tp, people["requester"], spec)
     tp.accept_job(job_id, tp.jobs(job_id).job_hash, sender=people["trainer"], value=STAKE)
-    tp.commit_run(job_id, [after.root], sender=people["trainer"])
+    tp.commit_run(job_id, 0, [after.root], sender=people["trainer"])
     roots = [before.root, after.root]
     game_id = open_dispute(tp, job_id, people["watcher"], tuple(roots), 0)
     g = game_state(tp, game_id)
