@@ -10,8 +10,8 @@ parts of protocol.game.commit_parts; then one dispute is opened on a late interv
 two inclusion proofs have the most hashes the run tree needs. All gas is a transaction's gas
 used (21,000 base + calldata + execution).
 
-Reference, before parts (one commit_run for the whole list, at most 1,024 roots... 2,100 with
-a raised cap): 10 intervals 206,916 gas; 2,100 intervals 4.07M (1,938 gas per checkpoint).
+Reference, the single-transaction commit_run it replaces (the whole list in one call):
+10 intervals 206,916 gas; 2,100 intervals 4.07M (1,938 gas per checkpoint).
 """
 
 from __future__ import annotations
