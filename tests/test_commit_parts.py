@@ -79,3 +79,30 @@ def test_assemble_orders_parts_and_checks_the_run_root() -> None:
         assemble_roots(1, run_root_of(c), spec, events[:-1])  # part 0 missing
     with pytest.raises(CommitmentError, match="parts"):
         assemble_roots(1, run_root_of(c), spec, [*events, events[0]])  # a part twice
+
+
+def test_the_index_numbers_checkpoints_across_parts(tmp_path) -> None:
+    """api.derive builds checkpoint rows C_0..C_m from the CheckpointRoots events of a
+    three-part commitment (part p starts at C_{p * COMMIT_PART}, part 0 at C_1)."""
+    from sqlalchemy import select
+
+    from api.db import Checkpoint, Job, make_engine, make_sessions
+    from api.seed import _Log, spec
+
+    m = 2 * COMMIT_PART + 1
+    c = ["0x" + r.hex() for r in roots(m)]
+    sessions = make_sessions(make_engine(f"sqlite:///{tmp_path / 'index.db'}"))
+    with sessions.begin() as s:
+        log = _Log(s, 1)
+        sp = {**spec(1), "initial_root": c[0], "steps": m, "every": 1}
+        log("JobRegistered", {"job_id": 1, "job_hash": c[1], "requester": c[0][:42],
+                              "spec": sp, "reward": 1}, job_id=1)  # fmt: skip
+        for p, rs in enumerate(commit_parts(c[1:])):
+            log.next_block()
+            log("CheckpointRoots", {"job_id": 1, "part": p, "roots": rs}, job_id=1)
+        log("RunCommitted", {"job_id": 1, "trainer": c[0][:42], "run_root": c[2],
+                             "challenge_deadline": 10**10}, job_id=1)  # fmt: skip
+    with sessions.begin() as s:
+        rows = s.scalars(select(Checkpoint).where(Checkpoint.job_id == 1)).all()
+        assert sorted((r.index, r.root) for r in rows) == list(enumerate(c))
+        assert s.get(Job, 1).run_root == c[2]
