@@ -3,7 +3,8 @@
 """
 @title trainproof: job market, stakes and the dispute game
 @notice A requester registers a training job and escrows the reward; a trainer accepts it
-        with a stake and commits the Merkle root of its checkpoint roots; during the
+        with a stake and commits its checkpoint roots, in parts of COMMIT_PART run-tree leaves,
+        from which the contract computes their Merkle root; during the
         challenge window anyone may dispute one checkpoint interval with a bond. Each
         dispute is a game that bisects, in turn:
           trace   - op-level state roots over the interval's k steps x L ops   (n-ary)

@@ -122,6 +122,8 @@ class ApeMarket:
         self.account = account
         self.address = str(contract.address)
         self.sender = str(account.address)
+        # C_1..C_m per (job, run root), assembled once: the run root binds them
+        self._roots: dict[tuple[int, bytes], list[bytes]] = {}
 
     def game(self, game_id: int) -> GameState:
         return GameState.from_chain(self.contract.game(game_id))
@@ -160,19 +162,21 @@ class ApeMarket:
         out = []
         for log in self.contract.RunCommitted.range(from_block, to_block + 1):
             job_id, run_root = int(log.job_id), bytes(log.run_root)
-            parts = [
-                (int(p.part), [bytes(r) for r in p.roots])
-                for p in self.contract.CheckpointRoots.range(
-                    0, int(log.block_number) + 1, search_topics={"job_id": job_id}
-                )
-            ]
-            spec = self.job(job_id).spec
+            if (job_id, run_root) not in self._roots:
+                parts = [
+                    (int(p.part), [bytes(r) for r in p.roots])
+                    for p in self.contract.CheckpointRoots.range(
+                        0, int(log.block_number) + 1, search_topics={"job_id": job_id}
+                    )
+                ]
+                spec = self.job(job_id).spec
+                self._roots[job_id, run_root] = assemble_roots(job_id, run_root, spec, parts)
             out.append(
                 Commitment(
                     job_id=job_id,
                     trainer=str(log.trainer),
                     run_root=run_root,
-                    checkpoint_roots=assemble_roots(job_id, run_root, spec, parts),
+                    checkpoint_roots=list(self._roots[job_id, run_root]),
                     block=int(log.block_number),
                 )
             )
@@ -202,6 +206,7 @@ class Web3Market:
         self.outbox = outbox
         self.sender = outbox.account.address
         self.start_block = start_block
+        self._roots: dict[tuple[int, bytes], list[bytes]] = {}  # as ApeMarket's
 
     def game(self, game_id: int) -> GameState:
         return GameState.from_chain(self.contract.functions.game(game_id).call())
@@ -247,17 +252,19 @@ class Web3Market:
         for log in self._logs("RunCommitted", from_block=from_block, to_block=to_block):
             args = log["args"]
             job_id, run_root = int(args["job_id"]), bytes(args["run_root"])
-            parts = [
-                (int(p["args"]["part"]), [bytes(r) for r in p["args"]["roots"]])
-                for p in self._logs("CheckpointRoots", to_block=log["blockNumber"], job_id=job_id)
-            ]
-            spec = self.job(job_id).spec
+            if (job_id, run_root) not in self._roots:
+                events = self._logs("CheckpointRoots", to_block=log["blockNumber"], job_id=job_id)
+                parts = [
+                    (int(p["args"]["part"]), [bytes(r) for r in p["args"]["roots"]]) for p in events
+                ]
+                spec = self.job(job_id).spec
+                self._roots[job_id, run_root] = assemble_roots(job_id, run_root, spec, parts)
             out.append(
                 Commitment(
                     job_id=job_id,
                     trainer=str(args["trainer"]),
                     run_root=run_root,
-                    checkpoint_roots=assemble_roots(job_id, run_root, spec, parts),
+                    checkpoint_roots=list(self._roots[job_id, run_root]),
                     block=int(log["blockNumber"]),
                 )
             )

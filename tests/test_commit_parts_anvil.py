@@ -156,6 +156,7 @@ def test_recovered_from_events_and_resumed(chain: Any, market: Any) -> None:
     head = int(chain.provider.web3.eth.block_number)
     (got,) = ape_market.commitments(start, head)
     assert got.job_id == job_id and got.run_root == run_root_of(c) and got.checkpoint_roots == c[1:]
+    assert ape_market.commitments(start, head) == [got]  # assembled once, then remembered
     w3 = Web3(Web3.HTTPProvider(chain.provider.uri))
     outbox = SimpleNamespace(account=SimpleNamespace(address=str(trainer_acct.address)))
     (via_rpc,) = Web3Market(w3, market.address, outbox, start_block=start).commitments(start, head)
