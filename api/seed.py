@@ -126,13 +126,13 @@ def seed(sessions: sessionmaker, jobs: int = 12, seed_: int = 7, bulk: bool = Fa
                 log.next_block()
                 continue
             roots = [_h("c", j, i) for i in range(1, 5)]
+            log("CheckpointRoots", {"job_id": j, "part": 0, "roots": roots}, job_id=j)
             log(
                 "RunCommitted",
                 {
                     "job_id": j,
                     "trainer": trainer,
                     "run_root": _h("run", j),
-                    "checkpoint_roots": roots,
                     "challenge_deadline": T0 + 12 * log.block + 7200,
                 },
                 job_id=j,

@@ -21,6 +21,7 @@ from protocol.game import (
     JobStatus,
     answer_order,
     clock_needed,
+    commit_parts,
     job_problems,
     trainer_moves_bound,
 )
@@ -119,9 +120,14 @@ class ProverService:
             raise SystemExit(f"job {cfg.job} was accepted by {job.trainer}, not by {me}")
         if job.status == JobStatus.ACCEPTED:
             self._publish()
-            roots = self.comp.checkpoint_roots()[1:]
-            if self.agent.send(log, "commit_run", cfg.job, roots, key=f"commit:{cfg.job}"):
-                log.info("event=committed job=%d", cfg.job)
+            # one transaction per part, from the first part the chain lacks (a restart resumes)
+            parts = commit_parts(self.comp.checkpoint_roots()[1:])
+            for p in range(m.committed_parts(cfg.job), len(parts)):
+                if not self.agent.send(
+                    log, "commit_run", cfg.job, p, parts[p], key=f"commit:{cfg.job}:{p}"
+                ):
+                    break
+                log.info("event=committed job=%d part=%d parts=%d", cfg.job, p, len(parts))
             return ProverStatus(done=False, status=job.status, games=0)
         games = oldest_wait_first(m, m.games_of(cfg.job))
         settled = True

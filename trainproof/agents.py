@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from protocol.agent import Agent, AgentConfig, AgentError
+from protocol.constants import MAX_CHECKPOINTS
 from protocol.game import MIN_CLOCK, MIN_WINDOW, job_problems
 from protocol.units import eth
 
@@ -142,10 +143,6 @@ def progress_bar(title: str) -> Callable[[int, int], None]:
             state.pop("bar").stop()
 
     return update
-
-
-#: TrainProof.vy's MAX_CHECKPOINTS: a commitment holds at most this many checkpoint roots.
-MAX_CHECKPOINTS = 1024
 
 
 def check_job_parameters(

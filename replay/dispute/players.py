@@ -31,6 +31,7 @@ from protocol.game import (
     JobSpec,
     Phase,
     as_word,
+    commit_parts,
     cut_points,
     split_point,
     trace_position,
@@ -422,8 +423,16 @@ class TrainerPlayer(Player):
     """Commits its computation and answers the trainer's moves of every game from it."""
 
     def commit(self) -> Sent | None:
-        roots = self.comp.checkpoint_roots()[1:]
-        return self.market.transact("commit_run", self.job_id, roots, key=f"commit:{self.job_id}")
+        """Commit C_1..C_m, one ``commit_run`` per part (protocol.game.commit_parts), from the
+        first part the chain lacks; the last part's receipt (None: a part did not land)."""
+        parts = commit_parts(self.comp.checkpoint_roots()[1:])
+        sent = None
+        for p in range(self.market.committed_parts(self.job_id), len(parts)):
+            key = f"commit:{self.job_id}:{p}"
+            sent = self.market.transact("commit_run", self.job_id, p, parts[p], key=key)
+            if sent is None or not sent.success:
+                return sent
+        return sent
 
     def next_move(self, game_id: int, g: GameState) -> Call | None:
         if not g.phase.trainer_moves:
