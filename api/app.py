@@ -27,9 +27,11 @@ from api import frontend
 from api.db import Attestation, Block, Change, Checkpoint, Event, Game, Job, Meta, Move
 from api.derive import LEVELS, phase_level, phase_name, status_filter, verification_status
 from api.schemas import (
+    UNVERIFIABLE,
     AccountRecord,
     AttestationIn,
     AttestationOut,
+    BundleCheck,
     CheckpointList,
     CheckpointOut,
     CommitmentStatus,
@@ -115,6 +117,35 @@ _TIP = select(
 ).subquery()
 
 
+#: The columns of a job's bundle check (api.bundles writes them).
+_BUNDLE_COLUMNS = (
+    Job.bundle,
+    Job.bundle_status,
+    Job.bundle_part,
+    Job.bundle_why,
+    Job.bundle_scope,
+    Job.bundle_checked_at,
+    Job.bundle_tries,
+    Job.bundle_next_check,
+)
+
+
+def _bundle(job: Any) -> BundleCheck:
+    """The ``bundle`` object of a job row (an ORM Job or a row with its bundle columns)."""
+    status = job.bundle_status or "unchecked"
+    return BundleCheck(
+        address=job.bundle,
+        status=status,
+        unverifiable=status in UNVERIFIABLE,
+        part=job.bundle_part,
+        why=job.bundle_why,
+        scope=job.bundle_scope,
+        checked_at=job.bundle_checked_at,
+        tries=job.bundle_tries or 0,
+        next_check=job.bundle_next_check,
+    )
+
+
 # A job's status in one statement (one snapshot, one round trip): the job, the tip, and its
 # games (a row each, or one row of NULLs).
 _GAMES = Game.__table__
@@ -126,6 +157,7 @@ _STATUS = (
         Job.run_root,
         Job.committed_at,
         Job.challenge_deadline,
+        *_BUNDLE_COLUMNS,
         _TIP.c.number.label("tip_block"),
         _TIP.c.timestamp.label("tip_timestamp"),
         *(c.label(f"game_{c.name}") for c in _GAMES.c),
@@ -171,6 +203,7 @@ def _summary(job: Job) -> JobSummary:
         committed_at=job.committed_at,
         challenge_deadline=job.challenge_deadline,
         run_root=job.run_root,
+        bundle=_bundle(job),
     )
 
 
@@ -428,6 +461,7 @@ def create_app(
             as_of_block=clock.block,
             as_of_timestamp=clock.timestamp,
             games=[_game(g, clock.timestamp) for g in games],
+            bundle=_bundle(job),
         )
         return cached(request, out)
 

@@ -25,6 +25,27 @@ DeploymentOpt = Annotated[
 ]
 
 
+#: ``--store``: where the bundle checker fetches job bundles (api.bundles).
+StoreOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--store",
+        metavar="STORE",
+        help="a blob store to fetch and verify job bundles from (repeat for several, tried in "
+        "order): a folder, the URL of `trainproof blobs serve`, or ipfs+https://gateway. "
+        "Without one, every job's bundle reads `unchecked`",
+    ),
+]
+
+
+def _checker(sessions, store: list[str] | None):  # noqa: ANN001, ANN202
+    from api.bundles import BundleChecker
+
+    stores = [s for s in store or [] if s]
+    log.info("bundle checker stores=%s", stores or "none (bundles unchecked)")
+    return BundleChecker(sessions, stores or None)
+
+
 def _setup(db: str | None, rpc: str, deployment_file: Path, confirmations: int):  # noqa: ANN202
     from web3 import Web3
 
@@ -90,8 +111,14 @@ def serve(
     max_body_bytes: Annotated[
         int, typer.Option(help="largest request body accepted, in bytes (413 above)")
     ] = 64 * 1024,
+    store: StoreOpt = None,
+    bundle_poll: Annotated[
+        float, typer.Option(help="seconds between passes of the bundle checker")
+    ] = 5.0,
 ) -> None:
-    """Index TrainProof's events in the background and serve /v1, /docs and the dashboard."""
+    """Index TrainProof's events in the background and serve /v1, /docs and the dashboard.
+    A second background thread fetches and verifies each job's bundle from the --store
+    locations (its own thread: a slow store delays neither indexing nor any request)."""
     import uvicorn
 
     from api.app import create_app
@@ -101,6 +128,11 @@ def serve(
     stop = threading.Event()
     worker = threading.Thread(target=indexer.run_forever, args=(poll, stop), daemon=True)
     worker.start()
+    checker = _checker(sessions, store)
+    bundles = threading.Thread(
+        target=checker.run_forever, args=(bundle_poll, stop), daemon=True, name="bundles"
+    )
+    bundles.start()
     try:
         app = create_app(
             sessions,
@@ -115,6 +147,7 @@ def serve(
     finally:
         stop.set()
         worker.join(timeout=5)
+        bundles.join(timeout=5)
 
 
 @app.command()
@@ -123,12 +156,19 @@ def index(
     deployment: DeploymentOpt,
     db: Annotated[str | None, typer.Option(help="database URL or SQLite path")] = None,
     confirmations: int = 2,
+    store: StoreOpt = None,
 ) -> None:
-    """Index once up to the confirmed head and print the tip."""
+    """Index once up to the confirmed head, check the bundles that are due (from the --store
+    locations) and print the tip and the bundle verdicts."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    _sessions, indexer, _cid, _addr = _setup(db, rpc, deployment, confirmations)
+    sessions, indexer, _cid, _addr = _setup(db, rpc, deployment, confirmations)
     result = indexer.sync()
     typer.echo(f"tip={result.tip} events={result.events} rolled_back_to={result.rolled_back_to}")
+    for v in _checker(sessions, store).run_once():
+        typer.echo(
+            f"job={v.job_id} bundle={v.bundle} status={v.status}"
+            + (f" part={v.part!r} why={v.why!r}" if v.part or v.why else "")
+        )
 
 
 @app.command(short_help="Create or upgrade the database schema; print its revision.")

@@ -126,6 +126,19 @@ class Job(Base):
     open_games: Mapped[int] = mapped_column(Integer, default=0)
     games_total: Mapped[int] = mapped_column(Integer, default=0)
     updated_block: Mapped[int] = mapped_column(BigInteger)
+    # The job bundle (JobSpec.bundle, docs/protocol.md §5.4) and what api.bundles found when
+    # it fetched and verified it (revision 0003; appended, so ALTER TABLE ADD COLUMN keeps the
+    # columns in the models' order). None: the event predates the field.
+    bundle: Mapped[str | None] = mapped_column(String(66))
+    bundle_status: Mapped[str] = mapped_column(
+        String(16), default="unchecked", server_default="unchecked"
+    )
+    bundle_part: Mapped[str | None] = mapped_column(String(300))
+    bundle_why: Mapped[str | None] = mapped_column(String(2000))
+    bundle_scope: Mapped[str | None] = mapped_column(String(120))
+    bundle_checked_at: Mapped[int | None] = mapped_column(BigInteger)
+    bundle_tries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    bundle_next_check: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class Checkpoint(Base):

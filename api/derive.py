@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.db import Change, Checkpoint, Event, Game, Job, Move
+from protocol.constants import COMMIT_PART
 from protocol.game import JobStatus, Phase
 
 STATUS_NAMES: dict[int, str] = {
@@ -113,6 +114,7 @@ def apply(s: Session, ev: Event, emit: bool = True) -> None:
             program_len=spec["program_len"],
             dataset_root=spec["dataset_root"],
             initial_root=spec["initial_root"],
+            bundle=spec.get("bundle"),  # None: a contract from before JobSpec.bundle
             steps=spec["steps"],
             every=spec["every"],
             slots=spec["slots"],
@@ -149,8 +151,12 @@ def apply(s: Session, ev: Event, emit: bool = True) -> None:
         job.run_root = d["run_root"]
         job.committed_at = ts
         job.challenge_deadline = d["challenge_deadline"]
-        s.add(Checkpoint(job_id=job.id, index=0, root=job.initial_root))
-        for i, root in enumerate(d["checkpoint_roots"], start=1):
+    elif ev.name == "CheckpointRoots":
+        # part p holds C_i for p * COMMIT_PART <= i < (p + 1) * COMMIT_PART; part 0 omits C_0
+        part = d["part"]
+        if part == 0:
+            s.add(Checkpoint(job_id=job.id, index=0, root=job.initial_root))
+        for i, root in enumerate(d["roots"], start=max(1, part * COMMIT_PART)):
             s.add(Checkpoint(job_id=job.id, index=i, root=root))
     elif ev.name == "JobClosed":
         job.status = d["status"]

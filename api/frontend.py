@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.schemas import Level, Problem, VerificationStatus
+from api.schemas import BundleStatus, Level, Problem, VerificationStatus
 
 #: Largest request body the API reads (an attestation is well under 1 KiB).
 MAX_BODY_BYTES = 64 * 1024
@@ -43,6 +43,9 @@ class StatusChangeEvent(BaseModel):
     phase: str | None = Field(None, description="kind game: the game's phase now")
     level: Level | None = Field(None, description="kind game: the dispute level now")
     seq: int | None = Field(None, description="kind game: the game's move counter")
+    bundle: BundleStatus | None = Field(
+        None, description="kind job, after a bundle check: the job's bundle status now"
+    )
 
 
 #: Schemas that responses refer to by name, added to ``components.schemas``.

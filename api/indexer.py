@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from web3 import Web3
 from web3._utils.events import get_event_data
 
+from api.bundles import restore_checks, saved_checks
 from api.db import Block, Change, Checkpoint, Event, Game, Job, Meta, Move
 from api.derive import apply, verification_status
 from protocol.market import trainproof_abi
@@ -338,6 +339,7 @@ class Indexer:
             job_ids = set(
                 s.scalars(select(Event.job_id).where(Event.block_number > to_block)).all()
             ) - {None}
+            checks = saved_checks(s, job_ids)  # bundle verdicts outlive the re-derivation
             s.execute(delete(Event).where(Event.block_number > to_block))
             s.execute(delete(Block).where(Block.number > to_block))
             s.merge(Meta(key="tip", value=str(to_block)))
@@ -354,6 +356,7 @@ class Indexer:
             ).all()
             for ev in replay:
                 apply(s, ev, emit=False)
+            restore_checks(s, checks)
             touched = set(s.scalars(select(Game.id).where(Game.job_id.in_(job_ids))))
             if to_block >= self.start_block:
                 self._refresh_games(s, touched, to_block)

@@ -13,6 +13,9 @@ VerificationStatus = Literal[
     "open", "training", "committed", "disputed", "finalized", "rejected", "cancelled", "expired"
 ]
 Level = Literal["trace", "op", "chunk", "element", "partial", "one-step", "resolved", "none"]
+BundleStatus = Literal["verified", "unavailable", "invalid", "unchecked"]
+#: Bundle statuses under which a job cannot be verified (its inputs cannot be obtained).
+UNVERIFIABLE: tuple[BundleStatus, ...] = ("unavailable", "invalid")
 
 
 class Problem(BaseModel):
@@ -31,6 +34,40 @@ class IndexStatus(BaseModel):
     contract: str | None
     tip: int
     tip_timestamp: int | None
+
+
+class BundleCheck(BaseModel):
+    """What the API found when it fetched and verified the job's bundle (docs/protocol.md
+    §7): the inputs a challenger needs to replay the job. ``unverifiable`` is the one field
+    a marketplace needs: true when the bundle is ``unavailable`` or ``invalid``, i.e. no
+    challenger can obtain the job's inputs from the API's stores, so nobody can check the
+    trainer's work and the job's result must not be trusted."""
+
+    address: str | None = Field(
+        description="JobSpec.bundle: sha256 of the bundle's manifest (0x + 64 hex); null for "
+        "a job registered on a contract from before bundles"
+    )
+    status: BundleStatus = Field(
+        description="verified: every part fetched and verified (or a random sample of the "
+        "batches, see scope); unavailable: a part could not be fetched (no store has it, or "
+        "the stores do not answer), checked again later; invalid: a part does not verify "
+        "against what the job binds (part and why say which and how); unchecked: not checked "
+        "(yet, or this API has no blob stores configured)"
+    )
+    unverifiable: bool = Field(
+        description="status is unavailable or invalid: the job's inputs cannot be obtained, "
+        "so its commitment cannot be verified by anyone (treat the job as unverifiable)"
+    )
+    part: str | None = Field(
+        description="the bundle part that failed, e.g. 'manifest', 'batch of step 3'"
+    )
+    why: str | None = Field(description="why that part failed (or why not checked)")
+    scope: str | None = Field(description="what the last check covered, e.g. 'complete: 4 batches'")
+    checked_at: int | None = Field(description="unix seconds of the last check")
+    tries: int = Field(description="checks in a row that did not verify")
+    next_check: int | None = Field(
+        description="unix seconds of the next check (null: none planned)"
+    )
 
 
 class JobSummary(BaseModel):
@@ -52,6 +89,7 @@ class JobSummary(BaseModel):
     committed_at: int | None
     challenge_deadline: int | None
     run_root: str | None
+    bundle: BundleCheck
 
 
 class JobPage(BaseModel):
@@ -136,6 +174,7 @@ class CommitmentStatus(BaseModel):
     as_of_block: int
     as_of_timestamp: int | None
     games: list[GameSummary]
+    bundle: BundleCheck
 
 
 class MoveOut(BaseModel):

@@ -7,9 +7,10 @@ import hashlib
 import random
 from typing import Any
 
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.db import Block, Event, Meta
+from api.db import Block, Event, Job, Meta
 from api.derive import apply
 from protocol.game import JobStatus, Phase
 
@@ -72,6 +73,7 @@ def spec(i: int) -> dict[str, Any]:
         "program_len": 359,
         "dataset_root": _h("d", i),
         "initial_root": _h("c0", i),
+        "bundle": _h("bundle", i),
         "steps": 40,
         "every": 10,
         "slots": 188,
@@ -124,13 +126,13 @@ def seed(sessions: sessionmaker, jobs: int = 12, seed_: int = 7, bulk: bool = Fa
                 log.next_block()
                 continue
             roots = [_h("c", j, i) for i in range(1, 5)]
+            log("CheckpointRoots", {"job_id": j, "part": 0, "roots": roots}, job_id=j)
             log(
                 "RunCommitted",
                 {
                     "job_id": j,
                     "trainer": trainer,
                     "run_root": _h("run", j),
-                    "checkpoint_roots": roots,
                     "challenge_deadline": T0 + 12 * log.block + 7200,
                 },
                 job_id=j,
@@ -163,6 +165,22 @@ def seed(sessions: sessionmaker, jobs: int = 12, seed_: int = 7, bulk: bool = Fa
             log.next_block()
         s.merge(Block(number=log.block, hash=_h("block", log.block), timestamp=T0 + 12 * log.block))
         s.merge(Meta(key="tip", value=str(log.block)))
+        for j in range(1, jobs + 1):  # what api.bundles would have found
+            s.execute(update(Job).where(Job.id == j).values(**BUNDLE_CHECKS[j % 4]))
+
+
+#: Bundle check verdicts the seeded jobs cycle through (job j gets ``BUNDLE_CHECKS[j % 4]``).
+BUNDLE_CHECKS: tuple[dict[str, Any], ...] = (
+    {"bundle_status": "verified", "bundle_scope": "complete: 40 batches, 1 pages",
+     "bundle_checked_at": T0 + 30},
+    {"bundle_status": "unavailable", "bundle_part": "manifest",
+     "bundle_why": "blob not usable from any of 1 stores: not in the store",
+     "bundle_checked_at": T0 + 30, "bundle_tries": 3, "bundle_next_check": T0 + 510},
+    {"bundle_status": "invalid", "bundle_part": "batch of step 3",
+     "bundle_why": "its tensors do not hash to the step's dataset leaf",
+     "bundle_checked_at": T0 + 30, "bundle_tries": 1},
+    {"bundle_status": "unchecked"},
+)  # fmt: skip
 
 
 def _play(log: _Log, job_id: int, game_id: int, finish: bool) -> None:

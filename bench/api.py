@@ -38,6 +38,8 @@ from _report import table, write  # noqa: E402
 
 TARGET_RATE = 500.0  # requests/s the status endpoint must sustain ...
 TARGET_P99_MS = 20.0  # ... with at most this p99 latency (issue 7, acceptance 5)
+#: the bundle check verdicts the jobs cycle through (api.bundles)
+BUNDLE_STATUSES = ("verified", "unavailable", "invalid", "unchecked")
 
 
 def build_index(url: str, jobs: int) -> None:
@@ -88,6 +90,13 @@ def build_index(url: str, jobs: int) -> None:
                     open_games=1 if disputed else 0,
                     games_total=1 if disputed else 0,
                     updated_block=j,
+                    bundle=_h("bundle", j),
+                    bundle_status=BUNDLE_STATUSES[j % 4],
+                    bundle_part="batch of step 3" if j % 4 == 2 else None,
+                    bundle_why="its tensors do not hash to the step's dataset leaf"
+                    if j % 4 == 2
+                    else None,
+                    bundle_checked_at=t0 + j if j % 4 < 3 else None,
                 )
             )
             if disputed:

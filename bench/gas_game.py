@@ -159,12 +159,26 @@ def arity_sweep(span: int) -> dict[str, object]:
         for a in (requester, trainer, challenger):
             boa.env.set_balance(a, 10**21)
         roots = [leaf_hash(bytes([i])) for i in range(3)]  # C_0, C_1, C_2 (synthetic)
-        spec = (roots[0] * 1, span, roots[1], roots[0], 2, 1, 64, STAKE, BOND, 3600, 7200, 3600)
+        spec = (
+            roots[0],
+            span,
+            roots[1],
+            roots[0],
+            roots[2],
+            2,
+            1,
+            64,
+            STAKE,
+            BOND,
+            3600,
+            7200,
+            3600,
+        )
         with boa.env.prank(requester):
             job_id = market.register_job(spec, value=REWARD)
         with boa.env.prank(trainer):
             market.accept_job(job_id, market.jobs(job_id).job_hash, value=STAKE)
-            market.commit_run(job_id, roots[1:])
+            market.commit_run(job_id, 0, roots[1:])
         tree = MerkleTree([leaf_hash(r) for r in roots])
         with boa.env.prank(challenger):
             game_id = market.open_dispute(

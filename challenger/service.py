@@ -27,28 +27,29 @@ from pydantic import Field
 
 from protocol import attestation
 from protocol.agent import Agent, AgentConfig, is_transient, poll_forever, setup_logging
-from protocol.blobs import BlobError, StoreUnreachable, open_store
-from protocol.game import JobStatus
+from protocol.blobs import BlobError, StoreUnreachable, open_stores
+from protocol.game import JobSpec, JobStatus
 from protocol.market import Commitment
 from protocol.pnl import Ledger, PnL
 from protocol.units import eth
+from replay.data.bundle import BundleError, BundleSource
 from replay.data.checkpoint import CheckpointError
 from replay.data.publish import fetch_checkpoint
-from replay.dispute.players import (
-    ChallengerPlayer,
-    Computation,
-    Fault,
-    example_computation,
-    spec_mismatch,
-)
+from replay.dispute.players import ChallengerPlayer, Computation, Fault, bundle_computation
 
 log = setup_logging("challenger")
 
 
 class ChallengerConfig(AgentConfig):
-    store: str = Field(description="blob store: a folder or an http(s) URL")
-    example: str = Field("digits-mlp", description="the example whose jobs it checks")
+    store: list[str] = Field(
+        min_length=1,
+        description="blob stores to fetch bundles and checkpoints from, tried in order: "
+        "folders, http(s) URLs of `trainproof blobs serve`, ipfs+http(s) trustless gateways",
+    )
     rate: float = Field(0.25, gt=0, le=1, description="probability of replaying each interval")
+    intervals: list[int] | None = Field(
+        None, description="replay exactly these intervals of each commitment (audits, benchmarks)"
+    )
     confirmations: int = Field(2, ge=0, description="blocks a commitment must be buried under")
     lie: bool = Field(False, description="dispute honest commitments and lie (demos and tests)")
     from_block: int | None = Field(
@@ -67,6 +68,8 @@ ATTEST_MAX_BACKOFF_S = 300
 DISPUTE_MAX_BACKOFF_S = 60
 #: Polls without a new block after which a commitment waiting for confirmations is reported.
 STALL_POLLS = 20
+#: Longest wait between two tries of a job whose bundle or batches could not be had.
+UNVERIFIABLE_MAX_BACKOFF_S = 300
 #: State-file key prefix of a dispute decided on and not on-chain yet.
 PENDING = "pending_dispute:"
 
@@ -84,7 +87,8 @@ class ChallengerService:
         self.agent = Agent(cfg)
         self.market = self.agent.market
         self.db = self.agent.db
-        self.store = open_store(cfg.store)
+        self.store = open_stores(cfg.store)
+        self.bundles = BundleSource(self.store)
         self._comps: dict[tuple[int, int], Computation] = {}
         self._unsent: set[tuple[int, int]] = set()
         self._recover_pending()
@@ -94,9 +98,10 @@ class ChallengerService:
         )  # fmt: skip
         self.ledger = Ledger(self.agent, "challenger")
         self.agent.startup_line(
-            log, "challenger", f"RunCommitted of {cfg.example} jobs from block "
+            log, "challenger", f"RunCommitted of every job from block "
             f"{self._last_checked() + 1}, {cfg.confirmations} confirmations, replaying each "
-            f"interval with probability {cfg.rate}, checkpoints from {cfg.store}",
+            f"interval with probability {cfg.rate}, bundles and checkpoints from "
+            f"{', '.join(cfg.store)}",
         )  # fmt: skip
 
     def _warn_if_head_stalls(self, head: int, first_unconfirmed: int) -> None:
@@ -146,6 +151,7 @@ class ChallengerService:
                     self._check(commitment)
             self.db.put("last_block", str(safe))
         self._retry_disputes()
+        self._retry_unverifiable()
         for key, game_id in self._games():
             self._play(key, game_id)
         self._send_attestations()
@@ -270,104 +276,175 @@ class ChallengerService:
 
     # ---- checking a commitment
 
+    def _honest(self, spec: JobSpec, fault: Fault | None = None) -> Computation:
+        """The job's computation from its verified bundle (BundleError when it can't be had)."""
+        return bundle_computation(self.bundles.bundle(spec), spec, fault)
+
+    def _liar(self, spec: JobSpec) -> Computation:
+        """--lie: the job's computation with one element of its first tensor op wrong."""
+        honest = self._honest(spec)
+        return self._honest(spec, Fault(kind="element", step=0, op=_first_tensor_op(honest)))
+
     def _check(self, c: Commitment) -> None:
+        """Check a commitment: sample intervals (kept, so that a retry checks the same ones),
+        replay them, and dispute the first that differs; a job whose inputs can't be had is
+        marked unverifiable and retried with backoff until its challenge window closes."""
         job = self.market.job(c.job_id)
-        honest = example_computation(self.cfg.example, job.spec.steps, job.spec.every)
-        problem = spec_mismatch(job.spec, honest)
-        if problem:
-            self._save_job(c.job_id, {"verdict": "skipped", "why": problem})
-            log.info("event=skip job=%d why=%r", c.job_id, problem)
-            return
         committed = [job.spec.initial_root, *c.checkpoint_roots]
         m = len(c.checkpoint_roots)
-        rng = secrets.SystemRandom()
-        sample = sorted(i for i in range(m) if rng.random() < self.cfg.rate)
-        record: dict[str, object] = {"verdict": "clean", "sample": sample}
-        if self.cfg.lie:
-            bad = 0
-            comp = example_computation(
-                self.cfg.example, job.spec.steps, job.spec.every,
-                Fault(kind="element", step=0, op=_first_matmul(honest), element=0),
-            )  # fmt: skip
+        record = self._job_record(c.job_id) or {}
+        if "sample" in record:
+            sample = [int(i) for i in record["sample"]]  # type: ignore[union-attr]
+        elif self.cfg.intervals is not None:
+            sample = sorted({i for i in self.cfg.intervals if 0 <= i < m})
         else:
-            bad, comp, matched = self._find_bad(c.job_id, committed, sample, honest)
-            if self.cfg.attest_to:  # kept before the verdict, so a crash between loses none
-                for interval in matched:
-                    pending = {"run_root": "0x" + c.run_root.hex(), "tries": 0, "next": 0.0}
-                    self.db.put(f"attest:{c.job_id}:{interval}", json.dumps(pending))
+            rng = secrets.SystemRandom()
+            sample = sorted(i for i in range(m) if rng.random() < self.cfg.rate)
+        record = {"verdict": "clean", "sample": sample}
+        try:
+            if self.cfg.lie:
+                bad, comp, matched, missing = 0, self._liar(job.spec), [], {}
+            else:
+                honest = self._honest(job.spec)
+                bad, comp, matched, missing = self._find_bad(c.job_id, committed, sample, honest)
+        except BundleError as e:
+            self._unverifiable(c.job_id, record, job.spec, e.part, e.why)
+            return
+        if self.cfg.attest_to:  # kept before the verdict, so a crash between loses none
+            for interval in matched:
+                pending = {"run_root": "0x" + c.run_root.hex(), "tries": 0, "next": 0.0}
+                self.db.put(f"attest:{c.job_id}:{interval}", json.dumps(pending))
+        if bad is None and missing:
+            first = min(missing)
+            why = f"interval {first}: {missing[first]}"
+            self._unverifiable(c.job_id, record, job.spec, "dataset", why, sorted(missing))
+            return
         log_check(c.job_id, m, sample, bad, self.cfg.rate, self.cfg.lie)
         if bad is None:
             self._save_job(c.job_id, record)
             return
         self._comps[(c.job_id, bad)] = comp
-        record.update(verdict="disputed", interval=bad)
+        record.update(verdict="disputed", interval=bad, start=comp.start_checkpoint)
         # the intent to dispute is kept with the verdict: until the dispute lands it is retried
         self.db.put(f"{PENDING}{c.job_id}:{bad}", json.dumps({"tries": 0, "next": 0.0}))
         self._save_job(c.job_id, record)
         self._try_dispute(c.job_id, bad, committed)
 
+    def _unverifiable(
+        self,
+        job_id: int,
+        record: dict[str, object],
+        spec: JobSpec,
+        part: str,
+        why: str,
+        intervals: list[int] | None = None,
+    ) -> None:
+        """Record (and say) that this job's inputs can't be had now; retried with backoff."""
+        tries = int(record.get("tries", 0)) + 1  # type: ignore[call-overload]
+        delay = min(UNVERIFIABLE_MAX_BACKOFF_S, 2**tries)
+        record.update(verdict="unverifiable", part=part, why=why, tries=tries,
+                      retry_at=time.time() + delay)  # fmt: skip
+        if intervals is not None:
+            record["intervals"] = intervals
+        self._save_job(job_id, record)
+        log.error("event=unverifiable job=%d part=%r why=%r tries=%d retry_in_s=%d bundle=%s",
+                  job_id, part, why, tries, delay, spec.bundle.hex())  # fmt: skip
+
+    def _retry_unverifiable(self) -> None:
+        """Check again every unverifiable job whose backoff has passed, while disputes can
+        still open; after its window it stays unverifiable for good."""
+        now = time.time()
+        for key, raw in self.db.items("job:"):
+            record = json.loads(raw)
+            if record.get("verdict") != "unverifiable" or record.get("final"):
+                continue
+            if record["retry_at"] > now:
+                continue
+            job_id = int(key.removeprefix("job:"))
+            job = self.market.job(job_id)
+            if job.status != JobStatus.COMMITTED or self.agent.now() > (
+                job.committed_at + job.spec.window
+            ):
+                record["final"] = True
+                self._save_job(job_id, record)
+                log.error("event=unverifiable_final job=%d status=%s part=%r why=%r",
+                          job_id, job.status.name, record["part"], record["why"])  # fmt: skip
+                continue
+            self._check(self._commitment(job_id))
+
+    def _start_state(
+        self, job_id: int, committed: list[bytes], c: int, honest: Computation
+    ) -> Computation:
+        """A computation that starts at the latest verified checkpoint at or before C_c: a
+        checkpoint withheld, tampered or truncated routes the replay to an earlier one, down
+        to C_0, which the bundle always gives."""
+        for s in range(c, 0, -1):
+            try:
+                state = fetch_checkpoint(self.store, honest.program, committed[s])
+            except StoreUnreachable as e:
+                log.warning("event=store_unreachable job=%d interval=%d why=%r note=%s",
+                            job_id, s, str(e), "trying an earlier checkpoint")  # fmt: skip
+                continue
+            except (BlobError, CheckpointError) as e:
+                log.warning("event=checkpoint_rejected job=%d interval=%d why=%r", job_id, s,
+                            str(e))  # fmt: skip
+                continue
+            comp = honest.fresh()
+            comp.seed(s * honest.every, state)
+            return comp
+        return honest.fresh()
+
     def _find_bad(
         self, job_id: int, committed: list[bytes], sample: list[int], honest: Computation
-    ) -> tuple[int | None, Computation, list[int]]:
-        """The first sampled interval whose replay from its verified start checkpoint
-        disagrees with the commitment (a full replay from C_0 when a checkpoint can't be
-        had), the computation to play it from, and the intervals replayed that matched."""
+    ) -> tuple[int | None, Computation, list[int], dict[int, str]]:
+        """The first interval found to disagree with the commitment, replaying each sampled
+        interval from the latest verified checkpoint before it (every interval replayed on
+        the way is compared too); the computation to play it from; the intervals replayed
+        that matched; and the sampled intervals whose batches could not be had (why)."""
         matched: list[int] = []
+        missing: dict[int, str] = {}
         for c in sample:
-            comp = self._interval_computation(job_id, committed, c, honest)
-            if comp is None:  # withheld or invalid: replay everything from C_0
-                bad = ChallengerPlayer(self.market, honest, job_id).first_bad_interval(committed)
-                log.info("event=full_replay job=%d missing_interval=%d bad=%s", job_id, c, bad)
-                return bad, honest, list(range(len(committed) - 1 if bad is None else bad))
-            if comp.step_root((c + 1) * comp.every) != committed[c + 1]:
-                return c, comp, matched
-            matched.append(c)
-        return None, honest, matched
-
-    def _interval_computation(
-        self, job_id: int, committed: list[bytes], c: int, honest: Computation
-    ) -> Computation | None:
-        if c == 0:
-            return honest
-        try:
-            state = fetch_checkpoint(self.store, honest.program, committed[c])
-        except StoreUnreachable as e:
-            log.warning("event=store_unreachable job=%d interval=%d store=%s why=%r note=%s",
-                        job_id, c, self.cfg.store, str(e),
-                        "nothing known about the checkpoint: replaying from C_0")  # fmt: skip
-            return None
-        except (BlobError, CheckpointError) as e:
-            log.warning("event=checkpoint_rejected job=%d interval=%d why=%r", job_id, c, str(e))
-            return None
-        comp = Computation(
-            honest.program, honest.dataset, honest.state_before(0), honest.steps, honest.every
-        )
-        comp.seed(c * honest.every, state)
-        return comp
+            if c in matched:
+                continue
+            comp = self._start_state(job_id, committed, c, honest)
+            start = comp.start_checkpoint
+            if start < c:
+                log.info("event=replay_from job=%d interval=%d from=%d", job_id, c, start)
+            try:
+                for i in range(start, c + 1):
+                    if comp.step_root((i + 1) * comp.every) != committed[i + 1]:
+                        return i, comp, matched, missing
+                    if i not in matched:
+                        matched.append(i)
+            except BundleError as e:  # a batch of these steps can't be had: next interval
+                missing[c] = e.args[0]
+                log.warning("event=interval_unverifiable job=%d interval=%d part=%r why=%r",
+                            job_id, c, e.part, e.why)  # fmt: skip
+        return None, honest, sorted(matched), missing
 
     def _computation_for(self, job_id: int, interval: int) -> Computation:
         """The computation a game is played from (rebuilt after a restart)."""
         if (job_id, interval) not in self._comps:
             job = self.market.job(job_id)
-            honest = example_computation(self.cfg.example, job.spec.steps, job.spec.every)
-            comp: Computation | None = honest
             if self.cfg.lie:
-                comp = example_computation(
-                    self.cfg.example, job.spec.steps, job.spec.every,
-                    Fault(kind="element", step=0, op=_first_matmul(honest), element=0),
-                )  # fmt: skip
-            elif interval > 0:
+                comp = self._liar(job.spec)
+            else:
+                record = self._job_record(job_id) or {}
+                honest = self._honest(job.spec)
+                start = int(record.get("start", 0))  # type: ignore[call-overload]
                 committed = [job.spec.initial_root, *self._committed_roots(job_id)]
-                comp = self._interval_computation(job_id, committed, interval, honest) or honest
-            assert comp is not None
+                comp = self._start_state(job_id, committed, start, honest)
             self._comps[(job_id, interval)] = comp
         return self._comps[(job_id, interval)]
 
-    def _committed_roots(self, job_id: int) -> list[bytes]:
+    def _commitment(self, job_id: int) -> Commitment:
         for c in self.market.commitments(self.market.start_block, self.agent.head()):
             if c.job_id == job_id:
-                return c.checkpoint_roots
+                return c
         raise LookupError(f"job {job_id} has no RunCommitted event")
+
+    def _committed_roots(self, job_id: int) -> list[bytes]:
+        return self._commitment(job_id).checkpoint_roots
 
     # ---- playing
 
@@ -485,7 +562,8 @@ def log_check(
                     sample, f"interval {bad} does not match the commitment: disputing")  # fmt: skip
 
 
-def _first_matmul(comp: Computation) -> int:
-    from protocol.ir import Opcode
+def _first_tensor_op(comp: Computation) -> int:
+    """The first op that writes a tensor (what --lie gets wrong)."""
+    from protocol.ir import ROOT_LEVEL_OPS
 
-    return next(j for j, o in enumerate(comp.program.ops) if o.opcode == Opcode.MATMUL)
+    return next(j for j, o in enumerate(comp.program.ops) if o.opcode not in ROOT_LEVEL_OPS)

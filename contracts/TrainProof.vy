@@ -3,7 +3,8 @@
 """
 @title trainproof: job market, stakes and the dispute game
 @notice A requester registers a training job and escrows the reward; a trainer accepts it
-        with a stake and commits the Merkle root of its checkpoint roots; during the
+        with a stake and commits its checkpoint roots, in parts of COMMIT_PART run-tree leaves,
+        from which the contract computes their Merkle root; during the
         challenge window anyone may dispute one checkpoint interval with a bond. Each
         dispute is a game that bisects, in turn:
           trace   - op-level state roots over the interval's k steps x L ops   (n-ary)
@@ -29,8 +30,17 @@ import descriptor
 
 # ---------------------------------------------------------------- parameters
 
-# @dev Most checkpoint roots per commitment (N / k).
-MAX_CHECKPOINTS: constant(uint256) = 1024
+# @dev Most checkpoint intervals per commitment (N / k): the run tree then has up to 65,537
+#      leaves and an interval root's inclusion proof up to 17 hashes.
+MAX_CHECKPOINTS: constant(uint256) = 65536
+# @dev Leaves of the run tree per commit_run transaction (docs/protocol.md §3.3): part p
+#      holds leaves p * COMMIT_PART .. (p + 1) * COMMIT_PART - 1 (leaf i = C_i; C_0 is the
+#      spec's), so every part but the last is a complete, aligned subtree. 2,048 roots are
+#      64 KiB of calldata, half of a node's usual 128 KiB transaction size limit.
+#      Mirrored in protocol/constants.py.
+COMMIT_PART: public(constant(uint256)) = 2048
+# @dev Most parts of one commitment: ceil((MAX_CHECKPOINTS + 1) / COMMIT_PART).
+MAX_PARTS: constant(uint256) = (MAX_CHECKPOINTS + COMMIT_PART) // COMMIT_PART
 # @dev Values the trainer reveals per trace bisection move: the interval is cut in
 #      TRACE_ARITY parts (TRACE_ARITY - 1 roots). 8 minimises total gas (bench/gas_game.py).
 TRACE_ARITY: public(constant(uint256)) = 8
@@ -116,6 +126,7 @@ struct JobSpec:
     program_len: uint64  # L, ops per step
     dataset_root: bytes32  # MTH over steps of (x_root || y_root)
     initial_root: bytes32  # C_0, the state root before step 0
+    bundle: bytes32  # sha256 of the job bundle's manifest (docs/protocol.md §5.4)
     steps: uint64  # N
     every: uint64  # k, steps per checkpoint interval (divides N)
     slots: uint64  # S, slots in the state tree
@@ -224,11 +235,16 @@ event JobAccepted:
     commit_deadline: uint256
 
 
+event CheckpointRoots:
+    job_id: indexed(uint256)
+    part: uint256
+    roots: DynArray[bytes32, COMMIT_PART]  # the part's checkpoint roots, in order
+
+
 event RunCommitted:
     job_id: indexed(uint256)
     trainer: indexed(address)
     run_root: bytes32
-    checkpoint_roots: DynArray[bytes32, MAX_CHECKPOINTS]
     challenge_deadline: uint256
 
 
@@ -301,6 +317,10 @@ burned: public(uint256)
 # @notice Wei held for jobs (rewards, stakes), games (bonds) and credits: with `burned`,
 #         always exactly this contract's balance.
 held: public(uint256)
+# @notice Per job, how many parts of its commitment `commit_run` has taken.
+committed_parts: public(HashMap[uint256, uint256])
+# @notice Per job and part but the last, the root of the part's subtree of the run tree.
+part_roots: public(HashMap[uint256, HashMap[uint256, bytes32]])
 # @notice Per job, the games' shared clock (docs/protocol.md §4.3), packed:
 #         winner game (64) << 192 | running games (32) << 160 | last update (64) << 96
 #         | virtual time (96, units of 2^-16 s). The winner is the lowest game id the
@@ -335,6 +355,7 @@ def register_job(spec: JobSpec) -> uint256:
     assert spec.steps % spec.every == 0  # dev: k must divide N
     assert convert(spec.steps // spec.every, uint256) <= MAX_CHECKPOINTS  # dev: too many checkpoints
     assert spec.program_len > 0 and spec.slots > 0  # dev: empty program
+    assert spec.bundle != empty(bytes32)  # dev: no bundle
     assert convert(spec.program_len, uint256) <= MAX_PROGRAM_LEN  # dev: program too long
     assert convert(spec.every, uint256) * convert(spec.program_len, uint256) <= MAX_SPAN  # dev: interval too long
     assert spec.clock >= MIN_CLOCK and spec.clock <= MAX_DURATION  # dev: bad clock
@@ -413,40 +434,70 @@ def expire_job(job_id: uint256):
 
 
 @external
-def commit_run(job_id: uint256, checkpoint_roots: DynArray[bytes32, MAX_CHECKPOINTS]) -> bytes32:
+def commit_run(job_id: uint256, part: uint256, roots: DynArray[bytes32, COMMIT_PART]) -> bytes32:
     """
-    @notice The trainer commits its run: the state roots C_k, C_2k, ..., C_N.
-    @dev The contract computes run_root = MTH(C_0, C_k, ..., C_N) itself, so the stored root
-         always matches the list, which stays recoverable from this call's calldata and
-         from the RunCommitted event.
+    @notice The trainer commits its run, one part per call, in order: the state roots
+            C_k, C_2k, ..., C_N, cut as the run tree's leaves are (COMMIT_PART each; part 0
+            omits C_0, which is the spec's).
+    @dev The contract hashes each part into its subtree root and, after the last part, the
+         part roots into run_root = MTH(C_0, C_k, ..., C_N): the stored root always matches
+         the list, which stays recoverable from the CheckpointRoots events (and calldata).
     @param job_id The job.
-    @param checkpoint_roots The N/k checkpoint state roots after C_0, in order.
-    @return The run root.
+    @param part p: this call carries C_i for p * COMMIT_PART <= i < (p + 1) * COMMIT_PART.
+    @param roots The part's checkpoint roots: COMMIT_PART of them (COMMIT_PART - 1 in part
+           0), fewer only in the last part.
+    @return The run root after the last part, else empty.
     """
-    job: Job = self.jobs[job_id]
-    assert job.status == ACCEPTED  # dev: not accepted
-    assert msg.sender == job.trainer  # dev: not the trainer
-    assert block.timestamp <= convert(job.accepted_at + job.spec.train_time, uint256)  # dev: commit deadline passed
-    assert len(checkpoint_roots) == convert(job.spec.steps // job.spec.every, uint256)  # dev: wrong checkpoint count
-    # RFC 9162 root over [C_0] + checkpoint_roots: pair neighbours bottom-up, in place,
-    # promoting an unpaired last node
-    level: DynArray[bytes32, MAX_CHECKPOINTS + 1] = [merkle._leaf_hash32(job.spec.initial_root)]
-    for r: bytes32 in checkpoint_roots:
+    assert self.jobs[job_id].status == ACCEPTED  # dev: not accepted
+    assert msg.sender == self.jobs[job_id].trainer  # dev: not the trainer
+    assert block.timestamp <= convert(self.jobs[job_id].accepted_at + self.jobs[job_id].spec.train_time, uint256)  # dev: commit deadline passed
+    assert part == self.committed_parts[job_id]  # dev: wrong part
+    n: uint256 = convert(self.jobs[job_id].spec.steps // self.jobs[job_id].spec.every, uint256) + 1
+    parts: uint256 = (n + COMMIT_PART - 1) // COMMIT_PART
+    level: DynArray[bytes32, COMMIT_PART] = []
+    if part == 0:
+        level.append(merkle._leaf_hash32(self.jobs[job_id].spec.initial_root))
+    if part + 1 < parts:
+        assert len(level) + len(roots) == COMMIT_PART  # dev: part not full
+    else:
+        assert len(level) + len(roots) == n - part * COMMIT_PART  # dev: wrong checkpoint count
+    for r: bytes32 in roots:
         level.append(merkle._leaf_hash32(r))
-    n: uint256 = len(level)
-    for _: uint256 in range(11):  # ceil(log2(MAX_CHECKPOINTS + 1)) levels
-        if n == 1:
+    # RFC 9162 root of the part's leaves: pair neighbours bottom-up, in place, promoting an
+    # unpaired last node (a complete part is a perfect subtree of the run tree)
+    m: uint256 = len(level)
+    for _: uint256 in range(11):  # log2(COMMIT_PART) levels
+        if m == 1:
             break
-        for i: uint256 in range(n // 2, bound=(MAX_CHECKPOINTS + 2) // 2):
+        for i: uint256 in range(m // 2, bound=COMMIT_PART // 2):
             level[i] = merkle._node_hash(level[2 * i], level[2 * i + 1])
-        if n % 2 == 1:
-            level[n // 2] = level[n - 1]
-        n = (n + 1) // 2
-    run_root: bytes32 = level[0]
+        if m % 2 == 1:
+            level[m // 2] = level[m - 1]
+        m = (m + 1) // 2
+    self.committed_parts[job_id] = part + 1
+    log CheckpointRoots(job_id=job_id, part=part, roots=roots)
+    if part + 1 < parts:
+        self.part_roots[job_id][part] = level[0]
+        return empty(bytes32)
+    # every part but the last is an aligned subtree of COMMIT_PART leaves, so the run tree
+    # is the RFC 9162 tree over the part roots
+    top: DynArray[bytes32, MAX_PARTS] = []
+    for p: uint256 in range(part, bound=MAX_PARTS):
+        top.append(self.part_roots[job_id][p])
+    top.append(level[0])
+    for _: uint256 in range(6):  # ceil(log2(MAX_PARTS)) levels
+        if parts == 1:
+            break
+        for i: uint256 in range(parts // 2, bound=MAX_PARTS // 2):
+            top[i] = merkle._node_hash(top[2 * i], top[2 * i + 1])
+        if parts % 2 == 1:
+            top[parts // 2] = top[parts - 1]
+        parts = (parts + 1) // 2
+    run_root: bytes32 = top[0]
     self.jobs[job_id].run_root = run_root
     self.jobs[job_id].status = COMMITTED
     self.jobs[job_id].committed_at = convert(block.timestamp, uint64)
-    log RunCommitted(job_id=job_id, trainer=msg.sender, run_root=run_root, checkpoint_roots=checkpoint_roots, challenge_deadline=block.timestamp + convert(job.spec.window, uint256))
+    log RunCommitted(job_id=job_id, trainer=msg.sender, run_root=run_root, challenge_deadline=block.timestamp + convert(self.jobs[job_id].spec.window, uint256))
     return run_root
 
 

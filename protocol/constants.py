@@ -28,3 +28,10 @@ EMPTY_SLOT: Final[bytes] = b"\x00" * 32
 
 #: Largest inclusion-proof length accepted anywhere (trees of up to 2**64 leaves).
 MAX_PROOF_DEPTH: Final[int] = 64
+
+#: Most checkpoint intervals per commitment (N / k): TrainProof.vy's MAX_CHECKPOINTS.
+MAX_CHECKPOINTS: Final[int] = 65536
+#: Leaves of the run tree per commit_run transaction (TrainProof.vy's COMMIT_PART): part p
+#: carries C_i for p * COMMIT_PART <= i < (p + 1) * COMMIT_PART, C_0 excepted (docs/protocol.md
+#: §3.3, :func:`protocol.game.commit_parts`).
+COMMIT_PART: Final[int] = 2048

@@ -7,10 +7,14 @@ and compare.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import IntEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from protocol.constants import COMMIT_PART, MAX_CHECKPOINTS
+from protocol.merkle import leaf_hash, root_of_leaf_hashes
 
 #: Parts per trace bisection move (the trainer reveals TRACE_ARITY - 1 roots).
 TRACE_ARITY = 8
@@ -108,6 +112,9 @@ class JobSpec(BaseModel):
     program_len: int = Field(gt=0, lt=2**64)
     dataset_root: bytes = Field(min_length=32, max_length=32)
     initial_root: bytes = Field(min_length=32, max_length=32)
+    bundle: bytes = Field(
+        min_length=32, max_length=32, description="sha256 of the job bundle's manifest"
+    )
     steps: int = Field(gt=0, lt=2**64)
     every: int = Field(gt=0, lt=2**64)
     slots: int = Field(gt=0, lt=2**64)
@@ -189,6 +196,28 @@ def split_point(n: int) -> int:
     return 1 << ((n - 1).bit_length() - 1)
 
 
+def commit_parts(roots: Sequence[bytes], part: int = COMMIT_PART) -> list[list[bytes]]:
+    """C_1..C_m cut into the parts ``commit_run`` takes, in order (docs/protocol.md §3.3).
+
+    Part p holds leaves p * part .. (p + 1) * part - 1 of the run tree, leaf i being C_i:
+    part 0 omits C_0 (the spec's initial root), every part but the last is full, so each
+    full part is a complete, aligned subtree of the run tree."""
+    if not roots:
+        raise ValueError("a commitment has at least one checkpoint root")
+    n = len(roots) + 1
+    return [list(roots[max(0, p * part - 1) : (p + 1) * part - 1]) for p in range(-(-n // part))]
+
+
+def parts_run_root(initial_root: bytes, parts: Sequence[Sequence[bytes]]) -> bytes:
+    """The run root as ``commit_run`` computes it: each part's subtree root, then the RFC
+    9162 tree over the part roots. Equals ``run_root_of([initial_root, *C_1..C_m])``."""
+    tops = [
+        root_of_leaf_hashes([leaf_hash(r) for r in ([initial_root] if p == 0 else []) + list(rs)])
+        for p, rs in enumerate(parts)
+    ]
+    return root_of_leaf_hashes(tops)
+
+
 def trace_position(position: int, ops_per_step: int) -> tuple[int, int]:
     """(step within the interval, op boundary) of a trace position p in [0, k*L].
 
@@ -219,6 +248,8 @@ def job_problems(spec: JobSpec) -> list[str]:
     problems = []
     if spec.steps % spec.every:
         problems.append(f"every={spec.every} does not divide steps={spec.steps}")
+    elif spec.steps // spec.every > MAX_CHECKPOINTS:
+        problems.append(f"{spec.steps // spec.every} checkpoints, more than {MAX_CHECKPOINTS}")
     if spec.program_len > MAX_PROGRAM_LEN or spec.every * spec.program_len > MAX_SPAN:
         problems.append(f"interval of {spec.every} x {spec.program_len} ops is too long")
     if not MIN_CLOCK <= spec.clock <= MAX_DURATION:

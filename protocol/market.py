@@ -18,7 +18,9 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 
 from protocol.anvil import REPO_ROOT
+from protocol.errors import TrainproofError
 from protocol.game import GameState, JobSpec, JobStatus, plain
+from protocol.merkle import merkle_root
 from protocol.outbox import Outbox, Sent
 
 
@@ -44,8 +46,13 @@ class JobView(BaseModel):
         return cls(spec=spec, **rest)
 
 
+class CommitmentError(TrainproofError):
+    """A commitment's CheckpointRoots events do not make the run root it committed."""
+
+
 class Commitment(BaseModel):
-    """A RunCommitted event: the checkpoint roots C_k..C_N of a job, and where it was logged."""
+    """A RunCommitted event with the checkpoint roots C_k..C_N of the job (from its
+    CheckpointRoots events, checked against the run root), and where it was logged."""
 
     job_id: int
     trainer: str
@@ -64,8 +71,33 @@ class Market(Protocol):
     def moved_values(self, game_id: int, seq: int) -> list[bytes]: ...
     def opened_chunk(self, game_id: int, seq: int) -> bytes: ...
     def games_of(self, job_id: int) -> list[int]: ...
+    def committed_parts(self, job_id: int) -> int: ...
     def commitments(self, from_block: int, to_block: int) -> list[Commitment]: ...
     def transact(self, fn: str, *args: Any, value: int = 0, key: str) -> Sent | None: ...
+
+
+def assemble_roots(
+    job_id: int, run_root: bytes, spec: JobSpec, parts: list[tuple[int, list[bytes]]]
+) -> list[bytes]:
+    """C_1..C_m of a commitment from its CheckpointRoots events ``(part, roots)``: ordered
+    by part, one event per part, N/k roots in all, making ``run_root`` with C_0 (else
+    CommitmentError)."""
+    by_part = dict(parts)
+    if len(by_part) != len(parts) or sorted(by_part) != list(range(len(by_part))):
+        found = sorted(p for p, _ in parts)
+        raise CommitmentError(f"job {job_id}: CheckpointRoots events of parts {found}")
+    roots = [r for p in range(len(by_part)) for r in by_part[p]]
+    if len(roots) != spec.intervals:
+        raise CommitmentError(
+            f"job {job_id}: CheckpointRoots events hold {len(roots)} roots, the job has "
+            f"{spec.intervals} intervals"
+        )
+    if merkle_root([spec.initial_root, *roots]) != run_root:
+        raise CommitmentError(
+            f"job {job_id}: the {len(roots)} roots of its CheckpointRoots events do not make "
+            f"its run root 0x{run_root.hex()}"
+        )
+    return roots
 
 
 @cache
@@ -90,6 +122,8 @@ class ApeMarket:
         self.account = account
         self.address = str(contract.address)
         self.sender = str(account.address)
+        # C_1..C_m per (job, run root), assembled once: the run root binds them
+        self._roots: dict[tuple[int, bytes], list[bytes]] = {}
 
     def game(self, game_id: int) -> GameState:
         return GameState.from_chain(self.contract.game(game_id))
@@ -121,18 +155,32 @@ class ApeMarket:
     def games_of(self, job_id: int) -> list[int]:
         return [int(log.game_id) for log in self._logs("DisputeOpened", job_id=job_id)]
 
+    def committed_parts(self, job_id: int) -> int:
+        return int(self.contract.committed_parts(job_id))
+
     def commitments(self, from_block: int, to_block: int) -> list[Commitment]:
-        handler = self.contract.RunCommitted
-        return [
-            Commitment(
-                job_id=int(log.job_id),
-                trainer=str(log.trainer),
-                run_root=bytes(log.run_root),
-                checkpoint_roots=[bytes(r) for r in log.checkpoint_roots],
-                block=int(log.block_number),
+        out = []
+        for log in self.contract.RunCommitted.range(from_block, to_block + 1):
+            job_id, run_root = int(log.job_id), bytes(log.run_root)
+            if (job_id, run_root) not in self._roots:
+                parts = [
+                    (int(p.part), [bytes(r) for r in p.roots])
+                    for p in self.contract.CheckpointRoots.range(
+                        0, int(log.block_number) + 1, search_topics={"job_id": job_id}
+                    )
+                ]
+                spec = self.job(job_id).spec
+                self._roots[job_id, run_root] = assemble_roots(job_id, run_root, spec, parts)
+            out.append(
+                Commitment(
+                    job_id=job_id,
+                    trainer=str(log.trainer),
+                    run_root=run_root,
+                    checkpoint_roots=list(self._roots[job_id, run_root]),
+                    block=int(log.block_number),
+                )
             )
-            for log in handler.range(from_block, to_block + 1)
-        ]
+        return out
 
     def transact(self, fn: str, *args: Any, value: int = 0, key: str) -> Sent | None:
         receipt = getattr(self.contract, fn)(*args, sender=self.account, value=value)
@@ -158,6 +206,7 @@ class Web3Market:
         self.outbox = outbox
         self.sender = outbox.account.address
         self.start_block = start_block
+        self._roots: dict[tuple[int, bytes], list[bytes]] = {}  # as ApeMarket's
 
     def game(self, game_id: int) -> GameState:
         return GameState.from_chain(self.contract.functions.game(game_id).call())
@@ -195,17 +244,31 @@ class Web3Market:
     def games_of(self, job_id: int) -> list[int]:
         return [int(log["args"]["game_id"]) for log in self._logs("DisputeOpened", job_id=job_id)]
 
+    def committed_parts(self, job_id: int) -> int:
+        return int(self.contract.functions.committed_parts(job_id).call())
+
     def commitments(self, from_block: int, to_block: int) -> list[Commitment]:
-        return [
-            Commitment(
-                job_id=int(log["args"]["job_id"]),
-                trainer=str(log["args"]["trainer"]),
-                run_root=bytes(log["args"]["run_root"]),
-                checkpoint_roots=[bytes(r) for r in log["args"]["checkpoint_roots"]],
-                block=int(log["blockNumber"]),
+        out = []
+        for log in self._logs("RunCommitted", from_block=from_block, to_block=to_block):
+            args = log["args"]
+            job_id, run_root = int(args["job_id"]), bytes(args["run_root"])
+            if (job_id, run_root) not in self._roots:
+                events = self._logs("CheckpointRoots", to_block=log["blockNumber"], job_id=job_id)
+                parts = [
+                    (int(p["args"]["part"]), [bytes(r) for r in p["args"]["roots"]]) for p in events
+                ]
+                spec = self.job(job_id).spec
+                self._roots[job_id, run_root] = assemble_roots(job_id, run_root, spec, parts)
+            out.append(
+                Commitment(
+                    job_id=job_id,
+                    trainer=str(args["trainer"]),
+                    run_root=run_root,
+                    checkpoint_roots=list(self._roots[job_id, run_root]),
+                    block=int(log["blockNumber"]),
+                )
             )
-            for log in self._logs("RunCommitted", from_block=from_block, to_block=to_block)
-        ]
+        return out
 
     def transact(self, fn: str, *args: Any, value: int = 0, key: str) -> Sent | None:
         function = getattr(self.contract.functions, fn)(*args)

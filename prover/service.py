@@ -9,18 +9,19 @@ where it stopped and never sends a move twice.
 
 from __future__ import annotations
 
-from pathlib import Path
+import time
 
 from pydantic import BaseModel, Field, field_serializer
 
 from protocol.agent import Agent, AgentConfig, AgentError, poll_forever, setup_logging
-from protocol.blobs import BlobError, FileStore
+from protocol.blobs import BlobError, open_stores
 from protocol.game import (
     MIN_CLOCK,
     JobSpec,
     JobStatus,
     answer_order,
     clock_needed,
+    commit_parts,
     job_problems,
     trainer_moves_bound,
 )
@@ -28,23 +29,21 @@ from protocol.ir import REDUCTION_OPS
 from protocol.market import JobView, Market, Web3Market
 from protocol.pnl import Ledger, PnL
 from protocol.units import eth
+from replay.data.bundle import Bundle, BundleError, BundleSource
 from replay.data.checkpoint import CheckpointError
 from replay.data.publish import fetch_checkpoint, publish_state
-from replay.dispute.players import (
-    Computation,
-    TrainerPlayer,
-    example_computation,
-    parse_fault,
-    spec_mismatch,
-)
+from replay.dispute.players import Computation, TrainerPlayer, bundle_computation, parse_fault
 
 log = setup_logging("prover")
 
 
 class ProverConfig(AgentConfig):
     job: int = Field(gt=0, description="the job id to work on")
-    store: str = Field(description="blob store folder to publish checkpoints into")
-    example: str = Field("digits-mlp", description="the example the job trains")
+    store: list[str] = Field(
+        min_length=1,
+        description="blob stores: the job's bundle is fetched from them (in order), its "
+        "checkpoints published into every folder among them",
+    )
     fault: str | None = Field(None, description="inject a fault (demos and tests)")
     survive: int = Field(
         100, ge=1, description="parallel disputes the job's clock must let this prover answer"
@@ -70,23 +69,21 @@ class ProverService:
         self.agent = Agent(cfg)
         self.market = self.agent.market
         job = existing_job(self.market, cfg.job)
-        honest = example_computation(cfg.example, job.spec.steps, job.spec.every)
-        problem = spec_mismatch(job.spec, honest)
-        if problem:
-            raise SystemExit(f"job {cfg.job} is not {cfg.example}: {problem}")
-        self.comp = honest
+        self.store = open_stores(cfg.store)
+        self.bundle = fetch_bundle(BundleSource(self.store, base_delay=0.0), job.spec, cfg.job)
+        self.comp = bundle_computation(self.bundle, job.spec)
         if cfg.fault:
-            fault = parse_fault(cfg.fault, honest.program, job.spec.steps)
-            self.comp = example_computation(cfg.example, job.spec.steps, job.spec.every, fault)
+            fault = parse_fault(cfg.fault, self.comp.program, job.spec.steps)
+            self.comp = bundle_computation(self.bundle, job.spec, fault)
             log.warning("event=fault job=%d fault=%s", cfg.job, fault.model_dump_json())
         self.player = TrainerPlayer(self.market, self.comp, cfg.job)
-        self.store = FileStore(Path(cfg.store))
         if self.agent.db.get(f"published:{cfg.job}"):
             self._resume_from_checkpoints()
         self._stuck: set[tuple[int, int]] = set()
         self.ledger = Ledger(self.agent, "prover")
         self.agent.startup_line(
-            log, "prover", f"job {cfg.job} ({cfg.example}, {job.spec.steps} steps, status "
+            log, "prover", f"job {cfg.job} ({self.bundle.manifest.name}, bundle "
+            f"{self.bundle.address[:12]}…, {job.spec.steps} steps, status "
             f"{job.status.name}, stake {eth(job.spec.stake)}, reward {eth(job.reward)})",
         )  # fmt: skip
 
@@ -123,9 +120,14 @@ class ProverService:
             raise SystemExit(f"job {cfg.job} was accepted by {job.trainer}, not by {me}")
         if job.status == JobStatus.ACCEPTED:
             self._publish()
-            roots = self.comp.checkpoint_roots()[1:]
-            if self.agent.send(log, "commit_run", cfg.job, roots, key=f"commit:{cfg.job}"):
-                log.info("event=committed job=%d", cfg.job)
+            # one transaction per part, from the first part the chain lacks (a restart resumes)
+            parts = commit_parts(self.comp.checkpoint_roots()[1:])
+            for p in range(m.committed_parts(cfg.job), len(parts)):
+                if not self.agent.send(
+                    log, "commit_run", cfg.job, p, parts[p], key=f"commit:{cfg.job}:{p}"
+                ):
+                    break
+                log.info("event=committed job=%d part=%d parts=%d", cfg.job, p, len(parts))
             return ProverStatus(done=False, status=job.status, games=0)
         games = oldest_wait_first(m, m.games_of(cfg.job))
         settled = True
@@ -224,6 +226,30 @@ class ProverService:
     def _outcome(self, game_id: int) -> str:
         words = self.ledger.outcomes([game_id])
         return f"outcome={words[0]!r}" if words else ""
+
+
+#: Tries, and the longest wait between two, for a bundle before the prover gives up.
+BUNDLE_TRIES = 5
+BUNDLE_MAX_BACKOFF_S = 30.0
+
+
+def fetch_bundle(source: BundleSource, spec: JobSpec, job_id: int) -> Bundle:
+    """The job's verified bundle, retried with backoff; a one-line error when it can't be had
+    (a prover never stakes on a job it cannot train)."""
+    for attempt in range(1, BUNDLE_TRIES + 1):
+        try:
+            return source.bundle(spec)
+        except BundleError as e:
+            if attempt == BUNDLE_TRIES:
+                raise AgentError(
+                    f"job {job_id}'s {e}; check the --store locations (the requester publishes "
+                    "the bundle with trainproof job register --bundle)"
+                ) from None
+            delay = min(BUNDLE_MAX_BACKOFF_S, 2.0**attempt)
+            log.warning("event=bundle_unavailable job=%d part=%r why=%r try=%d retry_in_s=%.0f",
+                        job_id, e.part, e.why, attempt, delay)  # fmt: skip
+            time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 def existing_job(market: Web3Market, job_id: int) -> JobView:

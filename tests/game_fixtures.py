@@ -27,6 +27,7 @@ from protocol.game import (
     GameState,
     JobSpec,
     Phase,
+    commit_parts,
 )
 from protocol.ir import REDUCTION_OPS
 from protocol.market import JobView
@@ -205,8 +206,14 @@ def committed_job(
     spec = spec or job_spec()
     job_id = new_job(tp, requester, spec)
     tp.accept_job(job_id, tp.jobs(job_id).job_hash, sender=trainer, value=spec.stake)
-    tp.commit_run(job_id, list(checkpoints(name)[1:]), sender=trainer)
+    commit(tp, job_id, checkpoints(name), trainer)
     return job_id
+
+
+def commit(tp: Any, job_id: int, committed: tuple[bytes, ...] | list[bytes], trainer: str) -> None:
+    """commit_run every part of C_1..C_m (``committed`` is C_0..C_m)."""
+    for p, roots in enumerate(commit_parts(list(committed[1:]))):
+        tp.commit_run(job_id, p, roots, sender=trainer)
 
 
 def open_dispute(
@@ -276,6 +283,9 @@ class BoaMarket:
 
     def games_of(self, job_id: int) -> list[int]:
         return list(self.book.disputes.get(job_id, []))
+
+    def committed_parts(self, job_id: int) -> int:
+        return int(self.tp.committed_parts(job_id))
 
     def commitments(self, from_block: int, to_block: int) -> list[Any]:
         raise NotImplementedError("not needed by the players")

@@ -75,6 +75,7 @@ def test_status_and_dispute_detail(client) -> None:
     assert [e["event"] for e in detail["timeline"]] == [
         "JobRegistered",
         "JobAccepted",
+        "CheckpointRoots",
         "RunCommitted",
         "JobClosed",
     ]
@@ -197,7 +198,7 @@ def test_reorg_rollback_rederives(new_index_url) -> None:
     seed(sessions, jobs=6)
     client = TestClient(create_app(sessions, now=lambda: NOW))
     assert client.get("/v1/jobs/5/status").json()["status"] == "rejected"
-    block = client.get("/v1/jobs/5").json()["timeline"][2]["block_number"]  # RunCommitted
+    block = client.get("/v1/jobs/5").json()["timeline"][3]["block_number"]  # RunCommitted
 
     class NoChain(Indexer):
         def __init__(self) -> None:

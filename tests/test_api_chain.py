@@ -177,7 +177,13 @@ def test_dispute_followed_move_by_move(world) -> None:
 
     timeline = client.get(f"/v1/jobs/{job_id}").json()["timeline"]
     names = [e["event"] for e in timeline]
-    assert names[:4] == ["JobRegistered", "JobAccepted", "RunCommitted", "DisputeOpened"]
+    assert names[:5] == [
+        "JobRegistered",
+        "JobAccepted",
+        "CheckpointRoots",
+        "RunCommitted",
+        "DisputeOpened",
+    ]
     assert "GameResolved" in names and "JobClosed" in names
 
     # resuming is idempotent: a fresh indexer on the same database re-reads nothing new
@@ -226,7 +232,7 @@ def test_reorg_rolls_back(world) -> None:
     assert client.get(f"/v1/disputes/{game_id}").status_code == 404
     assert client.get("/v1/disputes", params={"job_id": job_id}).json()["total"] == 0
     names = [e["event"] for e in client.get(f"/v1/jobs/{job_id}").json()["timeline"]]
-    assert names == ["JobRegistered", "JobAccepted", "RunCommitted"]
+    assert names == ["JobRegistered", "JobAccepted", "CheckpointRoots", "RunCommitted"]
 
     # the dispute is played on the new branch: indexed again, matching the chain
     game_id2 = challenger.open(honest.checkpoint_roots(), 1, BOND)

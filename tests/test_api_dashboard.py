@@ -1,5 +1,6 @@
 """The dashboard in headless Chromium (Debian package `chromium`) against a seeded index: the
-rendered job list carries each job's status badge, and a dispute view shows the level it has
+rendered job list carries each job's status badge and bundle check, a job view its bundle
+line (part and why of an invalid bundle), and a dispute view shows the level it has
 descended to. A screenshot is kept under bench/results/."""
 
 from __future__ import annotations
@@ -59,6 +60,15 @@ def test_job_list_rendered(server) -> None:
     for status in ("open", "training", "committed", "disputed", "finalized", "rejected"):
         assert f'data-status="{status}"' in dom
     assert dom.count('class="job"') == 12
+    for bundle in ("verified", "unavailable", "invalid", "unchecked"):  # seed.BUNDLE_CHECKS
+        assert f'data-bundle="{bundle}"' in dom
+    assert "unverifiable: inputs invalid" in dom
+
+
+def test_job_view_shows_the_bundle_check(server) -> None:
+    dom = chromium("--dump-dom", url=server + "/dashboard/?live=0#/jobs/2")
+    assert '<span id="bundle">' in dom, dom[-2000:]
+    assert 'data-bundle="invalid"' in dom and "batch of step 3" in dom
 
 
 def test_dispute_view_rendered(server) -> None:

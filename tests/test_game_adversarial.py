@@ -179,7 +179,7 @@ def test_commit_at_the_deadline_succeeds(tp, people) -> None:
     boa.env.time_travel(seconds=TRAIN_TIME)
     with reverts(tp, "deadline not passed"):
         tp.expire_job(job_id, sender=people["anyone"])
-    tp.commit_run(job_id, list(checkpoints()[1:]), sender=people["trainer"])
+    tp.commit_run(job_id, 0, list(checkpoints()[1:]), sender=people["trainer"])
     assert tp.jobs(job_id).status == JobStatus.COMMITTED
 
 
@@ -188,7 +188,7 @@ def test_commit_after_deadline_then_expire(tp, people) -> None:
     tp.accept_job(job_id, tp.jobs(job_id).job_hash, sender=people["trainer"], value=STAKE)
     boa.env.time_travel(seconds=TRAIN_TIME + 1)
     with reverts(tp, "commit deadline passed"):
-        tp.commit_run(job_id, list(checkpoints()[1:]), sender=people["trainer"])
+        tp.commit_run(job_id, 0, list(checkpoints()[1:]), sender=people["trainer"])
     tp.expire_job(job_id, sender=people["anyone"])  # anyone may expire it
     assert tp.jobs(job_id).status == JobStatus.EXPIRED
     assert tp.credits(people["requester"]) == REWARD + STAKE
@@ -196,7 +196,7 @@ def test_commit_after_deadline_then_expire(tp, people) -> None:
     with reverts(tp, "not accepted"):
         tp.expire_job(job_id, sender=people["anyone"])
     with reverts(tp, "not accepted"):
-        tp.commit_run(job_id, list(checkpoints()[1:]), sender=people["trainer"])
+        tp.commit_run(job_id, 0, list(checkpoints()[1:]), sender=people["trainer"])
     assert_books(tp)
 
 
@@ -814,7 +814,7 @@ def _attacker_earns_credit(tp: Any, requester: str) -> Any:
     job_id = new_job(tp, requester)
     data = tp.accept_job.prepare_calldata(job_id, tp.jobs(job_id).job_hash)
     attacker.forward(data, value=STAKE, sender=funder)
-    attacker.forward(tp.commit_run.prepare_calldata(job_id, list(checkpoints()[1:])))
+    attacker.forward(tp.commit_run.prepare_calldata(job_id, 0, list(checkpoints()[1:])))
     boa.env.time_travel(seconds=WINDOW + 1)
     tp.finalize(job_id)
     assert tp.credits(attacker.address) == REWARD + STAKE

@@ -108,12 +108,12 @@ def test_zero_size_tensor_only_the_empty_root(tp, people, trainer) -> None:
     after = state_tree([lie if trainer == "hides a value" else canonical, weight])
     spec = JobSpec(
         program_root=ZERO_SIZE_PROGRAM.root(), program_len=1, dataset_root=b"\x07" * 32,
-        initial_root=before.root, steps=1, every=1, slots=2, stake=STAKE, bond=BOND,
-        clock=CLOCK, window=WINDOW, train_time=3600,
+        initial_root=before.root, bundle=b"\x08" * 32, steps=1, every=1, slots=2, stake=STAKE,
+        bond=BOND, clock=CLOCK, window=WINDOW, train_time=3600,
     )  # fmt: skip
     job_id = new_job(tp, people["requester"], spec)
     tp.accept_job(job_id, tp.jobs(job_id).job_hash, sender=people["trainer"], value=STAKE)
-    tp.commit_run(job_id, [after.root], sender=people["trainer"])
+    tp.commit_run(job_id, 0, [after.root], sender=people["trainer"])
     roots = [before.root, after.root]
     game_id = open_dispute(tp, job_id, people["watcher"], tuple(roots), 0)
     g = game_state(tp, game_id)

@@ -114,7 +114,7 @@ def game(tp: Any, trainer: Computation, challenger: Computation) -> GameDriver:
     job_id = tp.register_job(spec.as_tuple(), sender=requester, value=REWARD)
     _accept(tp, job_id, trainer_acct, spec.stake)
     committed = tuple(trainer.checkpoint_roots())
-    tp.commit_run(job_id, list(committed[1:]), sender=trainer_acct)
+    tp.commit_run(job_id, 0, list(committed[1:]), sender=trainer_acct)
     interval = first_bad_interval(tuple(challenger.checkpoint_roots()), committed)
     assert interval is not None
     game_id = open_dispute(tp, job_id, challenger_acct, committed, interval)

@@ -367,9 +367,9 @@ class TrainProofMachine(RuleBasedStateMachine):
         if at_limits:
             self._at_limit(data, job.accepted_at + TRAIN_TIME)
         if self.now > job.accepted_at + TRAIN_TIME:
-            self._reverts("commit_run", job.id, roots, sender=job.trainer, job=job)
+            self._reverts("commit_run", job.id, 0, roots, sender=job.trainer, job=job)
             return
-        self.tp.commit_run(job.id, roots, sender=job.trainer)
+        self.tp.commit_run(job.id, 0, roots, sender=job.trainer)
         job.status, job.run, job.committed_at = JobStatus.COMMITTED, run, self.now
 
     @precondition(lambda self: self.m.jobs)

@@ -24,11 +24,12 @@ from api.db import make_engine, make_sessions
 from api.indexer import Indexer
 from challenger.service import ChallengerConfig, ChallengerService
 from protocol.anvil import AnvilNode, free_port, rpc
+from protocol.blobs import FileStore
 from protocol.chain import ChainSettings, Deployment, connect, deploy_market
 from protocol.game import JobStatus
 from protocol.market import ApeMarket
 from prover.service import ProverConfig, ProverService
-from replay.dispute.players import example_computation, job_spec_for
+from replay.dispute.players import example_computation, job_spec_for, write_job_bundle
 
 __all__ = ["world"]  # the fixture, shared with test_services
 
@@ -41,7 +42,7 @@ def unfunded_challenger(world) -> ChallengerService:
     node, deployment, _, tmp = world
     return ChallengerService(ChallengerConfig(
         rpc=node.url, deployment=deployment, db=tmp / "challenger.db", test_account=10,
-        store=str(tmp / "store"), rate=1.0, confirmations=0, poll=0.1,
+        store=[str(tmp / "store")], rate=1.0, confirmations=0, poll=0.1,
     ))  # fmt: skip
 
 
@@ -77,7 +78,7 @@ def test_a_trainer_send_that_fails_says_so_and_lands_once_funded(world, caplog) 
     def unfunded_prover() -> ProverService:
         return ProverService(ProverConfig(
             rpc=node.url, deployment=deployment, db=tmp / "p11.db", test_account=11, job=1,
-            store=str(tmp / "store"), poll=0.1,
+            store=[str(tmp / "store")], poll=0.1,
         ))  # fmt: skip
 
     p = unfunded_prover()
@@ -176,9 +177,11 @@ def test_services_survive_a_node_restart(tmp_path) -> None:
             deployment = deploy_market(ch)
             deployment.save(tmp_path / "deployment.json")
             contract = ch.at("TrainProof", deployment.contracts["TrainProof"])
+            comp = example_computation("digits-mlp", STEPS, EVERY)
+            bundle = write_job_bundle(FileStore(tmp_path / "store"), comp)
             spec = job_spec_for(
-                example_computation("digits-mlp", STEPS, EVERY),
-                stake=STAKE, bond=BOND, clock=WINDOW, window=WINDOW, train_time=600,
+                comp, bundle=bundle, stake=STAKE, bond=BOND, clock=WINDOW, window=WINDOW,
+                train_time=600,
             )  # fmt: skip
             contract.register_job(spec.as_tuple(), sender=ch.test_account(1), value=REWARD)
         common = ["--rpc", node.url, "--deployment", str(tmp_path / "deployment.json"),
@@ -233,7 +236,7 @@ def test_services_survive_a_node_restart(tmp_path) -> None:
 def watcher(world, **kw) -> ChallengerService:
     node, deployment, _, tmp = world
     cfg = {"rpc": node.url, "deployment": deployment, "db": tmp / "challenger.db",
-           "test_account": 3, "store": str(tmp / "store"), "rate": 1.0, "confirmations": 0,
+           "test_account": 3, "store": [str(tmp / "store")], "rate": 1.0, "confirmations": 0,
            "poll": 0.1, **kw}  # fmt: skip
     return ChallengerService(ChallengerConfig(**cfg))
 
@@ -253,15 +256,17 @@ def test_an_empty_sample_says_not_checked(world, caplog) -> None:
     assert "bad=None" not in caplog.text
 
 
-def test_an_unreachable_store_is_not_a_rejected_checkpoint(world, caplog) -> None:
-    caplog.set_level(logging.INFO, logger="trainproof.challenger")
-    market = world[2]
+def test_an_unreachable_store_is_passed_over_for_verifiable_data(world, caplog) -> None:
+    """The watcher's first store does not answer, its second holds the bundle but no
+    checkpoint: it says so, replays from C_0 and still reaches the verdict."""
+    caplog.set_level(logging.INFO, logger="trainproof")
+    market, tmp = world[2], world[3]
     p = committed(world, FAULT)
-    c = watcher(world, store=f"http://127.0.0.1:{free_port()}")
+    dead = f"http://127.0.0.1:{free_port()}"
+    c = watcher(world, store=[dead, str(tmp / "bundle")])
     c.step()
-    assert "event=store_unreachable job=1 interval=1" in caplog.text
-    assert "event=checkpoint_rejected" not in caplog.text
-    assert "event=full_replay" in caplog.text  # the verdict needs no store
+    assert f"event=blob_unusable store={dead}" in caplog.text
+    assert "event=replay_from job=1 interval=1 from=0" in caplog.text
     run_both(world, p, c)
     assert market.job(1).status == JobStatus.REJECTED
 

@@ -33,11 +33,12 @@ from api.indexer import Indexer
 from challenger.service import ChallengerConfig, ChallengerService
 from protocol.agent import AgentConfig, load_account
 from protocol.anvil import AnvilNode, free_port, rpc
+from protocol.blobs import FileStore
 from protocol.chain import ChainSettings, Deployment, connect, deploy_market
-from protocol.game import JobStatus
+from protocol.game import JobStatus, commit_parts
 from protocol.market import ApeMarket
 from prover.service import ProverConfig, ProverService
-from replay.dispute.players import example_computation, job_spec_for
+from replay.dispute.players import example_computation, job_spec_for, write_job_bundle
 
 STEPS, EVERY = 4, 2
 ETH = 10**18
@@ -57,9 +58,12 @@ def world(tmp_path):
         path = tmp_path / "deployment.json"
         deployment.save(path)
         market = ch.at("TrainProof", deployment.contracts["TrainProof"])
+        comp = example_computation("digits-mlp", STEPS, EVERY)
+        bundle = write_job_bundle(FileStore(tmp_path / "store"), comp)
+        assert write_job_bundle(FileStore(tmp_path / "bundle"), comp) == bundle  # bundle only
         spec = job_spec_for(
-            example_computation("digits-mlp", STEPS, EVERY),
-            stake=STAKE, bond=BOND, clock=WINDOW, window=WINDOW, train_time=600,
+            comp, bundle=bundle, stake=STAKE, bond=BOND, clock=WINDOW, window=WINDOW,
+            train_time=600,
         )  # fmt: skip
         market.register_job(spec.as_tuple(), sender=ch.test_account(1), value=REWARD)
         yield node, path, ApeMarket(market, ch.test_account(1)), tmp_path
@@ -69,7 +73,7 @@ def prover(world, fault: str | None = None) -> ProverService:
     node, deployment, _, tmp = world
     return ProverService(ProverConfig(
         rpc=node.url, deployment=deployment, db=tmp / "prover.db", test_account=2, job=1,
-        store=str(tmp / "store"), fault=fault, poll=0.1,
+        store=[str(tmp / "store")], fault=fault, poll=0.1,
     ))  # fmt: skip
 
 
@@ -79,7 +83,7 @@ def challenger(
     node, deployment, _, tmp = world
     return ChallengerService(ChallengerConfig(
         rpc=node.url, deployment=deployment, db=tmp / "challenger.db", test_account=3,
-        store=store or str(tmp / "store"), rate=1.0, confirmations=0, lie=lie, poll=0.1,
+        store=[store or str(tmp / "store")], rate=1.0, confirmations=0, lie=lie, poll=0.1,
         attest_to=attest_to,
     ))  # fmt: skip
 
@@ -140,15 +144,17 @@ def test_honest_commitment_without_dispute_finalises_and_pays(world) -> None:
 
 
 @pytest.mark.parametrize("damage", ["missing", "tampered", "truncated"])
-def test_bad_checkpoints_route_to_full_replay(world, damage, caplog) -> None:
+def test_bad_checkpoints_route_to_replay_from_an_earlier_one(world, damage, caplog) -> None:
     caplog.set_level(logging.INFO, logger="trainproof.challenger")
     market, tmp = world[2], world[3]
     p = prover(world, "step=3,op=222,elem=5")
     while p.step().status != JobStatus.COMMITTED:
         pass
     blobs = tmp / "store" / "blobs"
-    files = sorted(f for f in blobs.rglob("*") if f.is_file())
-    for f in files:  # damage every published blob
+    pointers = [json.loads(f.read_text()) for f in (tmp / "store" / "roots").glob("*.json")]
+    later = [a for ptr in pointers if ptr["step"] > 0 for a in (ptr["manifest"], ptr["tensors"])]
+    files = [blobs / a[:2] / a[2:] for a in later]
+    for f in files:  # damage every checkpoint published after C_0 (the bundle stays intact)
         if damage == "missing":
             f.unlink()
         elif damage == "tampered":
@@ -160,7 +166,108 @@ def test_bad_checkpoints_route_to_full_replay(world, damage, caplog) -> None:
     run_both(world, p, c)
     assert market.job(1).status == JobStatus.REJECTED  # the verdict is still right
     assert "event=checkpoint_rejected" in caplog.text
-    assert "event=full_replay" in caplog.text
+    assert "event=replay_from" in caplog.text and "from=0" in caplog.text
+
+
+# ---------------------------------------------------------------- bad bundles
+
+
+def watcher_copy(world) -> tuple[Path, Path]:
+    """A copy of the prover's store (bundle and published checkpoints) for the watcher alone,
+    and the blob folder of that copy, to damage without touching what the prover reads."""
+    import shutil
+
+    tmp = world[3]
+    shutil.copytree(tmp / "store", tmp / "watcher")
+    return tmp / "watcher", tmp / "watcher" / "blobs"
+
+
+def bundle_manifest(world) -> dict:
+    tmp, market = world[3], world[2]
+    address = market.job(1).spec.bundle.hex()
+    return json.loads((tmp / "store" / "blobs" / address[:2] / address[2:]).read_text())
+
+
+def test_a_swapped_batch_leaves_the_other_intervals_disputable(world, caplog) -> None:
+    """Step 0's batch in the watcher's only store is another step's: interval 0 can't be
+    replayed (said, with the part), interval 1 can, holds the cheat, and is disputed."""
+    caplog.set_level(logging.INFO, logger="trainproof.challenger")
+    market = world[2]
+    p = prover(world, "step=3,op=222,elem=5")
+    while p.step().status != JobStatus.COMMITTED:
+        pass
+    store, blobs = watcher_copy(world)
+    index = FileStore(store).get(bundle_manifest(world)["dataset"]["index"]["address"])
+    page = FileStore(store).get(index[:32].hex())  # page 0: 96 bytes per step
+    batch0, batch1 = page[64:96].hex(), page[96 + 64 : 96 + 96].hex()
+    (blobs / batch0[:2] / batch0[2:]).write_bytes((blobs / batch1[:2] / batch1[2:]).read_bytes())
+    c = challenger(world, store=str(store))
+    run_both(world, p, c)
+    assert market.job(1).status == JobStatus.REJECTED
+    assert "event=interval_unverifiable job=1 interval=0 part='batch of step 0'" in caplog.text
+    assert json.loads(c.db.get("job:1"))["verdict"] == "disputed"
+
+
+def test_a_bundle_that_does_not_verify_marks_the_job_unverifiable(world, caplog) -> None:
+    """C_0's tensors in the watcher's only store are altered: the job is unverifiable (log
+    line naming the part, the watcher's record), retried with backoff, final after the
+    window; the watcher never disputes what it could not check."""
+    caplog.set_level(logging.INFO, logger="trainproof.challenger")
+    market = world[2]
+    p = prover(world)
+    while p.step().status != JobStatus.COMMITTED:
+        pass
+    store, blobs = watcher_copy(world)
+    tensors = bundle_manifest(world)["initial"]["tensors"]["address"]
+    f = blobs / tensors[:2] / tensors[2:]
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 0x40  # one bit of the last parameter
+    f.write_bytes(bytes(data))
+    c = challenger(world, store=str(store))
+    c.step()
+    record = json.loads(c.db.get("job:1"))
+    assert record["verdict"] == "unverifiable" and record["part"] == "initial state tensors", record
+    assert "event=unverifiable job=1 part='initial state tensors'" in caplog.text
+    run_both(world, p, c)
+    assert market.job(1).status == JobStatus.FINALIZED and market.games_of(1) == []
+    deadline = time.time() + 2 ** json.loads(c.db.get("job:1"))["tries"] + 5
+    while not json.loads(c.db.get("job:1")).get("final") and time.time() < deadline:
+        c.step()  # the next retry, after its backoff (seconds of real time), finds it closed
+        time.sleep(0.2)
+    final = "event=unverifiable_final job=1 status=FINALIZED part='initial state tensors'"
+    assert final in caplog.text
+    assert json.loads(c.db.get("job:1"))["final"] is True
+
+
+def test_a_job_binding_another_bundle_is_refused_by_both_services(world, caplog) -> None:
+    """A job registered with the bundle of another run (same model, 6 steps, not 4): the
+    prover refuses to train it; a trainer that commits anyway meets a watcher that marks
+    the job unverifiable, naming the manifest, and does not dispute."""
+    from ape import accounts
+
+    from protocol.agent import AgentError
+
+    caplog.set_level(logging.INFO, logger="trainproof.challenger")
+    node, deployment, market, tmp = world
+    comp = example_computation("digits-mlp", STEPS, EVERY)
+    other = write_job_bundle(FileStore(tmp / "store"), example_computation("digits-mlp", 6, 2))
+    spec = market.job(1).spec.model_copy(update={"bundle": other})
+    market.contract.register_job(spec.as_tuple(), sender=market.account, value=REWARD)
+    with pytest.raises(AgentError, match=r"bundle manifest: its dataset root 0x[0-9a-f]{64} is"):
+        ProverService(ProverConfig(
+            rpc=node.url, deployment=deployment, db=tmp / "p2.db", test_account=2, job=2,
+            store=[str(tmp / "store")], poll=0.1,
+        ))  # fmt: skip
+    trainer = accounts.test_accounts[2]
+    market.contract.accept_job(2, market.contract.jobs(2).job_hash, sender=trainer, value=STAKE)
+    for part, roots in enumerate(commit_parts(comp.checkpoint_roots()[1:])):
+        market.contract.commit_run(2, part, roots, sender=trainer)
+    c = challenger(world)
+    c.step()
+    record = json.loads(c.db.get("job:2"))
+    assert record["verdict"] == "unverifiable" and record["part"] == "manifest", record
+    assert "event=unverifiable job=2 part='manifest'" in caplog.text
+    assert market.games_of(2) == []
 
 
 # ---------------------------------------------------------------- kill tests

@@ -65,12 +65,17 @@ def test_walkthrough_from_outside_the_checkout(outside: Path) -> None:
         res = run(["deploy", "--rpc", url, "--out", str(dep)], outside)
         assert res.returncode == 0, res.stderr[-2000:]
         deployment = json.loads(dep.read_text())
+        res = run(["job", "bundle", "--example", "digits-mlp", "--steps", "4", "--out",
+                   "bundle"], outside)  # fmt: skip
+        assert res.returncode == 0, res.stderr[-2000:]
+        bundle = json.loads(res.stdout.strip().splitlines()[-1])["bundle"]
         res = run(["job", "register", "--rpc", url, "--deployment", str(dep), "--test-account",
-                   "1", "--db", "requester.db", "--steps", "4", "--every", "2", "--reward",
+                   "1", "--db", "requester.db", "--bundle", "bundle", "--store", "store",
+                   "--every", "2", "--reward",
                    str(ETH), "--stake", str(2 * ETH), "--bond", str(ETH // 10), "--window",
                    "3600", "--clock", "3600", "--train-time", "600"], outside)  # fmt: skip
         assert res.returncode == 0, res.stderr[-2000:]
-        assert json.loads(res.stdout.strip().splitlines()[-1]) == {"job": 1}
+        assert json.loads(res.stdout.strip().splitlines()[-1]) == {"job": 1, "bundle": bundle}
         assert "registered job 1" in res.stderr
 
         common = ["--rpc", url, "--deployment", str(dep), "--poll", "0.1"]
@@ -118,7 +123,8 @@ def test_walkthrough_from_outside_the_checkout(outside: Path) -> None:
             assert start, (role, log[:3000])
             assert "watch=" in log
             assert "Traceback" not in log, log[-3000:]
-        assert "job 1 (digits-mlp, 4 steps, status OPEN" in prover_log
+        assert re.search(r"job 1 \(digits-mlp, bundle [0-9a-f]{12}…, 4 steps, status OPEN",
+                         prover_log), prover_log[:3000]  # fmt: skip
         assert re.search(rf"start chain_id=31337 .*contract={address} code=ok", api_log), api_log
         # the P&L as it goes: the watcher posted the bond, the trainer its stake
         assert re.search(r"event=pnl role=challenger .*posted='0.1 ETH'", watcher_log)
@@ -162,27 +168,31 @@ def test_operator_mistakes_end_in_one_line(outside: Path) -> None:
         assert run(["deploy", "--rpc", url, "--out", str(dep)], outside).returncode == 0
         who = ["--rpc", url, "--deployment", str(dep), "--test-account", "1", "--db", "r.db"]
         amounts = ["--reward", str(ETH), "--stake", str(ETH), "--bond", str(ETH // 10)]
-        register = ["job", "register", *who]
+        assert run(["job", "bundle", "--example", "digits-mlp", "--steps", "4", "--out", "b"],
+                   outside).returncode == 0  # fmt: skip
+        register = ["job", "register", *who, "--bundle", "b", "--store", "s"]
 
         _one_line(run(["prover", "run", *who, "--job", "1", "--store", "s"], outside),
                   "no job 1", "register one")  # fmt: skip
-        _one_line(run([*register, "--steps", "200", "--every", "30", *amounts], outside),
-                  "--steps 200 is not a multiple of --every 30")  # fmt: skip
-        _one_line(run([*register, "--steps", "0", "--every", "2", *amounts], outside),
-                  "at least 1")  # fmt: skip
-        _one_line(run([*register, "--steps", "100000", "--every", "20", *amounts], outside),
-                  "5000 checkpoints", "at most 1024")  # fmt: skip
-        _one_line(run([*register, "--steps", "4", "--every", "2", "--reward", "-1", "--stake",
+        _one_line(run([*register, "--every", "3", *amounts], outside),
+                  "--every 3 does not divide the bundle's 4 steps", "try --every 2")  # fmt: skip
+        _one_line(run([*register, "--every", "0", *amounts], outside), "at least 1")
+        _one_line(run(["job", "register", *who, "--bundle", "nowhere", "--store", "s",
+                       "--every", "2", *amounts], outside),
+                  "nowhere has no bundle.json")  # fmt: skip
+        _one_line(run(["job", "bundle", "--steps", "4", "--out", "b2"], outside),
+                  "--job and --data", "--example")  # fmt: skip
+        _one_line(run([*register, "--every", "2", "--reward", "-1", "--stake",
                        "1", "--bond", "1"], outside), "--reward -1 is negative")  # fmt: skip
-        _one_line(run([*register, "--steps", "4", "--every", "2", "--reward",
+        _one_line(run([*register, "--every", "2", "--reward",
                        str(10**6 * ETH), "--stake", "1", "--bond", "1"], outside),
                   "more than", "fund it or lower --reward")  # fmt: skip
-        _one_line(run([*register, "--steps", "4", "--every", "2", "--reward", "0", "--stake",
+        _one_line(run([*register, "--every", "2", "--reward", "0", "--stake",
                        "0", "--bond", "0"], outside),
                   "contract refuses this job", "stake=0 wei below", "bond=0 wei below")  # fmt: skip
-        _one_line(run([*register, "--steps", "4", "--every", "2", *amounts, "--clock", "600"],
+        _one_line(run([*register, "--every", "2", *amounts, "--clock", "600"],
                       outside), "clock=600s outside [3600")  # fmt: skip
-        res = run([*register, "--steps", "4", "--every", "2", "--reward", "0", "--stake",
+        res = run([*register, "--every", "2", "--reward", "0", "--stake",
                    str(ETH), "--bond", str(ETH // 10)], outside)  # fmt: skip
         assert res.returncode == 0, res.stderr[-2000:]
         assert "warning: --reward 0:" in res.stderr

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from protocol.agent import Agent, AgentConfig, AgentError
+from protocol.constants import MAX_CHECKPOINTS
 from protocol.game import MIN_CLOCK, MIN_WINDOW, job_problems
 from protocol.units import eth
 
@@ -25,7 +26,6 @@ KeyEnv = Annotated[
 TestAccount = Annotated[
     int | None, typer.Option(help="local dev chains: sign as account N of the test mnemonic")
 ]
-Example = Annotated[str, typer.Option(help="the example the job trains")]
 
 
 def deploy(
@@ -44,18 +44,28 @@ def deploy(
     typer.echo(deployment.model_dump_json())
 
 
+Stores = Annotated[
+    list[str],
+    typer.Option(
+        "--store",
+        help="blob store (repeatable, tried in order): a folder, an http(s) URL of "
+        "`trainproof blobs serve`, or an ipfs+http(s) trustless gateway",
+    ),
+]
+
+
 def register(
     rpc: Rpc,
     deployment: DeploymentFile,
-    steps: Annotated[int, typer.Option(help="training steps N")],
-    every: Annotated[int, typer.Option(help="steps per checkpoint k (divides N)")],
+    bundle: Annotated[Path, typer.Option(help="bundle folder written by `trainproof job bundle`")],
+    store: Stores,
+    every: Annotated[int, typer.Option(help="steps per checkpoint k (divides the bundle's N)")],
     reward: Annotated[int, typer.Option(help="reward escrowed now, in wei")],
     stake: Annotated[int, typer.Option(help="stake the trainer must post, in wei")],
     bond: Annotated[int, typer.Option(help="bond each challenger posts, in wei")],
     db: Db = Path("requester.db"),
     key_env: KeyEnv = None,
     test_account: TestAccount = None,
-    example: Example = "digits-mlp",
     clock: Annotated[
         int, typer.Option(help=f"seconds per party per dispute (at least {MIN_CLOCK})")
     ] = 3600,
@@ -64,11 +74,16 @@ def register(
     ] = 7200,
     train_time: Annotated[int, typer.Option(help="seconds the trainer has to commit")] = 3600,
 ) -> None:
-    """Register a training job of an example (its program, data and C_0 bound on-chain)."""
+    """Publish a job bundle to the stores, check that every part of it can be fetched back
+    from them and verifies, and register the job that binds it (program, data, C_0 and the
+    bundle's hash on-chain)."""
     import secrets
 
-    from replay.dispute.players import example_computation, job_spec_for
+    from replay.data.bundle import Bundle, publish_bundle, read_bundle_dir
 
+    local, address = read_bundle_dir(bundle)
+    opened = Bundle.open(local, address)
+    steps = opened.manifest.dataset.steps
     check_job_parameters(steps, every, reward, stake, bond, clock, window, train_time)
     agent = Agent(AgentConfig(rpc=rpc, deployment=deployment, db=db, key_env=key_env,
                               test_account=test_account))  # fmt: skip
@@ -78,10 +93,9 @@ def register(
             f"--reward {eth(reward)} is more than {agent.address} holds ({eth(balance)}): fund "
             "it or lower --reward"
         )
-    spec = job_spec_for(
-        example_computation(example, steps, every),
-        stake=stake, bond=bond, clock=clock, window=window, train_time=train_time,
-    )  # fmt: skip
+    spec = opened.job_spec(
+        every=every, stake=stake, bond=bond, clock=clock, window=window, train_time=train_time
+    )
     problems = job_problems(spec)
     if problems:  # the contract's bounds (protocol.game), said before the node is asked
         raise AgentError(
@@ -89,6 +103,7 @@ def register(
             + "; ".join(problems)
             + " (bounds: docs/protocol.md §4.5)"
         )
+    publish_bundle(opened, store, progress=progress_bar("publishing and checking the bundle"))
     refusal = would_revert(agent, "register_job", spec.as_tuple(), value=reward)
     if refusal:
         raise AgentError(f"the contract refuses this job: {refusal}")
@@ -103,34 +118,52 @@ def register(
         )
     job_id = int.from_bytes(bytes(sent.logs[0]["topics"][1]), "big")
     typer.echo(
-        f"registered job {job_id}: {steps} steps, a checkpoint every {every}, reward "
-        f"{eth(reward)}, stake {eth(stake)}, bond {eth(bond)}",
+        f"registered job {job_id} ({opened.manifest.name}, bundle {address}): {steps} steps, a "
+        f"checkpoint every {every}, reward {eth(reward)}, stake {eth(stake)}, bond {eth(bond)}",
         err=True,
     )
-    typer.echo(f'{{"job": {job_id}}}')
+    typer.echo(f'{{"job": {job_id}, "bundle": "{address}"}}')
 
 
-#: TrainProof.vy's MAX_CHECKPOINTS: a commitment holds at most this many checkpoint roots.
-MAX_CHECKPOINTS = 1024
+def progress_bar(title: str) -> Callable[[int, int], None]:
+    """A rich progress bar on stderr, advanced by ``(done, total)`` calls."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    state: dict[str, Any] = {}
+
+    def update(done: int, total: int) -> None:
+        if "bar" not in state:
+            bar = Progress(TextColumn(title), BarColumn(), MofNCompleteColumn(),
+                           console=Console(stderr=True), transient=True)  # fmt: skip
+            bar.start()
+            state.update(bar=bar, task=bar.add_task(title, total=total))
+        state["bar"].update(state["task"], completed=done)
+        if done >= total:
+            state.pop("bar").stop()
+
+    return update
 
 
 def check_job_parameters(
     steps: int, every: int, reward: int, stake: int, bond: int, *durations: int
 ) -> None:
     """Refuse malformed parameters in one line each (the contract's bounds are checked on the
-    spec by protocol.game.job_problems); warn about a legal but pointless zero reward."""
-    if steps < 1 or every < 1:
-        raise AgentError(f"--steps {steps} and --every {every} must both be at least 1")
+    spec by protocol.game.job_problems); warn about a legal but pointless zero reward.
+    ``steps`` is the bundle's N."""
+    if every < 1:
+        raise AgentError(f"--every {every} must be at least 1")
     if steps % every:
+        divisors = [d for d in range(every, 0, -1) if steps % d == 0]
         raise AgentError(
-            f"--steps {steps} is not a multiple of --every {every}: the run commits a checkpoint "
-            f"every {every} steps up to step N (try --steps {steps - steps % every or every})"
+            f"--every {every} does not divide the bundle's {steps} steps: the run commits a "
+            f"checkpoint every k steps up to step N (try --every {divisors[0]})"
         )
     if steps // every > MAX_CHECKPOINTS:
         raise AgentError(
-            f"--steps {steps} --every {every} makes {steps // every} checkpoints; a commitment "
-            f"holds at most {MAX_CHECKPOINTS}: raise --every to at least "
-            f"{-(-steps // MAX_CHECKPOINTS)} or lower --steps"
+            f"the bundle's {steps} steps at --every {every} make {steps // every} checkpoints; a "
+            f"commitment holds at most {MAX_CHECKPOINTS}: raise --every to at least "
+            f"{-(-steps // MAX_CHECKPOINTS)}"
         )
     for name, value in (("reward", reward), ("stake", stake), ("bond", bond)):
         if value < 0:
@@ -158,11 +191,10 @@ def prover_run(
     rpc: Rpc,
     deployment: DeploymentFile,
     job: Annotated[int, typer.Option(help="the job id to accept and train")],
-    store: Annotated[Path, typer.Option(help="blob store folder to publish checkpoints into")],
+    store: Stores,
     db: Db = Path("prover.db"),
     key_env: KeyEnv = None,
     test_account: TestAccount = None,
-    example: Example = "digits-mlp",
     fault: Annotated[
         str | None,
         typer.Option(help="demos/tests: step=T,op=J,elem=E | lazy | wrong-batch | skip-steps"),
@@ -174,7 +206,7 @@ def prover_run(
     from prover.service import ProverConfig, ProverService
 
     cfg = ProverConfig(rpc=rpc, deployment=deployment, db=db, key_env=key_env,
-                       test_account=test_account, job=job, store=str(store), example=example,
+                       test_account=test_account, job=job, store=store,
                        fault=fault, poll=poll)  # fmt: skip
     service = ProverService(cfg)
     with stopped_by_signals():
@@ -190,12 +222,15 @@ def prover_run(
 def challenger_watch(
     rpc: Rpc,
     deployment: DeploymentFile,
-    store: Annotated[str, typer.Option(help="blob store: a folder or an http(s) URL")],
+    store: Stores,
     db: Db = Path("challenger.db"),
     key_env: KeyEnv = None,
     test_account: TestAccount = None,
-    example: Example = "digits-mlp",
     rate: Annotated[float, typer.Option(help="probability of replaying each interval")] = 0.25,
+    interval: Annotated[
+        list[int] | None,
+        typer.Option(help="replay exactly this interval of each commitment (repeatable; audits)"),
+    ] = None,
     confirmations: Annotated[int, typer.Option(help="blocks a commitment must be under")] = 2,
     lie: Annotated[bool, typer.Option(help="demos/tests: dispute honest work and lie")] = False,
     attest_to: Annotated[
@@ -217,7 +252,7 @@ def challenger_watch(
     from challenger.service import ChallengerConfig, ChallengerService, detection_probability
 
     cfg = ChallengerConfig(rpc=rpc, deployment=deployment, db=db, key_env=key_env,
-                           test_account=test_account, store=store, example=example, rate=rate,
+                           test_account=test_account, store=store, rate=rate, intervals=interval,
                            confirmations=confirmations, lie=lie, attest_to=attest_to,
                            from_block=from_block, poll=poll)  # fmt: skip
     typer.echo(

@@ -2,9 +2,10 @@
 
     trainproof demo                           the whole protocol on a local anvil
     trainproof train | replay                 canonical training and bit-exact replay
-    trainproof deploy | job register          deploy the market, register a job
+    trainproof job bundle                     a job's bundle: program, C_0, data, metadata
+    trainproof deploy | job register          deploy the market, publish a bundle, register
     trainproof prover run | challenger watch  the two services
-    trainproof blobs publish | serve          the checkpoint store
+    trainproof blobs publish | serve | get    the checkpoint store
     trainproof api serve | index | migrate    the verification-status API
 
 Each command's ``--help`` explains its options.
@@ -117,7 +118,7 @@ def train(
     train_job(job, data, steps, checkpoint_every, out, backend, seed, heldout)
 
 
-from trainproof.jobcli import compile_command  # noqa: E402
+from trainproof.jobcli import bundle_command, compile_command  # noqa: E402
 
 app.command(
     "compile",
@@ -163,6 +164,7 @@ def _run_format(meta: Path) -> str | None:
 app.command("deploy")(agents.deploy)
 job = typer.Typer(no_args_is_help=True, help="Requester commands.")
 job.command("register")(agents.register)
+job.command("bundle")(bundle_command)
 app.add_typer(job, name="job")
 prover = typer.Typer(no_args_is_help=True, help="The trainer's service.")
 prover.command("run")(agents.prover_run)
@@ -173,7 +175,8 @@ app.add_typer(challenger, name="challenger")
 
 blobs = typer.Typer(
     no_args_is_help=True,
-    help="The content-addressed checkpoint store: publish a run, serve it over HTTP.",
+    help="The content-addressed checkpoint store: publish a run, serve it over HTTP, fetch a "
+    "blob from several untrusted stores.",
 )
 app.add_typer(blobs, name="blobs")
 
@@ -199,8 +202,9 @@ def blobs_serve(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on (0: any free port)")] = 8600,
 ) -> None:
-    """Serve a store over HTTP: GET /blobs/<sha256> and GET /roots/<state root>. Clients
-    re-hash everything they fetch, so the server needs no trust."""
+    """Serve a store over HTTP, read-only: GET|HEAD /blobs/<sha256>, GET /roots/<state root>,
+    and GET|HEAD /ipfs/<cid>?format=raw (an IPFS trustless gateway for the raw blocks that are
+    its blobs). Clients re-hash everything they fetch, so the server needs no trust."""
     import logging
 
     from protocol.blobs import FileStore, make_server
@@ -214,6 +218,38 @@ def blobs_serve(
         pass
     finally:
         server.server_close()
+
+
+@blobs.command("get")
+def blobs_get(
+    address: Annotated[str, typer.Argument(help="the blob's sha256 (64 hex) or raw-block CID")],
+    store: Annotated[
+        list[str],
+        typer.Option(
+            help="where to look, in this order (repeat the option): a folder, the URL of "
+            "`trainproof blobs serve`, or an IPFS trustless gateway as ipfs+https://host"
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="file to write the blob to")],
+    max_bytes: Annotated[
+        int | None, typer.Option(help="refuse a blob larger than this (default 1 GiB)")
+    ] = None,
+    tries: Annotated[int, typer.Option(help="attempts, with exponential backoff")] = 4,
+) -> None:
+    """Fetch one blob from the first --store that has it intact: each answer is re-hashed, and
+    a store that is down, lacks it, serves other bytes or too many is skipped (logged). Writes
+    it to --out and prints {address, cid, bytes}."""
+    import json
+
+    from protocol.blobs import address_of_cid, cid_of, fetch_with_retry, open_stores
+
+    hex_digits = address.removeprefix("0x")  # else a CID (59 characters for a raw block)
+    address = hex_digits.lower() if len(hex_digits) == 64 else address_of_cid(address)
+    data = fetch_with_retry(
+        open_stores(store), address, what=f"{out}", tries=tries, max_bytes=max_bytes
+    )
+    out.write_bytes(data)
+    print(json.dumps({"address": address, "cid": cid_of(address), "bytes": len(data)}))
 
 
 @app.command()

@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -30,10 +31,11 @@ from rich.live import Live
 from rich.table import Table
 
 from protocol.anvil import REPO_ROOT, AnvilNode, rpc
+from protocol.blobs import FileStore, make_server
 from protocol.chain import ChainSettings, connect, deploy_market
 from protocol.game import JobStatus, Phase
 from protocol.market import ApeMarket
-from replay.dispute.players import example_computation, job_spec_for
+from replay.data.bundle import Bundle, publish_bundle, read_bundle_dir, save_bundle_dir
 
 console = Console()
 
@@ -70,32 +72,41 @@ def run_demo(rpc_url: str | None = None, seed: int = 7) -> int:
             f"executor {deployment.contracts['Executor']}"
         )
 
-        with console.status("registering two digits-mlp jobs"):
-            spec = job_spec_for(
-                example_computation("digits-mlp", STEPS, EVERY),
-                stake=STAKE, bond=BOND, clock=CLOCK, window=WINDOW, train_time=TRAIN_TIME,
+        store = tmp / "store"
+        with console.status("writing the digits-mlp job bundle and registering two jobs"):
+            address = write_demo_bundle(tmp / "bundle")
+            local, _ = read_bundle_dir(tmp / "bundle")
+            opened = Bundle.open(local, address)
+            publish_bundle(opened, [str(store)])
+            spec = opened.job_spec(
+                every=EVERY, stake=STAKE, bond=BOND, clock=CLOCK, window=WINDOW,
+                train_time=TRAIN_TIME,
             )  # fmt: skip
             for job in (1, 2):
                 market.transact("register_job", spec.as_tuple(), value=REWARD, key=f"job{job}")
+        server = make_server(FileStore(store))
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        stack.callback(server.shutdown)
+        store_url = f"http://127.0.0.1:{server.server_address[1]}"
         console.print(
-            f"[green]✓[/] jobs 1 and 2 registered: {STEPS} steps, a checkpoint every {EVERY}, "
-            f"reward {eth(REWARD)}, stake {eth(STAKE)}, bond {eth(BOND)}"
+            f"[green]✓[/] bundle {address[:16]}… published to {store_url}; jobs 1 and 2 "
+            f"registered: {STEPS} steps, a checkpoint every {EVERY}, reward {eth(REWARD)}, "
+            f"stake {eth(STAKE)}, bond {eth(BOND)}"
         )
 
         common = ["--rpc", rpc_url, "--deployment", str(tmp / "deployment.json"), "--poll", "0.2"]
-        store = str(tmp / "store")
         accounts = {name: ["--test-account", str(ROLES[name])] for name in ROLES}
         procs = {
             "honest prover (job 1)": _spawn("honest", [
-                "prover", "run", *common, "--job", "1", "--store", store,
+                "prover", "run", *common, "--job", "1", "--store", str(store),
                 "--db", str(tmp / "honest.db"), *accounts["honest"],
             ], tmp),
             "cheating prover (job 2)": _spawn("cheating", [
-                "prover", "run", *common, "--job", "2", "--store", store,
+                "prover", "run", *common, "--job", "2", "--store", str(store),
                 "--db", str(tmp / "cheating.db"), *accounts["cheat"], "--fault", FAULT,
             ], tmp),
             "challenger": _spawn("challenger", [
-                "challenger", "watch", *common, "--store", store,
+                "challenger", "watch", *common, "--store", store_url,
                 "--db", str(tmp / "challenger.db"), *accounts["challenger"],
                 "--rate", "1.0", "--confirmations", "1",
             ], tmp),
@@ -117,6 +128,16 @@ def run_demo(rpc_url: str | None = None, seed: int = 7) -> int:
             return 1
     console.print("[green]✓[/] processes and anvil stopped")
     return 0
+
+
+def write_demo_bundle(folder: Path) -> str:
+    """The bundle of the embedded default job: digits-mlp on scikit-learn's digits (what
+    `trainproof job bundle --example digits-mlp` writes)."""
+    from trainproof.jobcli import example_inputs
+
+    inputs = example_inputs("digits-mlp", STEPS, "", "Apache-2.0", None)
+    address, _ = save_bundle_dir(folder, **inputs, steps=STEPS)
+    return address
 
 
 def _spawn(slug: str, args: list[str], tmp: Path) -> subprocess.Popen[bytes]:

@@ -10,7 +10,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -269,3 +269,132 @@ class CompiledJobShape:
 
         man = JobManifest.model_validate_json((run_dir / "job" / "job.json").read_bytes())
         return man.x_shape
+
+
+#: Where the built-in data forms come from, and under which licence (bundle metadata).
+DATA_PROVENANCE = {
+    "digits": (
+        "UCI ML hand-written digits (8x8, 1,797 images), the copy bundled with scikit-learn",
+        "CC BY 4.0",
+    ),
+    "text": (
+        "Python sources of the pinned torch 2.13.0 wheel (docs/protocol.md §3.10.1)",
+        "BSD-3-Clause",
+    ),
+}
+
+
+def bundle_command(
+    out: Annotated[Path, typer.Option(help="new folder for the bundle")],
+    steps: Annotated[int, typer.Option(help="training steps N (one dataset batch each)")],
+    job: Annotated[
+        Path | None, typer.Option(help="compiled job folder (`trainproof compile --out`)")
+    ] = None,
+    data: Annotated[str | None, typer.Option(help=f"the training data: {DATA_FORMS}")] = None,
+    example: Annotated[
+        str | None,
+        typer.Option(help="instead of --job and --data: a built-in example (digits-mlp)"),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="dataset shuffling seed")] = 0,
+    heldout: Annotated[
+        int | None, typer.Option(help="examples held out of training (default per --data)")
+    ] = None,
+    description: Annotated[str, typer.Option(help="what the job is, for people")] = "",
+    licence: Annotated[str, typer.Option(help="the model's licence (SPDX id)")] = "",
+    data_licence: Annotated[
+        str | None, typer.Option(help="the data's licence (default: known for built-in forms)")
+    ] = None,
+    source: Annotated[
+        list[Path] | None,
+        typer.Option(help="model source file to include (repeatable; shown, never executed)"),
+    ] = None,
+) -> None:
+    """Write a job bundle: the compiled program, C_0, N batches of the data (paged), and the
+    metadata (description, licences, provenance, sources) — every part content-addressed,
+    named by one hash that `trainproof job register --bundle` publishes and binds on-chain."""
+    from replay.data.bundle import MAX_SOURCE_BYTES, save_bundle_dir
+    from trainproof.agents import progress_bar
+
+    if (example is None) == (job is None) or (job is None) != (data is None):
+        _usage_error("give --job and --data (a compiled job), or --example")
+    try:
+        files: dict[str, bytes] = {}
+        for path in source or []:
+            if not path.is_file() or path.stat().st_size > MAX_SOURCE_BYTES:
+                _usage_error(f"--source {path} is not a file of at most {MAX_SOURCE_BYTES} bytes")
+            files[path.name] = path.read_bytes()
+        if example is not None:
+            inputs = example_inputs(example, steps, description, licence, data_licence)
+        else:
+            assert job is not None and data is not None
+            inputs = compiled_inputs(job, data, seed, heldout, description, licence, data_licence)
+        address, manifest = save_bundle_dir(
+            out, **inputs, steps=steps, sources=files,
+            progress=progress_bar(f"writing {steps} batches"),
+        )  # fmt: skip
+    except TrainproofError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    ds = manifest.dataset
+    _emit({"bundle": address, "out": str(out), "name": manifest.name, "steps": ds.steps,
+           "pages": ds.pages, "dataset_bytes": ds.steps * ds.batch_bytes,
+           "program_root": manifest.program_root})  # fmt: skip
+
+
+def _data_info(form: str, spec: dict[str, Any], data_licence: str | None) -> Any:
+    from replay.data.bundle import DataInfo
+
+    known_source, known_licence = DATA_PROVENANCE.get(form.split(":")[0], (f"--data {form}", ""))
+    return DataInfo(
+        source=f"{known_source} (--data {form})",
+        licence=known_licence if data_licence is None else data_licence,
+        spec={"form": form, **spec},
+    )
+
+
+def compiled_inputs(
+    job: Path, data: str, seed: int, heldout: int | None, description: str, licence: str,
+    data_licence: str | None,
+) -> dict[str, Any]:  # fmt: skip
+    """write_bundle's inputs for a compiled job folder and a --data form."""
+    from replay.compile.job import CompiledJob, _spec_of
+    from replay.data.bundle import BundleMetadata
+
+    compiled = CompiledJob.load(job)
+    dataset = load_data(data, compiled.x_shape[0], seed, heldout, tuple(compiled.x_shape))
+    check_vocab(compiled, dataset, data)
+    metadata = BundleMetadata(
+        name=compiled.name, description=description, licence=licence,
+        data=_data_info(data, _spec_of(dataset) or {}, data_licence),
+        config={"optimizer": compiled.optimizer, "frozen": list(compiled.frozen)},
+        job=compiled.manifest().model_dump(mode="json"),
+    )  # fmt: skip
+    return {"program": compiled.program, "initial_state": compiled.initial_state,
+            "dataset": dataset, "metadata": metadata}  # fmt: skip
+
+
+def example_inputs(
+    example: str, steps: int, description: str, licence: str, data_licence: str | None
+) -> dict[str, Any]:
+    """write_bundle's inputs for a built-in example (replay/compile/examples.py)."""
+    from replay.compile.examples import get_example
+    from replay.data.bundle import BundleMetadata
+    from replay.dispute.players import example_computation
+
+    comp = example_computation(example, steps, steps)
+    ex = get_example(example)
+    metadata = BundleMetadata(
+        name=example,
+        description=description or f"the built-in example {example} (replay/compile/examples.py)",
+        licence=licence,
+        data=_data_info("digits", ex.dataset.model_dump(), data_licence),
+        config={"model": ex.model.model_dump(mode="json")},
+    )
+    return {"program": comp.program, "initial_state": comp.state_before(0),
+            "dataset": comp.dataset, "metadata": metadata}  # fmt: skip
+
+
+def _usage_error(line: str) -> NoReturn:
+    """Options that do not fit together: one line on stderr, exit code 2."""
+    typer.echo(f"error: {line} (see --help)", err=True)
+    raise typer.Exit(code=2)

@@ -14,6 +14,8 @@ export type DisputeDetail = components["schemas"]["DisputeDetail"];
 export type AccountRecord = components["schemas"]["AccountRecord"];
 export type Coverage = components["schemas"]["Coverage"];
 export type StatusChangeEvent = components["schemas"]["StatusChangeEvent"];
+/** A job's bundle check; `unverifiable` true: nobody can obtain the job's inputs. */
+export type BundleCheck = components["schemas"]["BundleCheck"];
 export type JobsQuery = NonNullable<paths["/v1/jobs"]["get"]["parameters"]["query"]>;
 
 export class ProblemError extends Error {

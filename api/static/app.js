@@ -5,6 +5,13 @@ const $ = (sel) => document.querySelector(sel);
 const esc = (s) => String(s ?? "").replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[c]);
 const short = (h) => (h ? esc(h.slice(0, 10)) + "…" : "—");
 const badge = (s) => `<span class="badge ${esc(s)}" data-status="${esc(s)}">${esc(s)}</span>`;
+// a job's bundle check (docs/protocol.md §7): unavailable / invalid = unverifiable
+const BUNDLE_TEXT = { verified: "inputs verified", unavailable: "unverifiable: inputs unavailable",
+  invalid: "unverifiable: inputs invalid", unchecked: "inputs unchecked" };
+const bundleBadge = (b) => {
+  const what = [b.part, b.why].filter(Boolean).join(": ") || b.scope || "";
+  return `<span class="bundle ${esc(b.status)}" data-bundle="${esc(b.status)}" title="${esc(what)}">${esc(BUNDLE_TEXT[b.status] || b.status)}</span>`;
+};
 // times in UTC, saying so (the local time on hover); amounts in ETH (the exact wei on hover)
 const when = (t) => {
   if (!t) return "—";
@@ -36,10 +43,10 @@ async function jobList() {
     <td><code>${short(j.trainer)}</code></td><td><code>${short(j.requester)}</code></td>
     <td>${j.steps} / ${j.every}</td><td class="reward">${eth(j.reward)}</td><td>${eth(j.stake)}</td>
     <td>${j.open_games} / ${j.games_total}</td>
-    <td>${when(j.challenge_deadline)}</td></tr>`).join("");
+    <td>${when(j.challenge_deadline)}</td><td>${bundleBadge(j.bundle)}</td></tr>`).join("");
   return `<p id="job-count">${page.total} jobs</p><table id="jobs"><thead><tr><th>job</th><th>status</th>
     <th>trainer</th><th>requester</th><th>steps / k</th><th>reward</th><th>stake</th><th>open / all disputes</th>
-    <th>challenge deadline</th></tr></thead><tbody>${rows}</tbody></table>`;
+    <th>challenge deadline</th><th>bundle</th></tr></thead><tbody>${rows}</tbody></table>`;
 }
 
 async function jobView(id) {
@@ -55,6 +62,9 @@ async function jobView(id) {
     <b>trainer</b> <code>${esc(j.trainer || "—")}</code> · <b>reward</b> <span id="reward">${eth(j.reward)}</span> ·
     <b>stake</b> ${eth(j.stake)} · <b>bond</b> ${eth(j.bond)} ·
     <b>challenge deadline</b> ${when(j.challenge_deadline)}<br>
+    <b>bundle</b> <span id="bundle">${bundleBadge(j.bundle)} <code>${short(j.bundle.address)}</code>
+    ${j.bundle.part ? `— <b>${esc(j.bundle.part)}</b>: ${esc(j.bundle.why)}` : j.bundle.why ? `— ${esc(j.bundle.why)}` : ""}
+    ${j.bundle.scope ? `(${esc(j.bundle.scope)})` : ""} · checked ${when(j.bundle.checked_at)}</span><br>
     <b>bonded coverage</b> <span title="signers that have posted a dispute bond or a stake">≥1 bonded challenger: ${(cov.bonded_covered_1 * 100).toFixed(0)} %, ≥3: ${(cov.bonded_covered_3 * 100).toFixed(0)} %</span><br>
     <b>raw coverage</b> <span title="any key that signed, unvetted">≥1 key: ${(cov.covered_1 * 100).toFixed(0)} %, ≥3: ${(cov.covered_3 * 100).toFixed(0)} %</span></section>
     <h3>timeline</h3><table id="timeline"><thead><tr><th>block</th><th>time</th><th>event</th><th></th></tr></thead><tbody>${timeline}</tbody></table>

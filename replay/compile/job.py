@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 
 import numpy as np
 import safetensors.numpy
@@ -34,6 +34,7 @@ from replay.data.checkpoint import (
     save_checkpoint,
     to_hex,
 )
+from replay.data.dataset import BatchSource
 from replay.errors import CheckpointError, SpecError
 from replay.execute.backends import make_executor
 from replay.execute.state import state_root_of
@@ -182,14 +183,6 @@ class CompiledJob:
         if to_hex(job.initial_root) != man.initial_root:
             raise SpecError(f"{folder}: initial.safetensors does not hash to initial_root")
         return job
-
-
-class BatchSource(Protocol):
-    def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]: ...
-
-    def leaf(self, step: int) -> bytes: ...
-
-    def root(self, steps: int) -> bytes: ...
 
 
 class CheckpointResult(BaseModel):

@@ -93,7 +93,10 @@ def save_checkpoint(
         entries.append(SlotEntry(name=slot.name, shape=slot.shape, tensor_root=to_hex(root)))
     root = state_root(roots)
     stem = checkpoint_stem(step)
-    data = safetensors.numpy.save(tensors, metadata={"step": str(step), "state_root": to_hex(root)})
+    # One metadata key: safetensors writes its metadata map in hash order, and a
+    # checkpoint's bytes (C_0 in a job bundle is content-addressed) must not vary.
+    note = f"step={step} state_root={to_hex(root)}"
+    data = safetensors.numpy.save(tensors, metadata={"trainproof": note})
     _write_atomic(folder / f"{stem}.safetensors", data)
     manifest = CheckpointManifest(
         step=step, state_root=to_hex(root), file=f"{stem}.safetensors", slots=tuple(entries)

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -23,6 +24,17 @@ from protocol.merkle import merkle_root
 from replay.errors import SpecError
 
 DIGITS_EXAMPLES = 1797
+
+
+class BatchSource(Protocol):
+    """What training and replay read a dataset through (this module's Dataset,
+    trainproof.datasets' array and text datasets, a bundle's paged dataset)."""
+
+    def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def leaf(self, step: int) -> bytes: ...
+
+    def root(self, steps: int) -> bytes: ...
 
 
 class DatasetSpec(BaseModel):

@@ -10,13 +10,14 @@ the caller falls back to replaying from an earlier verified state.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
-from protocol.blobs import BlobError, BlobStore, CheckpointPointer
+from protocol.blobs import BlobError, BlobStore, CheckpointPointer, StoreSet, StoreUnreachable
 from protocol.ir import Program
 from replay.data.checkpoint import (
     CheckpointError,
@@ -27,6 +28,8 @@ from replay.data.checkpoint import (
     save_checkpoint,
 )
 from replay.runner import read_run
+
+log = logging.getLogger("trainproof.blobs")
 
 
 def publish_checkpoint(store: BlobStore, manifest_path: Path) -> CheckpointPointer:
@@ -84,10 +87,43 @@ def fetch_checkpoint(
 ) -> dict[str, np.ndarray]:
     """The persistent state whose root is ``state_root``, fetched and verified.
 
-    Raises BlobError (missing or substituted blob) or CheckpointError (anything about the
+    From a :class:`StoreSet`, every member's pointer is tried in turn until one leads to
+    blobs that verify (from any member): a store answering with a lying pointer cannot
+    shadow an honest one behind it. Raises BlobError (missing or substituted blob; a
+    StoreUnreachable when no store answered) or CheckpointError (anything about the
     checkpoint itself, including a state root other than the one asked for).
     """
-    pointer = store.get_pointer(state_root.hex())
+    root = state_root.hex()
+    if not isinstance(store, StoreSet):
+        return _fetch_from(store, store.get_pointer(root), program, state_root)
+    failures: list[Exception] = []
+    unreachable = 0
+    for member, name in zip(store.stores, store.names, strict=True):
+        try:
+            pointer = member.get_pointer(root)
+        except StoreUnreachable as e:
+            unreachable += 1
+            failures.append(e)
+            continue
+        except (BlobError, OSError) as e:
+            failures.append(e)
+            continue
+        try:
+            return _fetch_from(store, pointer, program, state_root)
+        except (BlobError, CheckpointError) as e:
+            log.warning("event=pointer_rejected store=%s state_root=%s why=%r", name, root, str(e))
+            failures.append(e)
+    checkpoint = [e for e in failures if isinstance(e, CheckpointError)]
+    if checkpoint:
+        raise checkpoint[-1]
+    why = "; ".join(f"{name}: {e}" for name, e in zip(store.names, failures, strict=False))
+    error = StoreUnreachable if unreachable == len(store.stores) else BlobError
+    raise error(f"checkpoint {root} not usable from any of {len(store.stores)} stores: {why}")
+
+
+def _fetch_from(
+    store: BlobStore, pointer: CheckpointPointer, program: Program, state_root: bytes
+) -> dict[str, np.ndarray]:
     manifest_bytes = store.get(pointer.manifest)
     tensor_bytes = store.get(pointer.tensors)
     with tempfile.TemporaryDirectory(prefix="trainproof-fetch-") as tmp:

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
+from protocol.blobs import BlobStore, MemoryStore
 from protocol.commitments import chunk, chunk_tree, data_root, slot_value
 from protocol.constants import EMPTY_SLOT
 from protocol.game import (
@@ -30,6 +31,7 @@ from protocol.game import (
     JobSpec,
     Phase,
     as_word,
+    commit_parts,
     cut_points,
     split_point,
     trace_position,
@@ -38,11 +40,12 @@ from protocol.ir import REDUCTION_OPS, Opcode, Program
 from protocol.market import Market
 from protocol.merkle import MerkleTree, leaf_hash, root_from_path, root_of_leaf_hashes
 from protocol.outbox import Sent
-from replay.data.dataset import Dataset
+from replay.data.bundle import Bundle, BundleDataset, BundleMetadata, write_bundle
+from replay.data.dataset import BatchSource, Dataset
 from replay.dispute.trace import StepTrace, Tamper
-from replay.execute.backends import Batch, Executor
+from replay.execute.backends import Batch, Executor, make_executor
 from replay.execute.numpy_backend import named_from_slots
-from replay.execute.state import as_committed
+from replay.execute.state import as_committed, state_root_of
 
 
 def perturbed(x: np.float32) -> np.float32:
@@ -83,7 +86,7 @@ class Fault(BaseModel):
             self.kind == "lazy" and t >= self.step
         )
 
-    def tamper(self, program: Program, dataset: Dataset) -> Tamper:
+    def tamper(self, program: Program, dataset: BatchSource) -> Tamper:
         target = program.ops[self.op]
 
         def hook(j: int, ex: Executor, batch: Batch | None) -> dict[int, np.ndarray | None]:
@@ -140,19 +143,26 @@ class Computation:
     def __init__(
         self,
         program: Program,
-        dataset: Dataset,
+        dataset: BatchSource,
         initial: Mapping[str, np.ndarray],
         steps: int,
         every: int,
         fault: Fault | None = None,
         cache: int = 16,
+        backend: str = "torch",
     ) -> None:
         self.program = program
+        self.backend = backend
+        self._fast: Executor | None = None
+        self._fast_at: int | None = None
         self.dataset = dataset
         self.steps = steps
         self.every = every
         self.fault = fault
         self._states: dict[int, dict[str, np.ndarray]] = {0: dict(initial)}
+        self._kept: set[int] = {0}
+        self._seeded: set[int] = {0}
+        self._recent: OrderedDict[int, None] = OrderedDict()
         self._traces: OrderedDict[int, StepTrace | FrozenStep] = OrderedDict()
         self._cache = cache
         self._program_tree = MerkleTree.from_leaves(program.encoded())
@@ -180,32 +190,86 @@ class Computation:
         )
         if fault is not None and fault.freezes(t):
             trace = FrozenStep(trace)
+        elif tamper is None and t + 1 in self._states:
+            ran = state_root_of(self.program, self._states[t + 1])
+            if trace.op_roots[trace.length] != ran:
+                raise RuntimeError(
+                    f"step {t}: the numpy trace ends at {trace.op_roots[-1].hex()}, the "
+                    f"{self.backend} run at {ran.hex()}; the backends disagree (a bug: report it "
+                    "with the program) and this party's moves would not match its commitment"
+                )
         self._traces[t] = trace
         if len(self._traces) > self._cache:
             self._traces.popitem(last=False)
         return trace
 
+    def fresh(self) -> Computation:
+        """A new computation of the same inputs (program, dataset, C_0, fault), from C_0."""
+        return Computation(
+            self.program, self.dataset, self._states[0], self.steps, self.every, self.fault,
+            self._cache, self.backend,
+        )  # fmt: skip
+
+    @property
+    def start_checkpoint(self) -> int:
+        """The latest checkpoint this computation was seeded at (0: it starts from C_0)."""
+        return max(t for t in self._kept if t in self._seeded) // self.every
+
     def seed(self, t: int, state: Mapping[str, np.ndarray]) -> None:
         """Start from a known state at step ``t`` (a verified checkpoint) instead of
         recomputing it from C_0. The caller vouches that it is this computation's state."""
         self._states[t] = dict(state)
+        self._kept.add(t)
+        self._seeded.add(t)
 
     def state_before(self, t: int) -> dict[str, np.ndarray]:
-        """Persistent state at the start of step ``t``."""
+        """Persistent state at the start of step ``t``.
+
+        States at checkpoint boundaries (and seeded ones) are kept; the others only in a
+        cache of ``cache`` steps, so memory stays bounded by one interval's working set
+        whatever the run's length (an evicted state is recomputed from its interval's start).
+        """
         if t not in self._states:
             start = max(s for s in self._states if s < t)
             for s in range(start, t):
-                tr = self.trace(s)
-                values = [tr.slot_value(tr.length, i) for i in range(len(self.program.slots))]
-                self._states[s + 1] = named_from_slots(self.program, values)
+                self._keep(s + 1, self._advance(s))
         return self._states[t]
+
+    def _advance(self, s: int) -> dict[str, np.ndarray]:
+        """The state after step ``s`` (from the kept state before it): a plain run of the
+        step on the fast backend, or the step's trace where a fault changes it."""
+        fault = self.fault
+        if fault is not None and (
+            fault.freezes(s) or (fault.step == s and fault.kind in TAMPERING)
+        ):
+            tr = self.trace(s)
+            values = [tr.slot_value(tr.length, i) for i in range(len(self.program.slots))]
+            self._fast_at = None
+            return named_from_slots(self.program, values)
+        if self._fast is None:
+            self._fast = make_executor(self.program, self.backend)
+        if self._fast_at != s:
+            self._fast.set_state(self._states[s])
+        self._fast.run_step(self.dataset.batch(s))
+        self._fast_at = s + 1
+        return self._fast.get_state()
+
+    def _keep(self, t: int, state: dict[str, np.ndarray]) -> None:
+        self._states[t] = state
+        if t % self.every == 0:
+            self._kept.add(t)
+            return
+        self._recent[t] = None
+        while len(self._recent) > self._cache:
+            old, _ = self._recent.popitem(last=False)
+            if old not in self._kept:
+                self._states.pop(old, None)
 
     def step_root(self, t: int) -> bytes:
         """State root at the start of step ``t`` (``t = N`` is the end of the run)."""
-        if t == self.steps:
-            tr = self.trace(t - 1)
-            return tr.op_roots[tr.length]
-        return self.trace(t).op_roots[0]
+        if t in self._traces:
+            return self._traces[t].op_roots[0]
+        return state_root_of(self.program, self.state_before(t))
 
     def checkpoint_roots(self) -> list[bytes]:
         """``C_0, C_k, ..., C_N``."""
@@ -220,19 +284,25 @@ class Computation:
         return list(self._program_tree.prove(j).path)
 
     def dataset_proof(self, t: int) -> list[bytes]:
+        """The inclusion path of step ``t``'s leaf in the dataset tree (a bundle's paged
+        dataset proves it from the step's page; a local one builds the whole tree once)."""
+        if isinstance(self.dataset, BundleDataset):
+            return self.dataset.proof(t)
         if self._dataset_tree is None:
             leaves = [self.dataset.leaf(s) for s in range(self.steps)]
             self._dataset_tree = MerkleTree.from_leaves(leaves)
         return list(self._dataset_tree.prove(t).path)
 
 
-def job_spec_for(comp: Computation, **params: Any) -> JobSpec:
-    """The JobSpec binding an honest computation's program, data and C_0."""
+def job_spec_for(comp: Computation, bundle: bytes | None = None, **params: Any) -> JobSpec:
+    """The JobSpec binding an honest computation's program, data, C_0 and bundle (by
+    default the address its bundle would have, computed without publishing it)."""
     return JobSpec(
         program_root=comp.program.root(),
         program_len=comp.ops,
         dataset_root=comp.dataset.root(comp.steps),
         initial_root=comp.step_root(0),
+        bundle=write_job_bundle(MemoryStore(), comp) if bundle is None else bundle,
         steps=comp.steps,
         every=comp.every,
         slots=len(comp.program.slots),
@@ -353,8 +423,16 @@ class TrainerPlayer(Player):
     """Commits its computation and answers the trainer's moves of every game from it."""
 
     def commit(self) -> Sent | None:
-        roots = self.comp.checkpoint_roots()[1:]
-        return self.market.transact("commit_run", self.job_id, roots, key=f"commit:{self.job_id}")
+        """Commit C_1..C_m, one ``commit_run`` per part (protocol.game.commit_parts), from the
+        first part the chain lacks; the last part's receipt (None: a part did not land)."""
+        parts = commit_parts(self.comp.checkpoint_roots()[1:])
+        sent = None
+        for p in range(self.market.committed_parts(self.job_id), len(parts)):
+            key = f"commit:{self.job_id}:{p}"
+            sent = self.market.transact("commit_run", self.job_id, p, parts[p], key=key)
+            if sent is None or not sent.success:
+                return sent
+        return sent
 
     def next_move(self, game_id: int, g: GameState) -> Call | None:
         if not g.phase.trainer_moves:
@@ -553,6 +631,23 @@ def example_computation(
     return Computation(
         program, Dataset(ex.dataset), initial_state(ex.model, program), steps, every, fault
     )
+
+
+def bundle_computation(bundle: Bundle, spec: JobSpec, fault: Fault | None = None) -> Computation:
+    """The computation of a job from its verified bundle (program, C_0, paged dataset)."""
+    return Computation(
+        bundle.program, bundle.dataset, bundle.initial_state, spec.steps, spec.every, fault
+    )
+
+
+def write_job_bundle(store: BlobStore, comp: Computation, name: str = "job") -> bytes:
+    """Publish the bundle of ``comp``'s job (program, C_0, its N batches) into ``store``;
+    its hash, what ``JobSpec.bundle`` binds (tests, benchmarks)."""
+    address, _ = write_bundle(
+        store, comp.program, comp.state_before(0), comp.dataset, comp.steps,
+        BundleMetadata(name=name),
+    )  # fmt: skip
+    return bytes.fromhex(address)
 
 
 def spec_mismatch(spec: JobSpec, comp: Computation) -> str | None:
