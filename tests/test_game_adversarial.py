@@ -149,6 +149,17 @@ def test_register_job_k_not_dividing_n(tp, people) -> None:
     assert tp.job_count() == 0 and balance(tp.address) == 0
 
 
+def test_register_job_without_a_bundle(tp, people) -> None:
+    """A job must name the bundle its inputs are published as: with none, nobody but the
+    requester could ever check it."""
+    spec = job_spec()
+    with reverts(tp, "no bundle"):
+        new_job(tp, people["requester"], spec.model_copy(update={"bundle": bytes(32)}))
+    assert tp.job_count() == 0 and balance(tp.address) == 0
+    new_job(tp, people["requester"], spec)
+    assert tp.jobs(1).spec.bundle == spec.bundle
+
+
 def test_accept_job_wrong_stake(tp, people) -> None:
     job_id = new_job(tp, people["requester"])
     for value in (0, STAKE - 1, STAKE + 1):
