@@ -70,7 +70,7 @@ class ProverService:
         self.market = self.agent.market
         job = existing_job(self.market, cfg.job)
         self.store = open_stores(cfg.store)
-        self.bundle = fetch_bundle(BundleSource(self.store, base_delay=0.0), job.spec, cfg.job)
+        self.bundle = fetch_bundle(BundleSource(self.store), job.spec, cfg.job)
         self.comp = bundle_computation(self.bundle, job.spec)
         if cfg.fault:
             fault = parse_fault(cfg.fault, self.comp.program, job.spec.steps)
@@ -230,26 +230,24 @@ class ProverService:
 
 #: Tries, and the longest wait between two, for a bundle before the prover gives up.
 BUNDLE_TRIES = 5
-BUNDLE_MAX_BACKOFF_S = 30.0
 
 
 def fetch_bundle(source: BundleSource, spec: JobSpec, job_id: int) -> Bundle:
-    """The job's verified bundle, retried with backoff; a one-line error when it can't be had
-    (a prover never stakes on a job it cannot train)."""
-    for attempt in range(1, BUNDLE_TRIES + 1):
+    """The job's verified bundle, waiting out the source's backoff between tries; a one-line
+    error after BUNDLE_TRIES failures (a prover never stakes on a job it cannot train)."""
+    while True:
         try:
             return source.bundle(spec)
         except BundleError as e:
-            if attempt == BUNDLE_TRIES:
+            if source.tries(spec) >= BUNDLE_TRIES:
                 raise AgentError(
                     f"job {job_id}'s {e}; check the --store locations (the requester publishes "
                     "the bundle with trainproof job register --bundle)"
                 ) from None
-            delay = min(BUNDLE_MAX_BACKOFF_S, 2.0**attempt)
+            delay = source.retry_in(spec)
             log.warning("event=bundle_unavailable job=%d part=%r why=%r try=%d retry_in_s=%.0f",
-                        job_id, e.part, e.why, attempt, delay)  # fmt: skip
+                        job_id, e.part, e.why, source.tries(spec), delay)  # fmt: skip
             time.sleep(delay)
-    raise AssertionError("unreachable")
 
 
 def existing_job(market: Web3Market, job_id: int) -> JobView:
