@@ -20,10 +20,11 @@ setup(
             sources=["replay/execute/_kernels.c"],
             # only explicit fmaf: never let the compiler contract anything else
             extra_compile_args=[
-                *("-O3", "-std=c11", "-pthread"),
+                *("-O3", "-std=c11", "-fopenmp"),
                 *("-ffp-contract=off", "-fno-math-errno"),
             ],
-            extra_link_args=["-pthread", "-lm"],
+            # libgomp by soname: in a process that imported torch, torch's own copy (one pool)
+            extra_link_args=["-fopenmp", "-lm"],
             optional=True,
         ),
     ]

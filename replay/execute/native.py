@@ -8,6 +8,7 @@ built changes speed, never bits; ``TRAINPROOF_NATIVE=0`` turns them off (tests c
 from __future__ import annotations
 
 import os
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -32,11 +33,38 @@ def native_isa() -> str | None:
     return None if _kernels is None else str(_kernels.isa())
 
 
+def _kernels_or_raise() -> ModuleType:
+    if _kernels is None:  # pragma: no cover
+        raise RuntimeError("the native kernels are not built: run `make setup`")
+    return _kernels
+
+
+def native_gemm(
+    a: np.ndarray,
+    b: np.ndarray,
+    out: np.ndarray,
+    shape: tuple[int, int, int],
+    a_map: tuple[int, int, int],
+    b_map: tuple[int, int, int],
+    offsets: np.ndarray | None = None,
+    threads: int = 1,
+) -> None:
+    """Batched FMA-chain matrix products read through affine maps of flat float32 buffers.
+
+    ``shape = (m, n, r)``; ``a_map = (offset, row stride, r stride)`` and ``b_map = (offset,
+    r stride, column stride)`` index ``a`` and ``b``; ``offsets`` (int64 ``[batches, 3]``) adds
+    a per-batch element offset to a, b and ``out`` (whose batches are contiguous ``[m, n]``
+    blocks). Every output element is one accumulator in r order, whichever thread computes it.
+    """
+    m, n, r = shape
+    _kernels_or_raise().gemm(
+        a, b, out, m, n, r, a_map[0], a_map[1:], b_map[0], b_map[1:], offsets, threads
+    )
+
+
 def native_matmul(
     a: np.ndarray, b: np.ndarray, out: np.ndarray, m: int, n: int, r: int, threads: int = 1
 ) -> None:
     """``out[m, n]`` = the sequential FMA chain of contiguous float32 ``a[m, r] @ b[r, n]``,
-    rows split over ``threads`` threads (each element computed by one thread, in r order)."""
-    if _kernels is None:  # pragma: no cover
-        raise RuntimeError("the native kernels are not built: run `make setup`")
-    _kernels.matmul(a, b, out, m, n, r, threads)
+    split over ``threads`` threads (each element computed by one thread, in r order)."""
+    native_gemm(a, b, out, (m, n, r), (0, r, 1), (0, n, 1), None, threads)

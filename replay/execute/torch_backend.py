@@ -38,7 +38,7 @@ from protocol.ir import (
     contiguous_strides,
 )
 from replay.errors import ExecutionError
-from replay.execute.native import native_matmul, native_matmul_available
+from replay.execute.native import native_gemm, native_matmul_available
 from replay.execute.numpy_backend import named_from_slots, slots_from_named
 from replay.execute.torch_kernels import (
     ELEMENT_KERNELS,
@@ -404,45 +404,44 @@ class TorchExecutor:
         return matmul
 
     def _compile_native_matmul(self, op: OpDescriptor, constants: dict[int, Tensor]) -> OpFn:
-        """Each batch index's [M, R] and [R, N] blocks are gathered contiguous and handed to
-        the native FMA-chain kernel (every output element one accumulator, strict r order:
-        the same bits for any thread count and ISA path)."""
+        """The native FMA-chain kernel reads both operands in place through their index maps
+        (no gathered copies): per batch index an ``[M, R] @ [R, N]`` product, every output
+        element one accumulator in strict r order — the same bits for any thread count and
+        ISA path. The batch loop runs inside the kernel (whole batches per thread when there
+        are enough)."""
         oa, ob = op.operands
         *lead, m, n = op.shape
-        rows, out = op.reduce_len, op.out
+        rows, out, shape = op.reduce_len, op.out, tuple(op.shape)
         batches = list(np.ndindex(*lead)) if lead else [()]
-        a_of = self._operand_block(oa, (m, rows), (oa.strides[-2], oa.reduce_stride), constants)
-        b_of = self._operand_block(ob, (rows, n), (ob.reduce_stride, ob.strides[-1]), constants)
-        a_lead, b_lead = oa.strides[:-2], ob.strides[:-2]
-        shape = tuple(op.shape)
+        offsets = np.array(
+            [
+                (
+                    sum(i * st for i, st in zip(idx, oa.strides[:-2], strict=True)),
+                    sum(i * st for i, st in zip(idx, ob.strides[:-2], strict=True)),
+                    k * m * n,
+                )
+                for k, idx in enumerate(batches)
+            ],
+            dtype=np.int64,
+        ).reshape(len(batches), 3)
+        a_map = (oa.offset, oa.strides[-2], oa.reduce_stride)
+        b_map = (ob.offset, ob.reduce_stride, ob.strides[-1])
+        const_a, const_b = constants.get(oa.slot), constants.get(ob.slot)
+        fixed_a = None if const_a is None else const_a.reshape(-1).numpy()
+        fixed_b = None if const_b is None else const_b.reshape(-1).numpy()
+        sa, sb = oa.slot, ob.slot
 
         def matmul(s: Slots, _b: object) -> None:
             res = torch.empty(shape, dtype=F32)
-            flat = res.view(len(batches), m, n)
-            threads = torch.get_num_threads()
-            for k, idx in enumerate(batches):
-                a = a_of(s, sum(i * st for i, st in zip(idx, a_lead, strict=True)))
-                b = b_of(s, sum(i * st for i, st in zip(idx, b_lead, strict=True)))
-                native_matmul(a.numpy(), b.numpy(), flat[k].numpy(), m, n, rows, threads)
+            a = fixed_a if fixed_a is not None else s[sa].reshape(-1).numpy()  # type: ignore[union-attr]
+            b = fixed_b if fixed_b is not None else s[sb].reshape(-1).numpy()  # type: ignore[union-attr]
+            native_gemm(
+                a, b, res.reshape(-1).numpy(), (m, n, rows), a_map, b_map, offsets,
+                torch.get_num_threads(),
+            )  # fmt: skip
             s[out] = res
 
         return matmul
-
-    def _operand_block(
-        self,
-        o: Operand,
-        size: tuple[int, int],
-        stride: tuple[int, int],
-        constants: dict[int, Tensor],
-    ) -> Callable[[Slots, int], Tensor]:
-        """A contiguous 2-D block of an operand at an extra offset (a copy only if needed)."""
-        const, slot, offset = constants.get(o.slot), o.slot, o.offset
-
-        def block(s: Slots, extra: int) -> Tensor:
-            src = const if const is not None else s[slot]
-            return torch.as_strided(src, size, stride, offset + extra).contiguous()  # type: ignore[arg-type]
-
-        return block
 
     def _compile_matrix_product(self, op: OpDescriptor, constants: dict[int, Tensor]) -> OpFn:
         """C[m,n] = fma chain over r of A[m,r]·B[r,n], A's map varying only with m and r,
