@@ -115,7 +115,16 @@ b = rng.standard_normal((700, 75)).astype(np.float32)
 a[0, :3] = [1e-40, -2e-39, 1 + 2**-23]
 out = np.empty((61, 75), np.float32)
 native_matmul(a, b, out, 61, 75, 700, int(sys.argv[1]))
-print(json.dumps({"isa": native_isa(), "bits": out.view(np.uint32).tolist()}))
+import torch
+from replay.execute.native import NATIVE_ELEMENT_CODES, native_element_op
+torch.set_num_threads(int(sys.argv[1]))
+x = torch.from_numpy(np.concatenate([a[0], a[1] * 1e30, np.round(a[2] * 200)]))
+ops = {"SQRT": (x,), "MAX": (x, x.flip(0)), "MIN": (x, x.flip(0)), "LDEXP": (x, x.flip(0)),
+       "FMA": (x, x.flip(0), x.roll(1))}
+elems = [native_element_op(k, tuple(x.shape), None)(*ops[k]).numpy() for k in NATIVE_ELEMENT_CODES]
+elem_bits = np.concatenate(elems).view(np.uint32)
+elem_bits[np.isnan(np.concatenate(elems))] = 0x7FC00000
+print(json.dumps({"isa": native_isa(), "bits": out.view(np.uint32).tolist() + elem_bits.tolist()}))
 """
 
 
@@ -134,3 +143,131 @@ def test_every_isa_path_gives_the_same_bits() -> None:
     assert "portable/1" in seen
     first = next(iter(seen.values()))
     assert all(v == first for v in seen.values()), sorted(seen)
+
+
+# ---------------------------------------------------------------- element ops, GATHER, REDUCE_SUM
+
+SPECIAL = np.array(
+    [0.0, -0.0, 1.0, -1.0, 0.5, 2.5, -2.5, 3.0, 1e-45, -1e-45, 1e-40, 1.17549435e-38,
+     3.4028235e38, -3.4028235e38, np.inf, -np.inf, np.nan, 299.0, 300.0, 301.0, -300.0,
+     -301.0, 1e9, -1e9, 8388608.0, 8388607.5, 16777216.0, 0.1, -7.0, 128.0, -149.0, -150.0],
+    np.float32,
+)  # fmt: skip
+
+
+def _values(rng: np.random.Generator, n: int) -> np.ndarray:
+    picks = rng.integers(0, 3, n)
+    out = np.where(
+        picks == 0,
+        SPECIAL[rng.integers(0, len(SPECIAL), n)],
+        (rng.standard_normal(n) * 10.0 ** rng.integers(-40, 38, n)).astype(np.float32),
+    ).astype(np.float32)
+    return np.where(picks == 2, np.round(out), out).astype(np.float32)
+
+
+ELEMENT_REFERENCE = {
+    "SQRT": sem.sqrt, "MAX": sem.maximum, "MIN": sem.minimum, "LDEXP": sem.ldexp,
+    "FMA": sem.fma,
+}  # fmt: skip
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    name=st.sampled_from(sorted(ELEMENT_REFERENCE)),
+    shape=st.sampled_from([(1,), (7,), (3, 5), (2, 3, 64), (70000,)]),
+    broadcast=st.lists(st.sampled_from(["full", "scalar", "row"]), min_size=3, max_size=3),
+    threads=st.sampled_from([1, 2]), seed=st.integers(0, 2**32 - 1),
+)  # fmt: skip
+def test_native_element_ops_match_the_reference(
+    name: str, shape: tuple[int, ...], broadcast: list[str], threads: int, seed: int
+) -> None:
+    """Special values (±0, subnormals, ±inf, NaN, huge/fractional exponents), scalar and
+    trailing-row broadcasts, both thread counts: bit-identical to replay/execute/semantics.py."""
+    import torch
+
+    from replay.execute.native import native_element_op
+
+    rng = np.random.default_rng(seed)
+    arity = {"SQRT": 1, "FMA": 3}.get(name, 2)
+    ins = []
+    for kind in broadcast[:arity]:
+        sub = {"full": shape, "scalar": (), "row": shape[-1:]}[kind]
+        ins.append(_values(rng, int(np.prod(sub))).reshape(sub))
+
+    def fallback(*xs: object) -> object:
+        raise AssertionError("the native kernel declined contiguous float32 operands")
+
+    torch.set_num_threads(threads)
+    try:
+        got = native_element_op(name, shape, fallback)(*(torch.from_numpy(x) for x in ins))
+    finally:
+        torch.set_num_threads(1)
+    full = [np.broadcast_to(x, shape).astype(np.float32) for x in ins]
+    with np.errstate(all="ignore"):
+        want = ELEMENT_REFERENCE[name](*full)
+    assert np.array_equal(sem.canon(got.numpy()).view(np.uint32), want.view(np.uint32))
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(0, 9), seed=st.integers(0, 2**32 - 1), threads=st.sampled_from([1, 3]))
+def test_native_gather_matches_the_reference(rows: int, seed: int, threads: int) -> None:
+    """Indices that select no row (negative, fractional, ≥ R, NaN, inf) give +0.0; -0 is row 0;
+    a strided, offset table map."""
+    from replay.execute.native import native_gather
+
+    rng = np.random.default_rng(seed)
+    shape = (3, 4, 5)
+    index = rng.choice(
+        np.array([0, -0.0, 1, 2, 3.5, -1, 8, 9, 100, np.nan, np.inf, 4], np.float32), 12
+    ).astype(np.float32)
+    width = 5
+    table = _values(rng, 2 + max(rows, 1) * width * 2)
+    out = np.full(60, np.nan, np.float32)
+    # out[i, j, k] = table[2 + idx[i, j]*2*width + 2*k]
+    native_gather(
+        out, index, table, shape, (0, (4, 1, 0)), (2, (0, 0, 2), 2 * width), rows, threads
+    )
+    idx = index.reshape(3, 4)
+    want = np.zeros((3, 4, 5), np.float32)
+    for i in range(3):
+        for j in range(4):
+            v = float(idx[i, j])
+            if np.isfinite(v) and v >= 0 and v == int(v) and v < rows:
+                want[i, j] = table[2 + int(v) * 2 * width + 2 * np.arange(5)]
+    assert np.array_equal(
+        sem.canon(out).view(np.uint32), sem.canon(want.reshape(-1)).view(np.uint32)
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.integers(0, 40), inner=st.integers(1, 19), contiguous_terms=st.booleans(),
+    threads=st.sampled_from([1, 2]), seed=st.integers(0, 2**32 - 1),
+)  # fmt: skip
+def test_native_reduce_sum_is_the_sequential_sum(
+    rows: int, inner: int, contiguous_terms: bool, threads: int, seed: int
+) -> None:
+    """Terms along the contiguous axis or across outputs; the order matters (values span
+    60 decades), -0 terms, NaN and inf: each output is ((+0 + x_0) + x_1) + ..."""
+    from replay.execute.native import native_reduce_sum
+
+    rng = np.random.default_rng(seed)
+    outer = 3
+    x = _values(rng, outer * inner * max(rows, 1) + 1)
+    if contiguous_terms:  # out[a, b] = sum_r x[1 + a*inner*rows + b*rows + r]
+        x_map = (1, (inner * max(rows, 1), max(rows, 1)), 1)
+    else:  # out[a, b] = sum_r x[1 + a*inner*rows + r*inner + b]
+        x_map = (1, (inner * max(rows, 1), 1), inner)
+    out = np.full(outer * inner, np.nan, np.float32)
+    native_reduce_sum(out, x, (outer, inner), x_map, rows, threads)
+    want = np.zeros(outer * inner, np.float32)
+    with np.errstate(all="ignore"):
+        for a in range(outer):
+            for b in range(inner):
+                acc = np.float32(0.0)
+                for r in range(rows):
+                    acc = np.float32(
+                        acc + x[x_map[0] + a * x_map[1][0] + b * x_map[1][1] + r * x_map[2]]
+                    )
+                want[a * inner + b] = acc
+    assert np.array_equal(sem.canon(out).view(np.uint32), sem.canon(want).view(np.uint32))

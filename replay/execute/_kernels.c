@@ -471,6 +471,355 @@ fail_a:
     return NULL;
 }
 
+/* ------------------------------------------------------------------ element ops (Python) */
+
+/* Element ops whose torch form takes several kernels (docs/protocol.md §3.3), in one pass:
+ * every element is computed alone, with the same single rounding as the reference, so
+ * vectorisation and threads change nothing. Operands are n elements or 1 (broadcast). */
+enum { EW_SQRT = 0, EW_MAX = 1, EW_MIN = 2, EW_LDEXP = 3, EW_FMA = 4 };
+#define LDEXP_CLAMP 300 /* replay/execute/semantics.py: LDEXP_CLAMP */
+
+static inline uint32_t f2u(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    return u;
+}
+static inline float u2f(uint32_t u) {
+    float x;
+    memcpy(&x, &u, 4);
+    return x;
+}
+
+#define OPND(p, k, i) ((k) ? (p)[i] : (p)[0])
+#define QNAN_BITS 0x7FC00000u
+
+/* Each element op is written branch-free so the compiler vectorises it, and defined twice:
+ * for the baseline ISA and for AVX2 (chosen with the matmul path). Element results do not
+ * depend on vector width, only speed does. */
+#define EW_KERNELS(SUFFIX, ATTR)                                                            \
+    ATTR static void ew_sqrt##SUFFIX(float *o, const float *a, long ka, long n) {           \
+        for (long i = 0; i < n; i++) o[i] = sqrtf(OPND(a, ka, i)); /* correctly rounded */ \
+    }                                                                                       \
+    ATTR static void ew_max##SUFFIX(float *o, const float *a, long ka, const float *b,      \
+                                    long kb, long n) {                                      \
+        for (long i = 0; i < n; i++) {                                                      \
+            float x = OPND(a, ka, i), y = OPND(b, kb, i);                                   \
+            uint32_t r = f2u(x > y ? x : y);                                                \
+            r = x == y ? (f2u(x) & f2u(y)) : r; /* max(-0, +0) = +0 */                      \
+            o[i] = u2f(x != x || y != y ? QNAN_BITS : r);                                   \
+        }                                                                                   \
+    }                                                                                       \
+    ATTR static void ew_min##SUFFIX(float *o, const float *a, long ka, const float *b,      \
+                                    long kb, long n) {                                      \
+        for (long i = 0; i < n; i++) {                                                      \
+            float x = OPND(a, ka, i), y = OPND(b, kb, i);                                   \
+            uint32_t r = f2u(x < y ? x : y);                                                \
+            r = x == y ? (f2u(x) | f2u(y)) : r; /* min(-0, +0) = -0 */                      \
+            o[i] = u2f(x != x || y != y ? QNAN_BITS : r);                                   \
+        }                                                                                   \
+    }                                                                                       \
+    /* x * 2^n for integral n: exact in double for |k| <= 300, then one rounding to float; \
+     * every float with |n| >= 2^23 is integral, below that (float)(int)n == n decides. */  \
+    ATTR static void ew_ldexp##SUFFIX(float *o, const float *a, long ka, const float *b,    \
+                                      long kb, long n) {                                    \
+        for (long i = 0; i < n; i++) {                                                      \
+            float x = OPND(a, ka, i), e = OPND(b, kb, i);                                   \
+            float mag = fabsf(e);                                                           \
+            int big = mag >= 8388608.0f, finite = mag <= 3.4028234663852886e38f;            \
+            float small = big ? 0.0f : e;                                                   \
+            int valid = finite && (big || (float)(int32_t)small == small);                  \
+            float c = valid ? e : 0.0f;                                                     \
+            c = c > LDEXP_CLAMP ? LDEXP_CLAMP : c < -LDEXP_CLAMP ? -LDEXP_CLAMP : c;        \
+            int64_t pb = ((int64_t)(int32_t)c + 1023) << 52;                                \
+            double p;                                                                       \
+            memcpy(&p, &pb, 8);                                                             \
+            float r = (float)((double)x * p);                                               \
+            o[i] = valid ? r : u2f(QNAN_BITS);                                              \
+        }                                                                                   \
+    }
+
+EW_KERNELS(_base, )
+#if TP_X86
+EW_KERNELS(_avx2, __attribute__((target("avx2"))))
+#endif
+
+static void ew_fma_portable(float *o, const float *a, long ka, const float *b, long kb,
+                            const float *c, long kc, long n) {
+    for (long i = 0; i < n; i++) o[i] = fmaf(OPND(a, ka, i), OPND(b, kb, i), OPND(c, kc, i));
+}
+
+#if TP_X86
+__attribute__((target("avx2,fma"))) static void ew_fma_hw(float *o, const float *a, long ka,
+                                                          const float *b, long kb,
+                                                          const float *c, long kc, long n) {
+    for (long i = 0; i < n; i++) o[i] = fmaf(OPND(a, ka, i), OPND(b, kb, i), OPND(c, kc, i));
+}
+#endif
+
+typedef struct {
+    int code;
+    float *out;
+    long n, p;             /* n elements, in rows of p (the last may be shorter) */
+    const float *in[3];
+    long numel[3];         /* n (full), p (one row, repeated: a trailing broadcast) or 1 */
+} ew_t;
+
+static void ew_rows(const ew_t *e, long r0, long r1) {
+    for (long r = r0; r < r1; r++) {
+        long lo = r * e->p, len = e->n - lo < e->p ? e->n - lo : e->p;
+        const float *x[3] = {NULL, NULL, NULL};
+        long k[3] = {0, 0, 0};
+        for (int q = 0; q < 3; q++) {
+            if (!e->in[q]) continue;
+            long m = e->numel[q];
+            x[q] = e->in[q] + (m == e->n && m != 1 ? lo : 0);
+            k[q] = m != 1;
+        }
+        float *o = e->out + lo;
+#if TP_X86
+        if (chosen != &ISA_PORTABLE) {
+            switch (e->code) {
+                case EW_SQRT: ew_sqrt_avx2(o, x[0], k[0], len); break;
+                case EW_MAX: ew_max_avx2(o, x[0], k[0], x[1], k[1], len); break;
+                case EW_MIN: ew_min_avx2(o, x[0], k[0], x[1], k[1], len); break;
+                case EW_LDEXP: ew_ldexp_avx2(o, x[0], k[0], x[1], k[1], len); break;
+                default: ew_fma_hw(o, x[0], k[0], x[1], k[1], x[2], k[2], len);
+            }
+            continue;
+        }
+#endif
+        switch (e->code) {
+            case EW_SQRT: ew_sqrt_base(o, x[0], k[0], len); break;
+            case EW_MAX: ew_max_base(o, x[0], k[0], x[1], k[1], len); break;
+            case EW_MIN: ew_min_base(o, x[0], k[0], x[1], k[1], len); break;
+            case EW_LDEXP: ew_ldexp_base(o, x[0], k[0], x[1], k[1], len); break;
+            default: ew_fma_portable(o, x[0], k[0], x[1], k[1], x[2], k[2], len);
+        }
+    }
+}
+
+#define EW_PARALLEL_MIN (1L << 16)
+
+static PyObject *py_elementwise(PyObject *self, PyObject *args) {
+    (void)self;
+    int code;
+    long threads = 1;
+    PyObject *oo, *ops;
+    if (!PyArg_ParseTuple(args, "iOO!|l", &code, &oo, &PyTuple_Type, &ops, &threads)) return NULL;
+    int arity = code == EW_SQRT ? 1 : code == EW_FMA ? 3 : 2;
+    if (code < 0 || code > EW_FMA || PyTuple_GET_SIZE(ops) != arity) {
+        PyErr_Format(PyExc_ValueError, "element op %d takes %d operands", code, arity);
+        return NULL;
+    }
+    Py_buffer vo, vin[3];
+    int got = 0;
+    if (get_floats(oo, &vo, 1, "out") != 0) return NULL;
+    long n = (long)(vo.len / 4), p = 0;
+    ew_t e = {code, vo.buf, n, 0, {NULL, NULL, NULL}, {0, 0, 0}};
+    for (; got < arity; got++) {
+        if (get_floats(PyTuple_GET_ITEM(ops, got), &vin[got], 0, "operand") != 0) goto fail;
+        long len = (long)(vin[got].len / 4);
+        if (len != n && len != 1) {
+            if (p == 0 && len > 0 && n % len == 0) p = len;
+            if (len != p) {
+                PyErr_Format(PyExc_ValueError,
+                             "operand %d has %ld elements; expected %ld, 1 or one row", got, len,
+                             n);
+                PyBuffer_Release(&vin[got]);
+                goto fail;
+            }
+        }
+        e.in[got] = vin[got].buf;
+        e.numel[got] = len;
+    }
+    e.p = p ? p : 4096;
+    long rows = e.p ? (n + e.p - 1) / e.p : 0;
+    choose();
+    Py_BEGIN_ALLOW_THREADS;
+#if TP_X86
+    unsigned csr = _mm_getcsr();
+    _mm_setcsr(csr & ~(0x8000u | 0x0040u | 0x6000u));
+#endif
+    if (threads <= 1 || n < EW_PARALLEL_MIN || rows < 2) {
+        ew_rows(&e, 0, rows);
+    } else {
+        if (threads > MAX_THREADS) threads = MAX_THREADS;
+        if (threads > rows) threads = rows;
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (long t = 0; t < threads; t++) {
+#if TP_X86
+            _mm_setcsr(_mm_getcsr() & ~(0x8000u | 0x0040u | 0x6000u));
+#endif
+            ew_rows(&e, rows * t / threads, rows * (t + 1) / threads);
+        }
+    }
+#if TP_X86
+    _mm_setcsr(csr);
+#endif
+    Py_END_ALLOW_THREADS;
+    for (int k = 0; k < got; k++) PyBuffer_Release(&vin[k]);
+    PyBuffer_Release(&vo);
+    Py_RETURN_NONE;
+fail:
+    for (int k = 0; k < got; k++) PyBuffer_Release(&vin[k]);
+    PyBuffer_Release(&vo);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ gather, reduce_sum */
+
+/* An operand's affine map over an output of rank <= 4 (shapes padded with leading 1s). */
+typedef struct {
+    long off, st[4], rho;
+} map4_t;
+
+static long long map_reach(const map4_t *m, const long *shape, long rows) {
+    long long r = m->off;
+    for (int k = 0; k < 4; k++) {
+        if (shape[k] == 0) return -1;
+        r += (long long)(shape[k] - 1) * m->st[k];
+    }
+    if (rows == 0) return -1;
+    return r + (long long)(rows - 1) * m->rho;
+}
+
+static int parse_map(PyObject *t, map4_t *m, const char *what) {
+    m->rho = 0;
+    if (!PyArg_ParseTuple(t, "l(llll)|l", &m->off, &m->st[0], &m->st[1], &m->st[2], &m->st[3],
+                          &m->rho))
+        return -1;
+    if (m->off < 0 || m->st[0] < 0 || m->st[1] < 0 || m->st[2] < 0 || m->st[3] < 0 ||
+        m->rho < 0) {
+        PyErr_Format(PyExc_ValueError, "%s map: offsets and strides must be >= 0", what);
+        return -1;
+    }
+    return 0;
+}
+
+/* GATHER (docs/protocol.md §3.4.1): the index selects row v iff finite, integral, 0 <= v < R;
+ * the element is then the table at its map plus v*rho, else +0.0. Each element alone. */
+static void gather_rows(float *out, const float *ix, const float *tab, const long *d,
+                        const map4_t *mi, const map4_t *mt, long rows, long q0, long q1) {
+    for (long q = q0; q < q1; q++) { /* q: the flat index of (i0, i1, i2) */
+        long i2 = q % d[2], i1 = q / d[2] % d[1], i0 = q / d[2] / d[1];
+        long bi = mi->off + i0 * mi->st[0] + i1 * mi->st[1] + i2 * mi->st[2];
+        long bt = mt->off + i0 * mt->st[0] + i1 * mt->st[1] + i2 * mt->st[2];
+        float *o = out + q * d[3];
+        for (long j = 0; j < d[3]; j++) {
+            double x = ix[bi + j * mi->st[3]];
+            if (x >= 0 && x < (double)rows && floor(x) == x)
+                o[j] = tab[bt + j * mt->st[3] + (long)x * mt->rho];
+            else
+                o[j] = 0.0f;
+        }
+    }
+}
+
+/* REDUCE_SUM: acc_0 = +0.0, acc_{r+1} = acc_r + x[map + r*rho], strictly in r; eight
+ * outputs' chains at a time (independent, so they overlap in the pipeline). */
+static void sum_rows(float *out, const float *x, const long *d, const map4_t *m, long rows,
+                     long q0, long q1) {
+    for (long q = q0; q < q1; q++) {
+        long i2 = q % d[2], i1 = q / d[2] % d[1], i0 = q / d[2] / d[1];
+        const float *base = x + m->off + i0 * m->st[0] + i1 * m->st[1] + i2 * m->st[2];
+        long s3 = m->st[3], rho = m->rho;
+        float *o = out + q * d[3];
+        long j0 = 0;
+        for (; j0 + 8 <= d[3]; j0 += 8) {
+            float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            const float *b = base + j0 * s3;
+            if (s3 == 1) {
+                for (long r = 0; r < rows; r++)
+                    for (int t = 0; t < 8; t++) acc[t] += b[r * rho + t];
+            } else {
+                for (long r = 0; r < rows; r++)
+                    for (int t = 0; t < 8; t++) acc[t] += b[r * rho + t * s3];
+            }
+            memcpy(o + j0, acc, sizeof acc);
+        }
+        for (; j0 < d[3]; j0++) {
+            float acc = 0.0f;
+            for (long r = 0; r < rows; r++) acc += base[j0 * s3 + r * rho];
+            o[j0] = acc;
+        }
+    }
+}
+
+static PyObject *py_gather_or_sum(PyObject *args, int gather) {
+    PyObject *oo, *ox, *ot = NULL, *mx, *mtab = NULL;
+    long d[4], rows, threads = 1;
+    map4_t m1, m2;
+    Py_buffer vo, vx, vt;
+    if (gather) {
+        if (!PyArg_ParseTuple(args, "OOO(llll)OOl|l", &oo, &ox, &ot, &d[0], &d[1], &d[2], &d[3],
+                              &mx, &mtab, &rows, &threads))
+            return NULL;
+    } else if (!PyArg_ParseTuple(args, "OO(llll)Ol|l", &oo, &ox, &d[0], &d[1], &d[2], &d[3], &mx,
+                                 &rows, &threads)) {
+        return NULL;
+    }
+    if (parse_map(mx, &m1, gather ? "index" : "operand") != 0) return NULL;
+    if (gather && parse_map(mtab, &m2, "table") != 0) return NULL;
+    if (d[0] < 0 || d[1] < 0 || d[2] < 0 || d[3] < 0 || rows < 0) {
+        PyErr_SetString(PyExc_ValueError, "shape and row count must be >= 0");
+        return NULL;
+    }
+    if (get_floats(oo, &vo, 1, "out") != 0) return NULL;
+    if (get_floats(ox, &vx, 0, gather ? "index" : "operand") != 0) {
+        PyBuffer_Release(&vo);
+        return NULL;
+    }
+    if (gather && get_floats(ot, &vt, 0, "table") != 0) {
+        PyBuffer_Release(&vx);
+        PyBuffer_Release(&vo);
+        return NULL;
+    }
+    long long numel = (long long)d[0] * d[1] * d[2] * d[3];
+    long long rx = map_reach(&m1, d, gather ? 1 : rows);
+    long long rt = gather ? map_reach(&m2, d, rows) : -1;
+    if (numel * 4 != vo.len || rx >= vx.len / 4 || (gather && rt >= vt.len / 4)) {
+        PyErr_Format(PyExc_ValueError,
+                     "maps reach past their buffers (out %lld/%zd, %s %lld/%zd%s): expected "
+                     "larger operands",
+                     numel, vo.len / 4, gather ? "index" : "operand", rx + 1, vx.len / 4,
+                     gather ? ", table too" : "");
+        if (gather) PyBuffer_Release(&vt);
+        PyBuffer_Release(&vx);
+        PyBuffer_Release(&vo);
+        return NULL;
+    }
+    long outer = d[0] * d[1] * d[2];
+    float *out = vo.buf;
+    const float *x = vx.buf, *tab = gather ? vt.buf : NULL;
+    if ((double)numel * (rows ? rows : 1) < EW_PARALLEL_MIN) threads = 1;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (threads > outer) threads = outer > 0 ? outer : 1;
+    Py_BEGIN_ALLOW_THREADS;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+    for (long t = 0; t < threads; t++) {
+        long q0 = outer * t / threads, q1 = outer * (t + 1) / threads;
+        if (gather)
+            gather_rows(out, x, tab, d, &m1, &m2, rows, q0, q1);
+        else
+            sum_rows(out, x, d, &m1, rows, q0, q1);
+    }
+    Py_END_ALLOW_THREADS;
+    if (gather) PyBuffer_Release(&vt);
+    PyBuffer_Release(&vx);
+    PyBuffer_Release(&vo);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_gather(PyObject *self, PyObject *args) {
+    (void)self;
+    return py_gather_or_sum(args, 1);
+}
+
+static PyObject *py_reduce_sum(PyObject *self, PyObject *args) {
+    (void)self;
+    return py_gather_or_sum(args, 0);
+}
+
 static PyObject *py_isa(PyObject *self, PyObject *args) {
     (void)self;
     (void)args;
@@ -486,6 +835,15 @@ static PyMethodDef methods[] = {
      "out[o + i*n + j] = the sequential FMA chain over k of a[a_offset + oa + i*sa0 + k*sa1] * "
      "b[b_offset + ob + k*sb0 + j*sb1]. Buffers are contiguous float32; the same bits for any "
      "thread count and ISA path."},
+    {"elementwise", py_elementwise, METH_VARARGS,
+     "elementwise(code, out, operands, threads=1): out[i] = op(operands[k][i] or [0]) for "
+     "code 0 SQRT, 1 MAX, 2 MIN, 3 LDEXP, 4 FMA (the IR's semantics, one rounding each)."},
+    {"gather", py_gather, METH_VARARGS,
+     "gather(out, index, table, shape4, (off, strides4), (off, strides4, rho), rows, threads=1): "
+     "GATHER over an output of rank <= 4 (shape padded with leading 1s)."},
+    {"reduce_sum", py_reduce_sum, METH_VARARGS,
+     "reduce_sum(out, x, shape4, (off, strides4, rho), rows, threads=1): REDUCE_SUM, each "
+     "output a sequential sum from +0.0 in r order."},
     {"isa", py_isa, METH_NOARGS, "The ISA path in use: avx512, avx2 or portable."},
     {NULL, NULL, 0, NULL},
 };

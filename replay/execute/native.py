@@ -7,7 +7,9 @@ built changes speed, never bits; ``TRAINPROOF_NATIVE=0`` turns them off (tests c
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Callable
 from types import ModuleType
 
 import numpy as np
@@ -68,3 +70,68 @@ def native_matmul(
     """``out[m, n]`` = the sequential FMA chain of contiguous float32 ``a[m, r] @ b[r, n]``,
     split over ``threads`` threads (each element computed by one thread, in r order)."""
     native_gemm(a, b, out, (m, n, r), (0, r, 1), (0, n, 1), None, threads)
+
+
+#: the element ops with a native kernel (their torch form takes several kernels), by code
+NATIVE_ELEMENT_CODES = {"SQRT": 0, "MAX": 1, "MIN": 2, "LDEXP": 3, "FMA": 4}
+
+
+def native_element_op(
+    name: str, shape: tuple[int, ...], fallback: Callable[..., torch.Tensor]
+) -> Callable[..., torch.Tensor]:
+    """The element op ``name`` producing ``shape`` in one native pass when every operand is a
+    contiguous float32 CPU tensor of the output's size (or one broadcast element), else
+    ``fallback`` (the torch form). Same bits either way."""
+    code, n = NATIVE_ELEMENT_CODES[name], math.prod(shape)
+    kernels = _kernels_or_raise()
+    elementwise, f32 = kernels.elementwise, torch.float32
+    #: operand sizes that repeat along the output as one trailing block (a broadcast bias)
+    rows = {math.prod(shape[k:]): shape[k:] for k in range(1, len(shape))}
+
+    def kernel(*xs: torch.Tensor) -> torch.Tensor:
+        period = 0
+        for t in xs:
+            if t.dtype is not f32 or t.device.type != "cpu" or not t.is_contiguous():
+                return fallback(*xs)
+            m = t.numel()
+            if m != n and m != 1:
+                tail = tuple(t.shape[t.dim() - len(rows.get(m, ())) :])
+                if m not in rows or tail != rows[m] or period not in (0, m):
+                    return fallback(*xs)
+                period = m
+        out = torch.empty(shape, dtype=f32)
+        elementwise(code, out.numpy(), tuple(t.numpy() for t in xs), torch.get_num_threads())
+        return out
+
+    return kernel
+
+
+def pad4(
+    shape: tuple[int, ...], strides: tuple[int, ...]
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """An output shape and an operand's strides padded to rank 4 (leading 1s, stride 0)."""
+    lead = 4 - len(shape)
+    return (1,) * lead + tuple(shape), (0,) * lead + tuple(strides)
+
+
+def native_gather(
+    out: np.ndarray, index: np.ndarray, table: np.ndarray, shape: tuple[int, ...],
+    index_map: tuple[int, tuple[int, ...]], table_map: tuple[int, tuple[int, ...], int],
+    rows: int, threads: int = 1,
+) -> None:  # fmt: skip
+    """GATHER (docs/protocol.md §3.4.1) over flat float32 buffers, each element alone."""
+    shape4, si = pad4(shape, index_map[1])
+    _, st = pad4(shape, table_map[1])
+    _kernels_or_raise().gather(
+        out, index, table, shape4, (index_map[0], si), (table_map[0], st, table_map[2]),
+        rows, threads,
+    )  # fmt: skip
+
+
+def native_reduce_sum(
+    out: np.ndarray, x: np.ndarray, shape: tuple[int, ...],
+    x_map: tuple[int, tuple[int, ...], int], rows: int, threads: int = 1,
+) -> None:  # fmt: skip
+    """REDUCE_SUM: every output the sequential sum from +0.0 of its ``rows`` terms, in order."""
+    shape4, sx = pad4(shape, x_map[1])
+    _kernels_or_raise().reduce_sum(out, x, shape4, (x_map[0], sx, x_map[2]), rows, threads)

@@ -38,7 +38,14 @@ from protocol.ir import (
     contiguous_strides,
 )
 from replay.errors import ExecutionError
-from replay.execute.native import native_gemm, native_matmul_available
+from replay.execute.native import (
+    NATIVE_ELEMENT_CODES,
+    native_element_op,
+    native_gather,
+    native_gemm,
+    native_matmul_available,
+    native_reduce_sum,
+)
 from replay.execute.numpy_backend import named_from_slots, slots_from_named
 from replay.execute.torch_kernels import (
     ELEMENT_KERNELS,
@@ -247,6 +254,8 @@ class TorchExecutor:
         shape, kernel = tuple(op.shape), ELEMENT_KERNELS[op.opcode]
         if op.opcode in (Opcode.GT, Opcode.GE, Opcode.EQ):
             kernel = compare_kernel(op.opcode, shape, self.device)
+        elif op.opcode.name in NATIVE_ELEMENT_CODES and native_matmul_available(self.device):
+            kernel = native_element_op(op.opcode.name, shape, kernel)
         slots = self.program.slots
         # torch broadcasting must produce the op's shape: some operand has to be full-shape
         full = [
@@ -362,8 +371,31 @@ class TorchExecutor:
     def _block_rows(self, n: int) -> int:
         return max(1, self.max_table_bytes // max(1, 4 * n))
 
+    def _flat(self, slot: int, constants: dict[int, Tensor]) -> Callable[[Slots], np.ndarray]:
+        """A slot's (or its captured constant's) storage as a flat float32 numpy view."""
+        const = constants.get(slot)
+        if const is not None:
+            fixed = const.reshape(-1).numpy()
+            return lambda _s: fixed
+        return lambda s: s[slot].reshape(-1).numpy()  # type: ignore[union-attr]
+
     def _compile_reduce_sum(self, op: OpDescriptor, constants: dict[int, Tensor]) -> OpFn:
         out, shape, rows, n = op.out, tuple(op.shape), op.reduce_len, op.numel
+        if native_matmul_available(self.device):
+            (o,) = op.operands
+            x_of, x_map = (
+                self._flat(o.slot, constants),
+                (o.offset, tuple(o.strides), o.reduce_stride),
+            )
+
+            def native_sum(s: Slots, _b: object) -> None:
+                res = torch.empty(shape, dtype=F32)
+                native_reduce_sum(
+                    res.reshape(-1).numpy(), x_of(s), shape, x_map, rows, torch.get_num_threads()
+                )
+                s[out] = res
+
+            return native_sum
         terms, summer, block = (
             self._terms(op, op.operands[0], constants),
             self._summer,
@@ -468,6 +500,20 @@ class TorchExecutor:
         with no row are +0.0."""
         oi, ot = op.operands
         out, shape, rows = op.out, tuple(op.shape), op.reduce_len
+        if native_matmul_available(self.device):
+            i_of, t_of = self._flat(oi.slot, constants), self._flat(ot.slot, constants)
+            i_map = (oi.offset, tuple(oi.strides))
+            t_map = (ot.offset, tuple(ot.strides), ot.reduce_stride)
+
+            def native_gather_op(s: Slots, _b: object) -> None:
+                res = torch.empty(shape, dtype=F32)
+                native_gather(
+                    res.reshape(-1).numpy(), i_of(s), t_of(s), shape, i_map, t_map, rows,
+                    torch.get_num_threads(),
+                )  # fmt: skip
+                s[out] = res
+
+            return native_gather_op
         index = self._element_view(op, oi, constants)
         base = torch.as_strided(
             torch.arange(max(1, self.program.slots[ot.slot].numel), device=self.device),
