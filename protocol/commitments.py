@@ -12,6 +12,8 @@ definition it is tested against (and the fallback where the extension could not 
 
 from __future__ import annotations
 
+import bisect
+import functools
 import hashlib
 import os
 from collections.abc import Sequence
@@ -28,7 +30,7 @@ from protocol.constants import (
     TENSOR_PREFIX,
 )
 from protocol.errors import CommitmentInputError
-from protocol.merkle import MerkleTree, leaf_hash, merkle_root
+from protocol.merkle import MerkleTree, leaf_hash, merkle_root, node_hash
 
 try:  # the native hasher; optional at build time, always tested where present
     from protocol import _treehash
@@ -143,5 +145,36 @@ def state_tree(slots: Sequence[bytes | None]) -> MerkleTree:
 
 
 def state_root(slots: Sequence[bytes | None]) -> bytes:
-    """``MTH(slot values)`` of a state given each slot's tensor_root (None = empty)."""
-    return merkle_root([slot_value(s) for s in slots])
+    """``MTH(slot values)`` of a state given each slot's tensor_root (None = empty).
+
+    Most slots are empty at a step boundary (every ephemeral one), so a subtree without a
+    filled slot is taken from a cache by its size, and only the paths from filled slots up
+    are hashed: the same RFC 9162 root as ``merkle_root`` over all values, in
+    O(filled · log n) hashes."""
+    values = [slot_value(s) for s in slots]
+    filled = [i for i, s in enumerate(slots) if s is not None]
+    if not values:
+        return merkle_root([])
+    return _sparse_mth(values, filled, 0, len(values))
+
+
+def _sparse_mth(values: list[bytes], filled: list[int], lo: int, hi: int) -> bytes:
+    """MTH of ``values[lo:hi]`` (non-empty), ``filled`` the sorted indices of filled slots."""
+    first = bisect.bisect_left(filled, lo)
+    if first == len(filled) or filled[first] >= hi:
+        return _empty_subtree(hi - lo)
+    if hi - lo == 1:
+        return leaf_hash(values[lo])
+    k = 1 << ((hi - lo - 1).bit_length() - 1)  # the largest power of two below the size
+    return node_hash(
+        _sparse_mth(values, filled, lo, lo + k), _sparse_mth(values, filled, lo + k, hi)
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _empty_subtree(size: int) -> bytes:
+    """MTH of ``size`` (≥ 1) empty slot values."""
+    if size == 1:
+        return leaf_hash(EMPTY_SLOT)
+    k = 1 << ((size - 1).bit_length() - 1)
+    return node_hash(_empty_subtree(k), _empty_subtree(size - k))

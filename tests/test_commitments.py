@@ -94,3 +94,11 @@ def test_bad_fields_get_clear_errors() -> None:
         tensor_root_from_fields(7, 1, b"\x00" * 32)
     with pytest.raises(CommitmentInputError, match="u64"):
         tensor_root_from_fields(DTYPE_FLOAT32, 2**64, b"\x00" * 32)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.binary(min_size=32, max_size=32)), max_size=70))
+def test_sparse_state_root_is_the_full_tree(slots: list[bytes | None]) -> None:
+    """The cached-empty-subtree state root equals MTH over every slot value, for any pattern
+    of filled and empty slots."""
+    assert state_root(slots) == merkle_root([EMPTY_SLOT if s is None else s for s in slots])

@@ -820,6 +820,234 @@ static PyObject *py_reduce_sum(PyObject *self, PyObject *args) {
     return py_gather_or_sum(args, 0);
 }
 
+/* ------------------------------------------------------------------ element chains */
+
+/* A chain of element ops over one output size n, run block by block: each op's block result
+ * stays in a per-thread scratch buffer (L1/L2) unless the slot it writes is live after the
+ * chain, in which case it is computed straight into that output tensor. Only the memory
+ * traffic is fused: every op still rounds once, exactly as alone (docs/protocol.md §3.3), and
+ * every element is computed by one thread, so blocks and threads change no bit.
+ *
+ * Opcodes are the IR's own numbers (protocol/ir.py, Opcode). An op's operand ref r >= 0 is
+ * chain input r (n elements, 1 broadcast element, or a row of p repeated), r < 0 is the
+ * result of chain op -r-1. */
+enum {
+    OP_ADD = 0x01, OP_SUB = 0x02, OP_MUL = 0x03, OP_DIV = 0x04, OP_MAX = 0x05, OP_MIN = 0x06,
+    OP_GT = 0x07, OP_GE = 0x08, OP_EQ = 0x09, OP_LDEXP = 0x0A, OP_NEG = 0x10, OP_ABS = 0x11,
+    OP_SQRT = 0x12, OP_ROUND = 0x13, OP_COPY = 0x16, OP_SELECT = 0x20, OP_FMA = 0x21
+};
+#define CHAIN_BLOCK 1024
+#define CHAIN_MAX_OPS 256
+#define CHAIN_MAX_INPUTS 256
+
+#define CHAIN_APPLY(SUFFIX, ATTR)                                                           \
+    ATTR static void chain_apply##SUFFIX(int code, float *o, const float *a, const float *b, \
+                                         const float *c, long n) {                          \
+        switch (code) {                                                                     \
+            case OP_ADD: for (long i = 0; i < n; i++) o[i] = a[i] + b[i]; break;             \
+            case OP_SUB: for (long i = 0; i < n; i++) o[i] = a[i] - b[i]; break;             \
+            case OP_MUL: for (long i = 0; i < n; i++) o[i] = a[i] * b[i]; break;             \
+            case OP_DIV: for (long i = 0; i < n; i++) o[i] = a[i] / b[i]; break;             \
+            case OP_GT: for (long i = 0; i < n; i++) o[i] = a[i] > b[i] ? 1.0f : 0.0f; break; \
+            case OP_GE: for (long i = 0; i < n; i++) o[i] = a[i] >= b[i] ? 1.0f : 0.0f; break; \
+            case OP_EQ: for (long i = 0; i < n; i++) o[i] = a[i] == b[i] ? 1.0f : 0.0f; break; \
+            case OP_NEG: for (long i = 0; i < n; i++) o[i] = -a[i]; break;                   \
+            case OP_ABS: for (long i = 0; i < n; i++) o[i] = fabsf(a[i]); break;             \
+            case OP_SQRT: for (long i = 0; i < n; i++) o[i] = sqrtf(a[i]); break;            \
+            case OP_ROUND: for (long i = 0; i < n; i++) o[i] = rintf(a[i]); break;           \
+            case OP_COPY: memcpy(o, a, (size_t)n * 4); break;                               \
+            case OP_SELECT:                                                                 \
+                for (long i = 0; i < n; i++) o[i] = a[i] != 0.0f ? b[i] : c[i];             \
+                break;                                                                      \
+            case OP_MAX: ew_max##SUFFIX(o, a, 1, b, 1, n); break;                           \
+            case OP_MIN: ew_min##SUFFIX(o, a, 1, b, 1, n); break;                           \
+            case OP_LDEXP: ew_ldexp##SUFFIX(o, a, 1, b, 1, n); break;                       \
+            default: break; /* OP_FMA: by the caller (needs the FMA path) */                \
+        }                                                                                   \
+    }
+
+CHAIN_APPLY(_base, )
+#if TP_X86
+CHAIN_APPLY(_avx2, __attribute__((target("avx2"))))
+#endif
+
+typedef struct {
+    int code, ref[3], mat;
+} chain_op_t;
+
+typedef struct {
+    long n, nops, nin;
+    const chain_op_t *ops;
+    const float *in[CHAIN_MAX_INPUTS];
+    long in_numel[CHAIN_MAX_INPUTS];
+    float **out;
+    int fast;
+} chain_t;
+
+static void chain_blocks(const chain_t *c, long b0, long b1, float *scratch) {
+    float *in_buf = scratch;                         /* CHAIN_BLOCK per non-full input */
+    float *op_buf = scratch + c->nin * CHAIN_BLOCK;  /* CHAIN_BLOCK per op */
+    const float *inp[CHAIN_MAX_INPUTS];
+    const float *res[CHAIN_MAX_OPS];
+    for (long blk = b0; blk < b1; blk++) {
+        long lo = blk * CHAIN_BLOCK, len = c->n - lo < CHAIN_BLOCK ? c->n - lo : CHAIN_BLOCK;
+        for (long q = 0; q < c->nin; q++) {
+            long m = c->in_numel[q];
+            if (m == c->n) {
+                inp[q] = c->in[q] + lo;
+                continue;
+            }
+            float *buf = in_buf + q * CHAIN_BLOCK;
+            if (m == 1) {
+                for (long i = 0; i < len; i++) buf[i] = c->in[q][0];
+            } else { /* a row of m repeated along the output */
+                long j = lo % m;
+                for (long i = 0; i < len; i++) {
+                    buf[i] = c->in[q][j];
+                    if (++j == m) j = 0;
+                }
+            }
+            inp[q] = buf;
+        }
+        for (long k = 0; k < c->nops; k++) {
+            const chain_op_t *op = &c->ops[k];
+            float *o = op->mat >= 0 ? c->out[op->mat] + lo : op_buf + k * CHAIN_BLOCK;
+            const float *x[3] = {NULL, NULL, NULL};
+            for (int r = 0; r < 3; r++)
+                if (op->ref[r] != INT_MIN) x[r] = op->ref[r] >= 0 ? inp[op->ref[r]] : res[-op->ref[r] - 1];
+            if (op->code == OP_FMA) {
+#if TP_X86
+                if (c->fast)
+                    ew_fma_hw(o, x[0], 1, x[1], 1, x[2], 1, len);
+                else
+#endif
+                    ew_fma_portable(o, x[0], 1, x[1], 1, x[2], 1, len);
+            } else {
+#if TP_X86
+                if (c->fast)
+                    chain_apply_avx2(op->code, o, x[0], x[1], x[2], len);
+                else
+#endif
+                    chain_apply_base(op->code, o, x[0], x[1], x[2], len);
+            }
+            res[k] = o;
+        }
+    }
+}
+
+static const int CHAIN_ARITY[0x22] = {
+    [OP_ADD] = 2, [OP_SUB] = 2, [OP_MUL] = 2, [OP_DIV] = 2, [OP_MAX] = 2, [OP_MIN] = 2,
+    [OP_GT] = 2, [OP_GE] = 2, [OP_EQ] = 2, [OP_LDEXP] = 2, [OP_NEG] = 1, [OP_ABS] = 1,
+    [OP_SQRT] = 1, [OP_ROUND] = 1, [OP_COPY] = 1, [OP_SELECT] = 3, [OP_FMA] = 3,
+};
+
+static PyObject *py_chain(PyObject *self, PyObject *args) {
+    (void)self;
+    long n, threads = 1;
+    PyObject *ospec, *oins, *oouts;
+    if (!PyArg_ParseTuple(args, "lOO!O!|l", &n, &ospec, &PyTuple_Type, &oins, &PyTuple_Type,
+                          &oouts, &threads))
+        return NULL;
+    Py_buffer vspec;
+    if (PyObject_GetBuffer(ospec, &vspec, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) != 0) return NULL;
+    long nops = (long)(vspec.len / (5 * 4)), nin = PyTuple_GET_SIZE(oins);
+    long nout = PyTuple_GET_SIZE(oouts);
+    if (vspec.itemsize != 4 || vspec.len % 20 || nops < 1 || nops > CHAIN_MAX_OPS ||
+        nin > CHAIN_MAX_INPUTS || nout > CHAIN_MAX_OPS || n < 0) {
+        PyBuffer_Release(&vspec);
+        PyErr_SetString(PyExc_ValueError, "chain: spec must be int32 (code, 3 refs, out) rows; "
+                                          "at most 256 ops and 256 inputs");
+        return NULL;
+    }
+    const int32_t *raw = vspec.buf;
+    chain_op_t ops[CHAIN_MAX_OPS];
+    for (long k = 0; k < nops; k++) {
+        int code = raw[5 * k];
+        int arity = code >= 0 && code < 0x22 ? CHAIN_ARITY[code] : 0;
+        ops[k].code = code;
+        ops[k].mat = raw[5 * k + 4];
+        if (!arity || ops[k].mat < -1 || ops[k].mat >= nout) goto bad_spec;
+        for (int r = 0; r < 3; r++) {
+            int ref = raw[5 * k + 1 + r];
+            if (r >= arity) {
+                ops[k].ref[r] = INT_MIN;
+                continue;
+            }
+            if (ref >= nin || (ref < 0 && -ref - 1 >= k)) goto bad_spec;
+            ops[k].ref[r] = ref;
+        }
+    }
+    PyBuffer_Release(&vspec);
+    chain_t c = {n, nops, nin, ops, {NULL}, {0}, NULL, 0};
+    Py_buffer vin[CHAIN_MAX_INPUTS], vout[CHAIN_MAX_OPS];
+    float *outp[CHAIN_MAX_OPS];
+    long got_in = 0, got_out = 0;
+    for (; got_in < nin; got_in++) {
+        if (get_floats(PyTuple_GET_ITEM(oins, got_in), &vin[got_in], 0, "chain input") != 0)
+            goto fail;
+        long m = (long)(vin[got_in].len / 4);
+        c.in[got_in] = vin[got_in].buf;
+        c.in_numel[got_in] = m;
+        if (!(m == n || m == 1 || (m > 0 && n % m == 0))) {
+            PyErr_Format(PyExc_ValueError, "chain input %ld has %ld elements for %ld outputs",
+                         got_in, m, n);
+            got_in++;
+            goto fail;
+        }
+    }
+    for (; got_out < nout; got_out++) {
+        if (get_floats(PyTuple_GET_ITEM(oouts, got_out), &vout[got_out], 1, "chain output") != 0)
+            goto fail;
+        outp[got_out] = vout[got_out].buf;
+        if (vout[got_out].len != n * 4) {
+            PyErr_Format(PyExc_ValueError, "chain output %ld has %zd elements, expected %ld",
+                         got_out, vout[got_out].len / 4, n);
+            got_out++;
+            goto fail;
+        }
+    }
+    c.out = outp;
+    choose();
+    c.fast = chosen != &ISA_PORTABLE;
+    long blocks = (n + CHAIN_BLOCK - 1) / CHAIN_BLOCK;
+    size_t scratch_floats = (size_t)(nin + nops) * CHAIN_BLOCK;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (threads > blocks) threads = blocks > 0 ? blocks : 1;
+    if (n * nops < EW_PARALLEL_MIN) threads = 1;
+    int failed = 0;
+    Py_BEGIN_ALLOW_THREADS;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+    for (long t = 0; t < threads; t++) {
+#if TP_X86
+        unsigned csr = _mm_getcsr();
+        _mm_setcsr(csr & ~(0x8000u | 0x0040u | 0x6000u));
+#endif
+        float *scratch = aligned_alloc(64, scratch_floats * 4);
+        if (!scratch) {
+            failed = 1;
+        } else {
+            chain_blocks(&c, blocks * t / threads, blocks * (t + 1) / threads, scratch);
+            free(scratch);
+        }
+#if TP_X86
+        _mm_setcsr(csr);
+#endif
+    }
+    Py_END_ALLOW_THREADS;
+    for (long k = 0; k < got_in; k++) PyBuffer_Release(&vin[k]);
+    for (long k = 0; k < got_out; k++) PyBuffer_Release(&vout[k]);
+    if (failed) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+bad_spec:
+    PyBuffer_Release(&vspec);
+    PyErr_SetString(PyExc_ValueError, "chain: bad op spec (opcode, operand ref or output index)");
+    return NULL;
+fail:
+    for (long k = 0; k < got_in; k++) PyBuffer_Release(&vin[k]);
+    for (long k = 0; k < got_out; k++) PyBuffer_Release(&vout[k]);
+    return NULL;
+}
+
 static PyObject *py_isa(PyObject *self, PyObject *args) {
     (void)self;
     (void)args;
@@ -844,6 +1072,9 @@ static PyMethodDef methods[] = {
     {"reduce_sum", py_reduce_sum, METH_VARARGS,
      "reduce_sum(out, x, shape4, (off, strides4, rho), rows, threads=1): REDUCE_SUM, each "
      "output a sequential sum from +0.0 in r order."},
+    {"chain", py_chain, METH_VARARGS,
+     "chain(n, spec, inputs, outputs, threads=1): a chain of element ops over n elements, "
+     "block by block; spec is int32 rows (IR opcode, 3 operand refs, output index or -1)."},
     {"isa", py_isa, METH_NOARGS, "The ISA path in use: avx512, avx2 or portable."},
     {NULL, NULL, 0, NULL},
 };

@@ -35,6 +35,11 @@ def native_isa() -> str | None:
     return None if _kernels is None else str(_kernels.isa())
 
 
+def native_kernels() -> ModuleType:
+    """The built extension module (``replay.execute._kernels``); raises if it is not built."""
+    return _kernels_or_raise()
+
+
 def _kernels_or_raise() -> ModuleType:
     if _kernels is None:  # pragma: no cover
         raise RuntimeError("the native kernels are not built: run `make setup`")

@@ -38,15 +38,17 @@ from protocol.ir import (
     contiguous_strides,
 )
 from replay.errors import ExecutionError
+from replay.execute.fusion import Chain, chain_runner, plan_chains
 from replay.execute.native import (
     NATIVE_ELEMENT_CODES,
     native_element_op,
     native_gather,
     native_gemm,
+    native_kernels,
     native_matmul_available,
     native_reduce_sum,
 )
-from replay.execute.numpy_backend import named_from_slots, slots_from_named
+from replay.execute.numpy_backend import slots_from_named
 from replay.execute.torch_kernels import (
     ELEMENT_KERNELS,
     F32,
@@ -144,18 +146,31 @@ class TorchExecutor:
         self._computed = set()
 
     def get_state(self) -> dict[str, np.ndarray]:
-        return named_from_slots(
-            self.program, [self.slot_array(i) for i in range(len(self.program.slots))]
-        )
+        """The persistent slots by name, as read-only arrays. On the CPU they share memory
+        with the executor's tensors (no copy): a step never writes a tensor it holds — every
+        op stores a fresh one — so a returned state stays valid and unchanged while the
+        executor runs on."""
+        out: dict[str, np.ndarray] = {}
+        for i in self._persistent:
+            value = self.slot_array(i, copy=False)
+            if value is None:
+                raise ExecutionError(f"persistent slot {self.program.slots[i].name} is empty")
+            out[self.program.slots[i].name] = value
+        return out
 
-    def slot_array(self, i: int) -> np.ndarray | None:
-        """Slot ``i`` as a numpy float32 array with canonical NaNs (None if empty)."""
+    def slot_array(self, i: int, copy: bool = True) -> np.ndarray | None:
+        """Slot ``i`` as a numpy float32 array with canonical NaNs (None if empty): a copy, or
+        with ``copy=False`` a read-only view where no NaN needs canonicalising."""
         t = self.state[i]
         if t is None:
             return None
-        if i in self._computed:
-            t = canon(t)
-        return t.detach().to("cpu").contiguous().numpy().copy()
+        if i in self._computed and bool(torch.isnan(t).any()):
+            t, copy = canon(t), False  # already a fresh tensor
+        a = t.detach().to("cpu").contiguous().numpy()
+        if copy:
+            return a.copy()
+        a.flags.writeable = False
+        return a
 
     def set_slot(self, i: int, value: np.ndarray | None) -> None:
         """Replace slot ``i``'s value (fault injection, ``replay.dispute.trace``)."""
@@ -308,13 +323,24 @@ class TorchExecutor:
     def _generate_step(self, plan: list[int]) -> Callable[[Slots, BatchTensors | None], None]:
         """The step as one generated function: element ops inline, the others called.
 
-        Same kernels and operands as the per-op closures, without their call layers. FREEs
+        Same kernels and operands as the per-op closures, without their call layers; on the
+        CPU with the native kernels, runs of element ops become one chain call each
+        (``replay/execute/fusion.py``: same bits, one pass over memory). FREEs
         release their slot; an op that overwrites a persistent slot without reading it
         releases the old value before computing the new one (nothing reads it any more).
         """
         ns: dict[str, object] = {"as_strided": torch.as_strided}
         lines = ["def step(s, b):"]
-        for j in plan:
+        entries: list[int | Chain] = list(plan)
+        if native_matmul_available(self.device):  # runs of element ops: one native call each
+            program = self.program
+            entries = plan_chains(program, plan, lambda j: self._parts.get(id(program.ops[j])))
+        for j in entries:
+            if isinstance(j, Chain):
+                name = f"ch{j.ops[0]}"
+                ns[name] = chain_runner(j, self.program, native_kernels())
+                lines.append(f"    {name}(s, b)")
+                continue
             op = self.program.ops[j]
             if op.opcode == Opcode.FREE or (
                 self.program.slots[op.out].persistent
