@@ -22,8 +22,8 @@ sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != 
 
 import numpy as np
 import torch
-from bench._report import interleave, pin_threads, table, write
 
+from bench._report import interleave, pin_threads, table, write
 from protocol.ir import Program
 from replay.compile.builder import ProgramBuilder
 from replay.execute.native import native_isa
@@ -90,10 +90,10 @@ def main() -> None:
         rows += one_size(m, k, n, threads, args.repeats if m * k * n < 1 << 32 else 3)
     table(
         f"canonical MATMUL vs torch.matmul (ISA {native_isa()}; medians, [p25, p75])",
-        ["M×K×N", "threads", "canonical ms", "torch ms", "ratio", "GFLOP/s canon / torch"],
+        ["MxKxN", "threads", "canonical ms", "torch ms", "ratio", "GFLOP/s canon / torch"],
         [
             [
-                f"{r['m']}×{r['k']}×{r['n']}", str(r["threads"]),
+                f"{r['m']}x{r['k']}x{r['n']}", str(r["threads"]),
                 f"{r['canonical']['median'] * 1e3:.2f} [{r['canonical']['p25'] * 1e3:.2f}, "  # type: ignore[index]
                 f"{r['canonical']['p75'] * 1e3:.2f}]",  # type: ignore[index]
                 f"{r['torch']['median'] * 1e3:.2f} [{r['torch']['p25'] * 1e3:.2f}, "  # type: ignore[index]

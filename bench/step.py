@@ -116,17 +116,20 @@ def steps_of(name: str) -> tuple[Callable[[], None], Callable[[], None], TorchEx
 
 
 def profile(ex: TorchExecutor, batch: Any, repeats: int = 3) -> list[tuple[str, float, int]]:
-    """Seconds per step spent in each opcode (ops run one by one), largest first."""
+    """Seconds per step spent in each kind of call of the step as it runs (element chains
+    as one call each), largest first."""
     spent: dict[str, float] = defaultdict(float)
     count: dict[str, int] = defaultdict(int)
     saved = ex.get_state()
     for _ in range(repeats):
         ex.set_state(saved)
-        for j, op in enumerate(ex.program.ops):
+        slots = ex.state
+        for label, fn in ex.step_calls:
+            kind = "chain" if label.startswith("chain") else label
             t0 = time.perf_counter()
-            ex._fns[j](ex.state, batch)
-            spent[op.opcode.name] += (time.perf_counter() - t0) / repeats
-            count[op.opcode.name] += 1
+            fn(slots, batch)
+            spent[kind] += (time.perf_counter() - t0) / repeats
+            count[kind] += 1
     ex.set_state(saved)
     return sorted(((k, v, count[k] // repeats) for k, v in spent.items()), key=lambda r: -r[1])
 

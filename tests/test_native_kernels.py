@@ -239,35 +239,38 @@ def test_native_gather_matches_the_reference(rows: int, seed: int, threads: int)
     )
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     rows=st.integers(0, 40), inner=st.integers(1, 19), contiguous_terms=st.booleans(),
-    threads=st.sampled_from([1, 2]), seed=st.integers(0, 2**32 - 1),
+    fold=st.sampled_from(["sum", "max"]), threads=st.sampled_from([1, 2]),
+    seed=st.integers(0, 2**32 - 1),
 )  # fmt: skip
-def test_native_reduce_sum_is_the_sequential_sum(
-    rows: int, inner: int, contiguous_terms: bool, threads: int, seed: int
+def test_native_reductions_are_sequential_folds(
+    rows: int, inner: int, contiguous_terms: bool, fold: str, threads: int, seed: int
 ) -> None:
-    """Terms along the contiguous axis or across outputs; the order matters (values span
-    60 decades), -0 terms, NaN and inf: each output is ((+0 + x_0) + x_1) + ..."""
-    from replay.execute.native import native_reduce_sum
+    """REDUCE_SUM and REDUCE_MAX with terms along the contiguous axis or across outputs; the
+    order matters for sums (values span 60 decades); -0, NaN and inf terms: each output is
+    the fold from its initial value (+0 / -inf) in r order, with the reference's semantics."""
+    from replay.execute.native import native_reduce_max, native_reduce_sum
 
     rng = np.random.default_rng(seed)
     outer = 3
     x = _values(rng, outer * inner * max(rows, 1) + 1)
-    if contiguous_terms:  # out[a, b] = sum_r x[1 + a*inner*rows + b*rows + r]
+    if contiguous_terms:  # out[a, b] = fold_r x[1 + a*inner*rows + b*rows + r]
         x_map = (1, (inner * max(rows, 1), max(rows, 1)), 1)
-    else:  # out[a, b] = sum_r x[1 + a*inner*rows + r*inner + b]
+    else:  # out[a, b] = fold_r x[1 + a*inner*rows + r*inner + b]
         x_map = (1, (inner * max(rows, 1), 1), inner)
     out = np.full(outer * inner, np.nan, np.float32)
-    native_reduce_sum(out, x, (outer, inner), x_map, rows, threads)
+    kernel = native_reduce_sum if fold == "sum" else native_reduce_max
+    kernel(out, x, (outer, inner), x_map, rows, threads)
     want = np.zeros(outer * inner, np.float32)
     with np.errstate(all="ignore"):
         for a in range(outer):
             for b in range(inner):
-                acc = np.float32(0.0)
+                acc = np.full(1, 0.0 if fold == "sum" else -np.inf, np.float32)
                 for r in range(rows):
-                    acc = np.float32(
-                        acc + x[x_map[0] + a * x_map[1][0] + b * x_map[1][1] + r * x_map[2]]
-                    )
-                want[a * inner + b] = acc
+                    term = x[x_map[0] + a * x_map[1][0] + b * x_map[1][1] + r * x_map[2]]
+                    term = np.full(1, term, np.float32)
+                    acc = sem.add(acc, term) if fold == "sum" else sem.maximum(acc, term)
+                want[a * inner + b] = acc[0]
     assert np.array_equal(sem.canon(out).view(np.uint32), sem.canon(want).view(np.uint32))

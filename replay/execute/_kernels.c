@@ -715,37 +715,53 @@ static void gather_rows(float *out, const float *ix, const float *tab, const lon
     }
 }
 
-/* REDUCE_SUM: acc_0 = +0.0, acc_{r+1} = acc_r + x[map + r*rho], strictly in r; eight
- * outputs' chains at a time (independent, so they overlap in the pipeline). */
-static void sum_rows(float *out, const float *x, const long *d, const map4_t *m, long rows,
-                     long q0, long q1) {
-    for (long q = q0; q < q1; q++) {
-        long i2 = q % d[2], i1 = q / d[2] % d[1], i0 = q / d[2] / d[1];
-        const float *base = x + m->off + i0 * m->st[0] + i1 * m->st[1] + i2 * m->st[2];
-        long s3 = m->st[3], rho = m->rho;
-        float *o = out + q * d[3];
-        long j0 = 0;
-        for (; j0 + 8 <= d[3]; j0 += 8) {
-            float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-            const float *b = base + j0 * s3;
-            if (s3 == 1) {
-                for (long r = 0; r < rows; r++)
-                    for (int t = 0; t < 8; t++) acc[t] += b[r * rho + t];
-            } else {
-                for (long r = 0; r < rows; r++)
-                    for (int t = 0; t < 8; t++) acc[t] += b[r * rho + t * s3];
-            }
-            memcpy(o + j0, acc, sizeof acc);
-        }
-        for (; j0 < d[3]; j0++) {
-            float acc = 0.0f;
-            for (long r = 0; r < rows; r++) acc += base[j0 * s3 + r * rho];
-            o[j0] = acc;
-        }
-    }
+/* IEEE 754-2019 maximum (NaN-propagating, max(-0, +0) = +0), as ew_max. */
+static inline float max754(float x, float y) {
+    uint32_t r = f2u(x > y ? x : y);
+    r = x == y ? (f2u(x) & f2u(y)) : r;
+    return u2f(x != x || y != y ? QNAN_BITS : r);
 }
 
-static PyObject *py_gather_or_sum(PyObject *args, int gather) {
+/* REDUCE_SUM (acc_0 = +0.0, acc_{r+1} = acc_r + x_r) or REDUCE_MAX (acc_0 = -inf,
+ * acc_{r+1} = maximum(acc_r, x_r)), strictly in r; eight outputs' chains at a time
+ * (independent, so they overlap in the pipeline). */
+#define FOLD_ROWS(NAME, INIT, STEP)                                                         \
+    static void NAME(float *out, const float *x, const long *d, const map4_t *m, long rows,  \
+                     long q0, long q1) {                                                    \
+        for (long q = q0; q < q1; q++) {                                                    \
+            long i2 = q % d[2], i1 = q / d[2] % d[1], i0 = q / d[2] / d[1];                 \
+            const float *base = x + m->off + i0 * m->st[0] + i1 * m->st[1] + i2 * m->st[2]; \
+            long s3 = m->st[3], rho = m->rho;                                               \
+            float *o = out + q * d[3];                                                      \
+            long j0 = 0;                                                                    \
+            for (; j0 + 8 <= d[3]; j0 += 8) {                                               \
+                float acc[8] = {INIT, INIT, INIT, INIT, INIT, INIT, INIT, INIT};            \
+                const float *b = base + j0 * s3;                                            \
+                if (s3 == 1) {                                                              \
+                    for (long r = 0; r < rows; r++)                                         \
+                        for (int t = 0; t < 8; t++) acc[t] = STEP(acc[t], b[r * rho + t]);  \
+                } else {                                                                    \
+                    for (long r = 0; r < rows; r++)                                         \
+                        for (int t = 0; t < 8; t++)                                         \
+                            acc[t] = STEP(acc[t], b[r * rho + t * s3]);                     \
+                }                                                                           \
+                memcpy(o + j0, acc, sizeof acc);                                            \
+            }                                                                               \
+            for (; j0 < d[3]; j0++) {                                                       \
+                float acc = INIT;                                                           \
+                for (long r = 0; r < rows; r++) acc = STEP(acc, base[j0 * s3 + r * rho]);   \
+                o[j0] = acc;                                                                \
+            }                                                                               \
+        }                                                                                   \
+    }
+
+#define ADD_STEP(a, x) ((a) + (x))
+FOLD_ROWS(sum_rows, 0.0f, ADD_STEP)
+FOLD_ROWS(max_rows, -INFINITY, max754)
+
+/* mode: 0 REDUCE_SUM, 1 GATHER, 2 REDUCE_MAX */
+static PyObject *py_gather_or_sum(PyObject *args, int mode) {
+    int gather = mode == 1;
     PyObject *oo, *ox, *ot = NULL, *mx, *mtab = NULL;
     long d[4], rows, threads = 1;
     map4_t m1, m2;
@@ -800,6 +816,8 @@ static PyObject *py_gather_or_sum(PyObject *args, int gather) {
         long q0 = outer * t / threads, q1 = outer * (t + 1) / threads;
         if (gather)
             gather_rows(out, x, tab, d, &m1, &m2, rows, q0, q1);
+        else if (mode == 2)
+            max_rows(out, x, d, &m1, rows, q0, q1);
         else
             sum_rows(out, x, d, &m1, rows, q0, q1);
     }
@@ -818,6 +836,11 @@ static PyObject *py_gather(PyObject *self, PyObject *args) {
 static PyObject *py_reduce_sum(PyObject *self, PyObject *args) {
     (void)self;
     return py_gather_or_sum(args, 0);
+}
+
+static PyObject *py_reduce_max(PyObject *self, PyObject *args) {
+    (void)self;
+    return py_gather_or_sum(args, 2);
 }
 
 /* ------------------------------------------------------------------ element chains */
@@ -1075,6 +1098,9 @@ static PyMethodDef methods[] = {
     {"chain", py_chain, METH_VARARGS,
      "chain(n, spec, inputs, outputs, threads=1): a chain of element ops over n elements, "
      "block by block; spec is int32 rows (IR opcode, 3 operand refs, output index or -1)."},
+    {"reduce_max", py_reduce_max, METH_VARARGS,
+     "reduce_max(out, x, shape4, (off, strides4, rho), rows, threads=1): REDUCE_MAX, each "
+     "output the IEEE 754-2019 maximum folded from -inf in r order."},
     {"isa", py_isa, METH_NOARGS, "The ISA path in use: avx512, avx2 or portable."},
     {NULL, NULL, 0, NULL},
 };

@@ -140,3 +140,12 @@ def native_reduce_sum(
     """REDUCE_SUM: every output the sequential sum from +0.0 of its ``rows`` terms, in order."""
     shape4, sx = pad4(shape, x_map[1])
     _kernels_or_raise().reduce_sum(out, x, shape4, (x_map[0], sx, x_map[2]), rows, threads)
+
+
+def native_reduce_max(
+    out: np.ndarray, x: np.ndarray, shape: tuple[int, ...],
+    x_map: tuple[int, tuple[int, ...], int], rows: int, threads: int = 1,
+) -> None:  # fmt: skip
+    """REDUCE_MAX: every output the IEEE 754-2019 maximum of its terms folded from -inf."""
+    shape4, sx = pad4(shape, x_map[1])
+    _kernels_or_raise().reduce_max(out, x, shape4, (x_map[0], sx, x_map[2]), rows, threads)

@@ -46,6 +46,7 @@ from replay.execute.native import (
     native_gemm,
     native_kernels,
     native_matmul_available,
+    native_reduce_max,
     native_reduce_sum,
 )
 from replay.execute.numpy_backend import slots_from_named
@@ -335,13 +336,18 @@ class TorchExecutor:
         if native_matmul_available(self.device):  # runs of element ops: one native call each
             program = self.program
             entries = plan_chains(program, plan, lambda j: self._parts.get(id(program.ops[j])))
+        #: the step's calls in order, labelled (the generated function inlines the same):
+        #: for profiling (bench/step.py --profile)
+        self.step_calls: list[tuple[str, Callable[[Slots, BatchTensors | None], None]]] = []
         for j in entries:
             if isinstance(j, Chain):
                 name = f"ch{j.ops[0]}"
                 ns[name] = chain_runner(j, self.program, native_kernels())
                 lines.append(f"    {name}(s, b)")
+                self.step_calls.append((f"chain[{len(j.ops)}]", ns[name]))  # type: ignore[arg-type]
                 continue
             op = self.program.ops[j]
+            self.step_calls.append((op.opcode.name, self._fns[j]))
             if op.opcode == Opcode.FREE or (
                 self.program.slots[op.out].persistent
                 and op.out not in {o.slot for o in op.operands}
@@ -388,6 +394,8 @@ class TorchExecutor:
 
     def _compile_reduce_max(self, op: OpDescriptor, constants: dict[int, Tensor]) -> OpFn:
         out, terms = op.out, self._terms(op, op.operands[0], constants)
+        if native_matmul_available(self.device):
+            return self._native_fold(op, constants, native_reduce_max)
 
         def rmax(s: Slots, _b: object) -> None:
             s[out] = reduce_max_terms(terms(s)).contiguous()
@@ -405,23 +413,25 @@ class TorchExecutor:
             return lambda _s: fixed
         return lambda s: s[slot].reshape(-1).numpy()  # type: ignore[union-attr]
 
+    def _native_fold(
+        self, op: OpDescriptor, constants: dict[int, Tensor], kernel: Callable[..., None]
+    ) -> OpFn:
+        """REDUCE_SUM / REDUCE_MAX on the native kernel, reading the operand in place."""
+        (o,) = op.operands
+        out, shape, rows = op.out, tuple(op.shape), op.reduce_len
+        x_of, x_map = self._flat(o.slot, constants), (o.offset, tuple(o.strides), o.reduce_stride)
+
+        def fold(s: Slots, _b: object) -> None:
+            res = torch.empty(shape, dtype=F32)
+            kernel(res.reshape(-1).numpy(), x_of(s), shape, x_map, rows, torch.get_num_threads())
+            s[out] = res
+
+        return fold
+
     def _compile_reduce_sum(self, op: OpDescriptor, constants: dict[int, Tensor]) -> OpFn:
         out, shape, rows, n = op.out, tuple(op.shape), op.reduce_len, op.numel
         if native_matmul_available(self.device):
-            (o,) = op.operands
-            x_of, x_map = (
-                self._flat(o.slot, constants),
-                (o.offset, tuple(o.strides), o.reduce_stride),
-            )
-
-            def native_sum(s: Slots, _b: object) -> None:
-                res = torch.empty(shape, dtype=F32)
-                native_reduce_sum(
-                    res.reshape(-1).numpy(), x_of(s), shape, x_map, rows, torch.get_num_threads()
-                )
-                s[out] = res
-
-            return native_sum
+            return self._native_fold(op, constants, native_reduce_sum)
         terms, summer, block = (
             self._terms(op, op.operands[0], constants),
             self._summer,
