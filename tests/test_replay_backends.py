@@ -32,6 +32,7 @@ from protocol.ir import (
     Program,
     Slot,
     arity,
+    contiguous_strides,
     validate_program,
 )
 from replay.execute.numpy_backend import NumpyExecutor
@@ -305,3 +306,100 @@ def test_agreement_on_other_cpu_code_paths(capability: str) -> None:
         timeout=600,
     )
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+
+
+@st.composite
+def chain_programs(
+    draw: st.DrawFn,
+) -> tuple[Program, dict[str, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Runs of element ops over one output size — what the torch backend fuses into native
+    chains (replay/execute/fusion.py): operands made earlier in the run or read through any
+    index map (broadcasts, strided views), FREEs in the middle of the run, slots written
+    twice, persistent slots read and then overwritten, and ops of the same size but another
+    shape (a reshape)."""
+    from replay.execute.fusion import CHAIN_OPCODES
+
+    shape = draw(st.sampled_from([(6,), (2, 3), (3, 1, 4), (1300,), (2, 700)]))
+    n = int(np.prod(shape))
+    other = {6: (3, 2), 12: (2, 6), 1300: (26, 50), 1400: (7, 200)}[n]
+    slots: list[Slot] = []
+    state: dict[str, np.ndarray] = {}
+    for i in range(draw(st.integers(1, 3))):
+        in_shape = draw(st.sampled_from([shape, shape[-1:], (1,), (n + 5,)]))
+        slots.append(Slot(name=f"in{i}", shape=in_shape, kind="persistent"))
+        state[f"in{i}"] = tensor(draw, in_shape)
+    live = list(range(len(slots)))
+    written: set[int] = set()
+    freed: list[int] = []
+    ops: list[OpDescriptor] = []
+    codes = sorted(CHAIN_OPCODES)
+    for j in range(draw(st.integers(2, 12))):
+        code = draw(st.sampled_from(codes))
+        op_shape = draw(st.sampled_from([shape, shape, shape, other]))
+        operands = []
+        for _ in range(arity(code)):
+            src = draw(st.sampled_from(live))
+            numel = int(np.prod(slots[src].shape))
+            if slots[src].shape == op_shape and draw(st.booleans()):
+                offset, strides = 0, list(contiguous_strides(op_shape))
+            else:
+                offset, strides = index_map(draw, list(op_shape), numel)
+            operands.append(Operand(slot=src, offset=offset, strides=tuple(strides)))
+        reuse = [i for i in freed if slots[i].shape == op_shape] + [
+            i
+            for i in live
+            if slots[i].shape == op_shape and slots[i].name.startswith("in") and i not in written
+        ]
+        if reuse and draw(st.booleans()):
+            out = draw(st.sampled_from(reuse))  # freed and written again / an input updated
+            written.add(out)
+            if out in freed:
+                freed.remove(out)
+        else:
+            kind = draw(st.sampled_from(["persistent", "ephemeral", "ephemeral"]))
+            slots.append(Slot(name=f"t{j}", shape=op_shape, kind=kind))  # type: ignore[arg-type]
+            out = len(slots) - 1
+            if kind == "persistent":
+                state[f"t{j}"] = np.zeros(op_shape, dtype=np.float32)
+                written.add(out)
+        ops.append(OpDescriptor(opcode=code, out=out, shape=op_shape, operands=tuple(operands)))
+        if out not in live:
+            live.append(out)
+        ephemeral = [i for i in live if slots[i].kind == "ephemeral" and i != out]
+        if ephemeral and len(live) > 1 and draw(st.booleans()):
+            gone = draw(st.sampled_from(ephemeral))
+            ops.append(OpDescriptor(opcode=Opcode.FREE, out=gone, shape=slots[gone].shape))
+            live.remove(gone)
+            freed.append(gone)
+    for i in live:
+        if slots[i].kind == "ephemeral":
+            ops.append(OpDescriptor(opcode=Opcode.FREE, out=i, shape=slots[i].shape))
+    program = Program(slots=tuple(slots), ops=tuple(ops))
+    validate_program(program)
+    return program, state, (np.zeros((4, 5), np.float32), np.zeros(4, np.float32))
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(chain_programs())
+def test_fused_element_chains_agree_with_the_reference(case) -> None:
+    check_agreement(*case)
+
+
+def test_a_training_step_fuses_its_element_ops() -> None:
+    """digits-mlp's step on the CPU runs most element ops inside chains (AdamW's update of a
+    parameter is one), and keeps the reference's bits (the agreement tests above)."""
+    from replay.compile.compiler import compile_train
+    from replay.compile.examples import DIGITS_MLP
+    from replay.execute.native import native_matmul_available
+
+    if not native_matmul_available(__import__("torch").device("cpu")):
+        pytest.skip("the native kernels are off or not built")
+    program = compile_train(DIGITS_MLP.model)
+    calls = TorchExecutor(program).step_calls
+    fused = sum(int(label[6:-1]) for label, _ in calls if label.startswith("chain["))
+    alone = sum(1 for label, _ in calls if label in {op.name for op in ELEMENTWISE_OPS})
+    assert fused > 3 * alone, (fused, alone)

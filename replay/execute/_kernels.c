@@ -901,11 +901,40 @@ typedef struct {
 typedef struct {
     long n, nops, nin;
     const chain_op_t *ops;
+    long d[4];                       /* the output shape, padded to rank 4 */
     const float *in[CHAIN_MAX_INPUTS];
-    long in_numel[CHAIN_MAX_INPUTS];
+    map4_t map[CHAIN_MAX_INPUTS];    /* each input's affine map over the output */
+    int full[CHAIN_MAX_INPUTS];      /* 1: the map is the output's own contiguous layout */
     float **out;
     int fast;
 } chain_t;
+
+/* buf[t] = in[map(lo + t)] for t < len: an odometer over the output's index, copying runs
+ * of the innermost dimension (memcpy when contiguous, a fill when broadcast). */
+static void fill_mapped(float *buf, const float *in, const map4_t *m, const long *d, long lo,
+                        long len) {
+    long i3 = lo % d[3], q = lo / d[3];
+    long i2 = q % d[2], i1 = q / d[2] % d[1], i0 = q / d[2] / d[1];
+    long t = 0;
+    while (t < len) {
+        long run = d[3] - i3 < len - t ? d[3] - i3 : len - t;
+        const float *src = in + m->off + i0 * m->st[0] + i1 * m->st[1] + i2 * m->st[2] +
+                           i3 * m->st[3];
+        if (m->st[3] == 1) {
+            memcpy(buf + t, src, (size_t)run * 4);
+        } else if (m->st[3] == 0) {
+            for (long k = 0; k < run; k++) buf[t + k] = src[0];
+        } else {
+            for (long k = 0; k < run; k++) buf[t + k] = src[k * m->st[3]];
+        }
+        t += run;
+        i3 = 0;
+        if (++i2 == d[2]) {
+            i2 = 0;
+            if (++i1 == d[1]) i1 = 0, i0++;
+        }
+    }
+}
 
 static void chain_blocks(const chain_t *c, long b0, long b1, float *scratch) {
     float *in_buf = scratch;                         /* CHAIN_BLOCK per non-full input */
@@ -915,22 +944,12 @@ static void chain_blocks(const chain_t *c, long b0, long b1, float *scratch) {
     for (long blk = b0; blk < b1; blk++) {
         long lo = blk * CHAIN_BLOCK, len = c->n - lo < CHAIN_BLOCK ? c->n - lo : CHAIN_BLOCK;
         for (long q = 0; q < c->nin; q++) {
-            long m = c->in_numel[q];
-            if (m == c->n) {
+            if (c->full[q]) {
                 inp[q] = c->in[q] + lo;
-                continue;
+            } else {
+                fill_mapped(in_buf + q * CHAIN_BLOCK, c->in[q], &c->map[q], c->d, lo, len);
+                inp[q] = in_buf + q * CHAIN_BLOCK;
             }
-            float *buf = in_buf + q * CHAIN_BLOCK;
-            if (m == 1) {
-                for (long i = 0; i < len; i++) buf[i] = c->in[q][0];
-            } else { /* a row of m repeated along the output */
-                long j = lo % m;
-                for (long i = 0; i < len; i++) {
-                    buf[i] = c->in[q][j];
-                    if (++j == m) j = 0;
-                }
-            }
-            inp[q] = buf;
         }
         for (long k = 0; k < c->nops; k++) {
             const chain_op_t *op = &c->ops[k];
@@ -966,11 +985,21 @@ static const int CHAIN_ARITY[0x22] = {
 
 static PyObject *py_chain(PyObject *self, PyObject *args) {
     (void)self;
-    long n, threads = 1;
-    PyObject *ospec, *oins, *oouts;
-    if (!PyArg_ParseTuple(args, "lOO!O!|l", &n, &ospec, &PyTuple_Type, &oins, &PyTuple_Type,
-                          &oouts, &threads))
+    long d[4], threads = 1;
+    PyObject *ospec, *oins, *omaps, *oouts;
+    if (!PyArg_ParseTuple(args, "(llll)OO!O!O!|l", &d[0], &d[1], &d[2], &d[3], &ospec,
+                          &PyTuple_Type, &oins, &PyTuple_Type, &omaps, &PyTuple_Type, &oouts,
+                          &threads))
         return NULL;
+    if (d[0] < 0 || d[1] < 0 || d[2] < 0 || d[3] < 0) {
+        PyErr_SetString(PyExc_ValueError, "chain: the shape must be >= 0");
+        return NULL;
+    }
+    long n = d[0] * d[1] * d[2] * d[3];
+    if (PyTuple_GET_SIZE(omaps) != PyTuple_GET_SIZE(oins)) {
+        PyErr_SetString(PyExc_ValueError, "chain: one map per input");
+        return NULL;
+    }
     Py_buffer vspec;
     if (PyObject_GetBuffer(ospec, &vspec, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) != 0) return NULL;
     long nops = (long)(vspec.len / (5 * 4)), nin = PyTuple_GET_SIZE(oins);
@@ -1001,21 +1030,32 @@ static PyObject *py_chain(PyObject *self, PyObject *args) {
         }
     }
     PyBuffer_Release(&vspec);
-    chain_t c = {n, nops, nin, ops, {NULL}, {0}, NULL, 0};
+    chain_t c = {n, nops, nin, ops, {d[0], d[1], d[2], d[3]}, {NULL}, {{0}}, {0}, NULL, 0};
     Py_buffer vin[CHAIN_MAX_INPUTS], vout[CHAIN_MAX_OPS];
     float *outp[CHAIN_MAX_OPS];
     long got_in = 0, got_out = 0;
     for (; got_in < nin; got_in++) {
         if (get_floats(PyTuple_GET_ITEM(oins, got_in), &vin[got_in], 0, "chain input") != 0)
             goto fail;
-        long m = (long)(vin[got_in].len / 4);
         c.in[got_in] = vin[got_in].buf;
-        c.in_numel[got_in] = m;
-        if (!(m == n || m == 1 || (m > 0 && n % m == 0))) {
-            PyErr_Format(PyExc_ValueError, "chain input %ld has %ld elements for %ld outputs",
-                         got_in, m, n);
+        map4_t *m = &c.map[got_in];
+        if (parse_map(PyTuple_GET_ITEM(omaps, got_in), m, "chain input") != 0) {
             got_in++;
             goto fail;
+        }
+        long long reach = map_reach(m, d, 1);
+        if (reach >= (long long)(vin[got_in].len / 4)) {
+            PyErr_Format(PyExc_ValueError, "chain input %ld: its map reaches element %lld of %zd",
+                         got_in, reach, vin[got_in].len / 4);
+            got_in++;
+            goto fail;
+        }
+        /* full: the output's own C layout (a size-1 dimension's stride is irrelevant) */
+        c.full[got_in] = m->off == 0;
+        for (int k = 0; k < 4; k++) {
+            long inner = 1;
+            for (int k2 = k + 1; k2 < 4; k2++) inner *= d[k2];
+            if (d[k] > 1 && m->st[k] != inner) c.full[got_in] = 0;
         }
     }
     for (; got_out < nout; got_out++) {
@@ -1096,8 +1136,9 @@ static PyMethodDef methods[] = {
      "reduce_sum(out, x, shape4, (off, strides4, rho), rows, threads=1): REDUCE_SUM, each "
      "output a sequential sum from +0.0 in r order."},
     {"chain", py_chain, METH_VARARGS,
-     "chain(n, spec, inputs, outputs, threads=1): a chain of element ops over n elements, "
-     "block by block; spec is int32 rows (IR opcode, 3 operand refs, output index or -1)."},
+     "chain(shape4, spec, inputs, maps, outputs, threads=1): a chain of element ops over an "
+     "output of rank <= 4, block by block; spec is int32 rows (IR opcode, 3 operand refs, "
+     "output index or -1); maps[k] = (offset, strides4) reads input k."},
     {"reduce_max", py_reduce_max, METH_VARARGS,
      "reduce_max(out, x, shape4, (off, strides4, rho), rows, threads=1): REDUCE_MAX, each "
      "output the IEEE 754-2019 maximum folded from -inf in r order."},

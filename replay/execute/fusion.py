@@ -1,8 +1,8 @@
 """Element chains: runs of element ops of one output size, executed by one native call.
 
 The step's plan (``TorchExecutor._generate_step``) is cut into maximal runs of element ops
-whose operands are whole slots — produced earlier in the run, or read from outside it as a
-tensor of the output's size, one broadcast element, or one trailing row repeated (a bias).
+whose operands are values produced earlier in the run (read element for element) or slots
+from outside it read through any affine index map (broadcasts, transposes, windows).
 FREEs inside a run are absorbed. ``replay/execute/_kernels.c`` (``chain``) computes a run
 block by block, keeping each op's block result in scratch memory and writing to a tensor
 only the values that outlive the run (a slot read later, or persistent). Each op still rounds
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from protocol.ir import Opcode, Program
+from protocol.ir import Opcode, Program, contiguous_strides
 
 #: element ops the chain kernel computes (FREXP_* are not: they stay single ops)
 CHAIN_OPCODES = frozenset(
@@ -40,49 +40,59 @@ class Chain:
     """One run of the plan: its element ops, and how the native call sees them."""
 
     n: int
+    shape: tuple[int, ...]  # the first op's: input maps index it
     ops: list[int] = field(default_factory=list)  # op indices, in order
     entries: list[int] = field(default_factory=list)  # plan entries covered (ops and FREEs)
     refs: list[list[int]] = field(default_factory=list)  # per op: operand refs
-    inputs: list[OperandSpec] = field(default_factory=list)  # ("slot", i) | ("const", t)
+    #: ("slot", i, map) | ("const", tensor, map); map = (offset, strides padded to rank 4)
+    inputs: list[tuple[str, object, tuple[int, tuple[int, ...]]]] = field(default_factory=list)
     input_index: dict[object, int] = field(default_factory=dict)
     writer: dict[int, int] = field(default_factory=dict)  # slot -> chain op now holding it
     dead: set[int] = field(default_factory=set)  # chain ops whose value nobody reads later
     frees: list[int] = field(default_factory=list)  # outside slots freed inside the run
 
 
-def _trailing(slot_shape: tuple[int, ...], shape: tuple[int, ...]) -> bool:
-    """Whether a slot of ``slot_shape`` broadcasts to ``shape`` as one repeated trailing row."""
-    core = tuple(slot_shape)
-    while core and core[0] == 1:
-        core = core[1:]
-    return 0 < len(core) <= len(shape) and tuple(shape[len(shape) - len(core) :]) == core
+def _broadcast_map(slot_shape: tuple[int, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Element strides (padded to rank 4) of a slot broadcast numpy-style to ``shape``."""
+    strides = contiguous_strides(slot_shape)
+    lead = len(shape) - len(slot_shape)
+    out = [0] * len(shape)
+    for k, n in enumerate(slot_shape):
+        if n != 1:
+            out[lead + k] = strides[k]
+    return (0,) * (4 - len(shape)) + tuple(out)
 
 
 def _operand_ref(
     chain: Chain, spec: OperandSpec, program: Program, shape: tuple[int, ...]
 ) -> int | None:
-    """The chain ref of one operand (>= 0 an input, < 0 an earlier chain op), or None."""
-    if spec[0] == "slot" and spec[1] in chain.writer:
-        return -chain.writer[spec[1]] - 1
+    """The chain ref of one operand (>= 0 an input, < 0 an earlier chain op), or None when
+    the chain cannot read it (a value made inside the chain, read through a non-identity
+    map: it exists only block by block)."""
+    if spec[0] in ("slot", "strided") and spec[1] in chain.writer:
+        return -chain.writer[spec[1]] - 1 if spec[0] == "slot" else None
     if spec[0] == "slot":
-        slot_shape = tuple(program.slots[spec[1]].shape)
         key: object = ("slot", spec[1])
+        imap = (0, _broadcast_map(tuple(program.slots[spec[1]].shape), shape))
     elif spec[0] == "const":
-        slot_shape = tuple(spec[1].shape)
         key = ("const", id(spec[1]))
-    else:
-        return None  # a strided view
-    m = math.prod(slot_shape)
-    if not (
-        m == chain.n or m == 1 or (m > 0 and chain.n % m == 0 and _trailing(slot_shape, shape))
-    ):
-        return None
-    if key not in chain.input_index:
+        imap = (0, _broadcast_map(tuple(spec[1].shape), shape))
+    else:  # ("strided", slot, size, stride, offset)
+        key = ("slot", spec[1])
+        imap = (int(spec[4]), (0,) * (4 - len(shape)) + tuple(int(x) for x in spec[3]))
+    if shape != chain.shape:  # same size, other shape: only maps that ignore the shape
+        if all(st == 0 for st in imap[1]):
+            pass  # one broadcast element
+        elif imap == (0, _broadcast_map(shape, shape)):  # the op's own C layout
+            imap = (0, _broadcast_map(chain.shape, chain.shape))
+        else:
+            return None
+    if (key, imap) not in chain.input_index:
         if len(chain.inputs) >= MAX_CHAIN_INPUTS:
             return None
-        chain.input_index[key] = len(chain.inputs)
-        chain.inputs.append(spec)
-    return chain.input_index[key]
+        chain.input_index[(key, imap)] = len(chain.inputs)
+        chain.inputs.append((spec[0] if spec[0] == "const" else "slot", spec[1], imap))
+    return chain.input_index[(key, imap)]
 
 
 def plan_chains(
@@ -116,7 +126,7 @@ def plan_chains(
                 chain.frees.append(op.out)
             continue
         got = parts(j) if op.opcode in CHAIN_OPCODES else None
-        if got is None or got[2]:  # not chainable, or reads a strided view
+        if got is None:  # not an element op the chain kernel computes
             close()
             out.append(j)
             continue
@@ -125,11 +135,11 @@ def plan_chains(
         if chain is not None and (chain.n != n or len(chain.ops) >= MAX_CHAIN_OPS):
             close()
         if chain is None:
-            chain = Chain(n=n)
+            chain = Chain(n=n, shape=shape)
         refs = [_operand_ref(chain, spec, program, shape) for spec in specs]
         if any(r is None for r in refs):
             close()
-            chain = Chain(n=n)
+            chain = Chain(n=n, shape=shape)
             refs = [_operand_ref(chain, spec, program, shape) for spec in specs]
             if any(r is None for r in refs):
                 chain = None
@@ -163,19 +173,22 @@ def chain_runner(
             out_slots.append(op.out)
             out_shapes.append(tuple(op.shape))
     getters: list[Callable[[Slots], np.ndarray]] = []
-    for inp in chain.inputs:
-        if inp[0] == "const":
-            fixed = inp[1].contiguous().numpy()
+    for kind, source, _map in chain.inputs:
+        if kind == "const":
+            fixed = source.contiguous().numpy()  # type: ignore[attr-defined]
             getters.append(lambda _s, v=fixed: v)
         else:
-            getters.append(lambda s, i=inp[1]: s[i].numpy())  # type: ignore[union-attr]
-    n, frees, run = chain.n, list(chain.frees), kernels.chain  # type: ignore[attr-defined]
+            getters.append(lambda s, i=source: s[i].numpy())  # type: ignore[union-attr,index]
+    maps = tuple(m for _k, _s, m in chain.inputs)
+    shape = tuple(program.ops[chain.ops[0]].shape)
+    shape4 = (1,) * (4 - len(shape)) + shape
+    frees, run = list(chain.frees), kernels.chain  # type: ignore[attr-defined]
     f32, threads = torch.float32, torch.get_num_threads
 
     def run_chain(s: Slots, _b: object) -> None:
         ins = tuple(g(s) for g in getters)
         outs = [torch.empty(shape, dtype=f32) for shape in out_shapes]
-        run(n, spec, ins, tuple(t.numpy() for t in outs), threads())
+        run(shape4, spec, ins, maps, tuple(t.numpy() for t in outs), threads())
         for slot in frees:  # first: a freed slot may be written again inside the run
             s[slot] = None
         for slot, t in zip(out_slots, outs, strict=True):
