@@ -520,8 +520,8 @@ static inline float u2f(uint32_t u) {
     }                                                                                       \
     /* x * 2^n for integral n: exact in double for |k| <= 300, then one rounding to float; \
      * every float with |n| >= 2^23 is integral, below that (float)(int)n == n decides. */  \
-    ATTR static void ew_ldexp##SUFFIX(float *o, const float *a, long ka, const float *b,    \
-                                      long kb, long n) {                                    \
+    ATTR static void ew_ldexp_scalar##SUFFIX(float *o, const float *a, long ka,             \
+                                             const float *b, long kb, long n) {             \
         for (long i = 0; i < n; i++) {                                                      \
             float x = OPND(a, ka, i), e = OPND(b, kb, i);                                   \
             float mag = fabsf(e);                                                           \
@@ -539,8 +539,47 @@ static inline float u2f(uint32_t u) {
     }
 
 EW_KERNELS(_base, )
+#define ew_ldexp_base ew_ldexp_scalar_base
 #if TP_X86
 EW_KERNELS(_avx2, __attribute__((target("avx2"))))
+
+/* LDEXP eight at a time: the same steps as ew_ldexp_scalar (validity, clamp, 2^k built from
+ * double exponent bits, the exact double product, one rounding to float). */
+__attribute__((target("avx2"))) static void ew_ldexp_avx2(float *o, const float *a, long ka,
+                                                          const float *b, long kb, long n) {
+    long i = 0;
+    if (ka && kb) {
+        const __m256 sign = _mm256_set1_ps(-0.0f), two23 = _mm256_set1_ps(8388608.0f);
+        const __m256 fmax = _mm256_set1_ps(3.4028234663852886e38f), zero = _mm256_setzero_ps();
+        const __m256 lo = _mm256_set1_ps(-LDEXP_CLAMP), hi = _mm256_set1_ps(LDEXP_CLAMP);
+        const __m256 nan = _mm256_castsi256_ps(_mm256_set1_epi32((int)QNAN_BITS));
+        const __m256i bias = _mm256_set1_epi64x(1023);
+        for (; i + 8 <= n; i += 8) {
+            __m256 x = _mm256_loadu_ps(a + i), e = _mm256_loadu_ps(b + i);
+            __m256 mag = _mm256_andnot_ps(sign, e);
+            __m256 finite = _mm256_cmp_ps(mag, fmax, _CMP_LE_OQ);
+            __m256 big = _mm256_cmp_ps(mag, two23, _CMP_GE_OQ);
+            __m256 small = _mm256_blendv_ps(e, zero, big);
+            __m256 back = _mm256_cvtepi32_ps(_mm256_cvttps_epi32(small));
+            __m256 integral = _mm256_or_ps(big, _mm256_cmp_ps(back, small, _CMP_EQ_OQ));
+            __m256 valid = _mm256_and_ps(finite, integral);
+            __m256 c = _mm256_and_ps(valid, e); /* 0 where invalid */
+            c = _mm256_min_ps(_mm256_max_ps(c, lo), hi);
+            __m256i k = _mm256_cvttps_epi32(c);
+            __m256i k0 = _mm256_cvtepi32_epi64(_mm256_castsi256_si128(k));
+            __m256i k1 = _mm256_cvtepi32_epi64(_mm256_extracti128_si256(k, 1));
+            __m256d p0 = _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_add_epi64(k0, bias), 52));
+            __m256d p1 = _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_add_epi64(k1, bias), 52));
+            __m256d x0 = _mm256_cvtps_pd(_mm256_castps256_ps128(x));
+            __m256d x1 = _mm256_cvtps_pd(_mm256_extractf128_ps(x, 1));
+            __m128 r0 = _mm256_cvtpd_ps(_mm256_mul_pd(x0, p0));
+            __m128 r1 = _mm256_cvtpd_ps(_mm256_mul_pd(x1, p1));
+            __m256 r = _mm256_insertf128_ps(_mm256_castps128_ps256(r0), r1, 1);
+            _mm256_storeu_ps(o + i, _mm256_blendv_ps(nan, r, valid));
+        }
+    }
+    ew_ldexp_scalar_avx2(o + i, ka ? a + i : a, ka, kb ? b + i : b, kb, n - i);
+}
 #endif
 
 static void ew_fma_portable(float *o, const float *a, long ka, const float *b, long kb,
@@ -941,9 +980,20 @@ static void chain_blocks(const chain_t *c, long b0, long b1, float *scratch) {
     float *op_buf = scratch + c->nin * CHAIN_BLOCK;  /* CHAIN_BLOCK per op */
     const float *inp[CHAIN_MAX_INPUTS];
     const float *res[CHAIN_MAX_OPS];
+    int constant[CHAIN_MAX_INPUTS]; /* one broadcast element: its block is filled once */
+    for (long q = 0; q < c->nin; q++) {
+        const map4_t *m = &c->map[q];
+        constant[q] = !c->full[q] && !m->st[0] && !m->st[1] && !m->st[2] && !m->st[3];
+        if (constant[q]) {
+            float *buf = in_buf + q * CHAIN_BLOCK;
+            for (long i = 0; i < CHAIN_BLOCK; i++) buf[i] = c->in[q][m->off];
+            inp[q] = buf;
+        }
+    }
     for (long blk = b0; blk < b1; blk++) {
         long lo = blk * CHAIN_BLOCK, len = c->n - lo < CHAIN_BLOCK ? c->n - lo : CHAIN_BLOCK;
         for (long q = 0; q < c->nin; q++) {
+            if (constant[q]) continue;
             if (c->full[q]) {
                 inp[q] = c->in[q] + lo;
             } else {
