@@ -492,6 +492,94 @@ static PyObject *mth_chunks(PyObject *self, PyObject *args) {
     return PyBytes_FromStringAndSize((const char *)root, 32);
 }
 
+/* state_roots(values, updates): the RFC 9162 root of n 32-byte leaf values, then the root
+ * after each update in turn. An update is (u32 little-endian index, 32-byte new value); every
+ * level of the tree is kept, so each update re-hashes one leaf and its path (O(log n)): the
+ * op-level state roots of a dispute trace in one call. Same tree as protocol/merkle.py. */
+static void hash_one(const backend_t *be, const uint8_t *data, size_t len, uint8_t prefix,
+                     uint8_t out[32]) {
+    be->hash_batch(&(batch_t){data, len, len, 1, prefix, out});
+}
+
+static PyObject *state_roots(PyObject *self, PyObject *args) {
+    Py_buffer vv, vu;
+    if (!PyArg_ParseTuple(args, "y*y*", &vv, &vu)) return NULL;
+    size_t n = (size_t)vv.len / 32, k = (size_t)vu.len / 36;
+    if (vv.len % 32 || vu.len % 36 || (n == 0 && k > 0)) {
+        PyBuffer_Release(&vv);
+        PyBuffer_Release(&vu);
+        PyErr_SetString(PyExc_ValueError, "state_roots: values are 32-byte leaves, updates "
+                                          "36-byte (u32 index, value) records");
+        return NULL;
+    }
+    const uint8_t *up = vu.buf;
+    for (size_t u = 0; u < k; u++) {
+        uint32_t idx = up[36 * u] | up[36 * u + 1] << 8 | up[36 * u + 2] << 16 |
+                       (uint32_t)up[36 * u + 3] << 24;
+        if (idx >= n) {
+            PyBuffer_Release(&vv);
+            PyBuffer_Release(&vu);
+            return PyErr_Format(PyExc_ValueError, "state_roots: update %zu names leaf %u of %zu",
+                                u, idx, n);
+        }
+    }
+    PyObject *result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(32 * (k + 1)));
+    if (!result) goto done;
+    uint8_t *out = (uint8_t *)PyBytes_AS_STRING(result);
+    if (n == 0) { /* the empty tree: H("") */
+        static const uint8_t empty[32] = {
+            0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9, 0x24,
+            0x27, 0xae, 0x41, 0xe4, 0x64, 0x9b, 0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55};
+        memcpy(out, empty, 32);
+        goto done;
+    }
+    size_t depth = 1, total = 0;
+    for (size_t m = n; m > 1; m = (m + 1) / 2) depth++;
+    size_t sizes[64], offs[64];
+    for (size_t d = 0, m = n; d < depth; d++, m = (m + 1) / 2) {
+        sizes[d] = m;
+        offs[d] = total;
+        total += m;
+    }
+    uint8_t *tree = malloc(32 * total);
+    if (!tree) {
+        Py_CLEAR(result);
+        PyErr_NoMemory();
+        goto done;
+    }
+    const backend_t *be = select_backend();
+    Py_BEGIN_ALLOW_THREADS
+    be->hash_batch(&(batch_t){vv.buf, 32, 32 * n, n, 0x00, tree}); /* leaves H(0x00 || v) */
+    for (size_t d = 0; d + 1 < depth; d++) {
+        uint8_t *below = tree + 32 * offs[d], *above = tree + 32 * offs[d + 1];
+        size_t pairs = sizes[d] / 2;
+        be->hash_batch(&(batch_t){below, 64, 64 * pairs, pairs, 0x01, above});
+        if (sizes[d] & 1) memcpy(above + 32 * pairs, below + 32 * (sizes[d] - 1), 32);
+    }
+    memcpy(out, tree + 32 * offs[depth - 1], 32);
+    for (size_t u = 0; u < k; u++) {
+        const uint8_t *rec = up + 36 * u;
+        size_t i = rec[0] | rec[1] << 8 | rec[2] << 16 | (size_t)rec[3] << 24;
+        hash_one(be, rec + 4, 32, 0x00, tree + 32 * (offs[0] + i));
+        for (size_t d = 0; d + 1 < depth; d++) {
+            size_t parent = i / 2, left = 2 * parent;
+            uint8_t *below = tree + 32 * offs[d], *dst = tree + 32 * (offs[d + 1] + parent);
+            if (left + 1 < sizes[d])
+                hash_one(be, below + 32 * left, 64, 0x01, dst);
+            else
+                memcpy(dst, below + 32 * left, 32);
+            i = parent;
+        }
+        memcpy(out + 32 * (u + 1), tree + 32 * offs[depth - 1], 32);
+    }
+    Py_END_ALLOW_THREADS
+    free(tree);
+done:
+    PyBuffer_Release(&vv);
+    PyBuffer_Release(&vu);
+    return result;
+}
+
 static PyObject *backend(PyObject *self, PyObject *unused) {
     return PyUnicode_FromString(select_backend()->name);
 }
@@ -501,6 +589,10 @@ static PyMethodDef methods[] = {
      "mth_chunks(buffer, chunk_bytes, threads) -> bytes\n\n"
      "RFC 9162 Merkle Tree Hash (SHA-256) over the buffer cut into chunk_bytes-sized\n"
      "leaves, the last zero-padded. Releases the GIL; uses up to `threads` threads."},
+    {"state_roots", state_roots, METH_VARARGS,
+     "state_roots(values, updates) -> bytes\n\n"
+     "The RFC 9162 root over 32-byte leaf values, then the root after each update (u32 LE\n"
+     "index + 32-byte value, applied in turn): (len(updates)/36 + 1) roots of 32 bytes."},
     {"backend", backend, METH_NOARGS,
      "backend() -> str\n\n"
      "The SHA-256 implementation mth_chunks would use now: 'sha-ni' or 'portable'\n"

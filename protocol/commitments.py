@@ -30,7 +30,7 @@ from protocol.constants import (
     TENSOR_PREFIX,
 )
 from protocol.errors import CommitmentInputError
-from protocol.merkle import MerkleTree, leaf_hash, merkle_root, node_hash
+from protocol.merkle import EMPTY_ROOT, MerkleTree, leaf_hash, merkle_root, node_hash
 
 try:  # the native hasher; optional at build time, always tested where present
     from protocol import _treehash
@@ -178,3 +178,55 @@ def _empty_subtree(size: int) -> bytes:
         return leaf_hash(EMPTY_SLOT)
     k = 1 << ((size - 1).bit_length() - 1)
     return node_hash(_empty_subtree(k), _empty_subtree(size - k))
+
+
+class IncrementalStateTree:
+    """RFC 9162 tree over slot values with O(log n) single-leaf updates."""
+
+    def __init__(self, roots: Sequence[bytes | None]) -> None:
+        self._levels: list[list[bytes]] = [[leaf_hash(slot_value(r)) for r in roots]]
+        while len(self._levels[-1]) > 1:
+            below = self._levels[-1]
+            up = [node_hash(below[i], below[i + 1]) for i in range(0, len(below) - 1, 2)]
+            if len(below) % 2:
+                up.append(below[-1])
+            self._levels.append(up)
+
+    @property
+    def root(self) -> bytes:
+        return self._levels[-1][0] if self._levels[0] else EMPTY_ROOT
+
+    def update(self, index: int, root: bytes | None) -> bytes:
+        """Set slot ``index``'s value to ``root`` (None = empty); returns the new state root."""
+        self._levels[0][index] = leaf_hash(slot_value(root))
+        i = index
+        for depth in range(len(self._levels) - 1):
+            below = self._levels[depth]
+            parent = i // 2
+            left = 2 * parent
+            if left + 1 < len(below):
+                value = node_hash(below[left], below[left + 1])
+            else:
+                value = below[left]
+            self._levels[depth + 1][parent] = value
+            i = parent
+        return self.root
+
+
+def state_roots_after(
+    slots: Sequence[bytes | None], updates: Sequence[tuple[int, bytes | None]]
+) -> list[bytes]:
+    """The state root of ``slots``, then the root after each ``(slot, tensor_root)`` update
+    in turn (None = empty): ``len(updates) + 1`` roots, in one native call when the hasher is
+    built (a dispute trace's op-level roots)."""
+    values = [slot_value(s) for s in slots]
+    for i, _ in updates:
+        if not 0 <= i < len(values):
+            raise CommitmentInputError(f"update names slot {i} of a {len(values)}-slot state")
+    if _treehash is None or not hasattr(_treehash, "state_roots"):
+        tree = IncrementalStateTree(slots)
+        return [tree.root] + [tree.update(i, r) for i, r in updates]
+    raw = _treehash.state_roots(
+        b"".join(values), b"".join(i.to_bytes(4, "little") + slot_value(r) for i, r in updates)
+    )
+    return [raw[k : k + 32] for k in range(0, len(raw), 32)]

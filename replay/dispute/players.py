@@ -186,17 +186,18 @@ class Computation:
         ):
             tamper = fault.tamper(self.program, self.dataset)
         trace: StepTrace | FrozenStep = StepTrace(
-            self.program, self.state_before(t), self.dataset.batch(t), "numpy", tamper=tamper
-        )
+            self.program, self.state_before(t), self.dataset.batch(t), self.backend,
+            tamper=tamper,
+        )  # fmt: skip
         if fault is not None and fault.freezes(t):
             trace = FrozenStep(trace)
         elif tamper is None and t + 1 in self._states:
             ran = state_root_of(self.program, self._states[t + 1])
             if trace.op_roots[trace.length] != ran:
                 raise RuntimeError(
-                    f"step {t}: the numpy trace ends at {trace.op_roots[-1].hex()}, the "
-                    f"{self.backend} run at {ran.hex()}; the backends disagree (a bug: report it "
-                    "with the program) and this party's moves would not match its commitment"
+                    f"step {t}: the op-by-op trace ends at {trace.op_roots[-1].hex()}, the "
+                    f"{self.backend} step at {ran.hex()}; they disagree (a bug: report it with "
+                    "the program) and this party's moves would not match its commitment"
                 )
         self._traces[t] = trace
         if len(self._traces) > self._cache:

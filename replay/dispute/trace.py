@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,19 +25,38 @@ from protocol.commitments import chunk_tree, state_tree, tensor_root
 from protocol.ir import REDUCTION_OPS, Opcode, Program, index_value, operand_index
 from protocol.merkle import InclusionProof, MerkleTree
 from replay.errors import ExecutionError
-from replay.execute.backends import Batch, Executor, make_executor
+from replay.execute.backends import Batch, Executor, fresh_executor
 from replay.execute.numpy_backend import (
     NumpyExecutor,
     check_named,
     reduce_partials,
 )
-from replay.execute.state import IncrementalStateTree, as_committed
+from replay.execute.state import as_committed, state_roots_after
 
 #: A fault hook (tests, demos): called after op ``j`` ran on the executor with the step's
 #: batch; returns the slots to replace and their new values (the op's own output included,
 #: or any other slot). They are written into the executor (numpy backend) and the trace
 #: records them as if computed, so everything after the fault follows from it.
 Tamper = Callable[[int, Executor, Batch | None], dict[int, np.ndarray | None]]
+
+
+#: one thread that hashes op outputs while the trace runs the next ops (the native hasher
+#: releases the GIL); one hashing thread per call, so the two never oversubscribe the cores
+_HASHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trace-hash")
+
+
+#: smaller outputs are hashed at once (handing them to the thread costs more than hashing)
+BACKGROUND_HASH_MIN = 1 << 14
+
+
+def _root(value: np.ndarray) -> bytes:
+    return tensor_root(as_committed(value), threads=1)
+
+
+def _done(root: bytes) -> Future[bytes]:
+    done: Future[bytes] = Future()
+    done.set_result(root)
+    return done
 
 
 @dataclass(frozen=True)
@@ -77,8 +97,9 @@ class StepTrace:
         self._initial = _start_slots(program, start)
         roots = [None if v is None else tensor_root(as_committed(v)) for v in self._initial]
         self._initial_roots = list(roots)
-        tree = IncrementalStateTree(roots)
-        self.op_roots: list[bytes] = [tree.root]
+        pending: list[tuple[int, Future[bytes] | None]] = []  # every slot written, in order
+        updates: list[tuple[int, bytes | None]] = []  # and the root it was given
+        ends: list[int] = []  # per op: how many updates precede the state after it
         # per slot: the ops that replaced it and the root it held after each (32 bytes per op)
         self._writes: dict[int, list[int]] = {}
         self._roots: dict[int, list[bytes | None]] = {}
@@ -93,7 +114,9 @@ class StepTrace:
         drops = {} if tamper is not None else _dead_persistent(program)
         for j, op in enumerate(program.ops):
             executor.run_op(j, batch)
-            changes: dict[int, np.ndarray | None] = {op.out: executor.slot_array(op.out)}
+            changes: dict[int, np.ndarray | None] = {
+                op.out: executor.slot_array(op.out, copy=False)  # only hashed here
+            }
             if tamper is not None:
                 tampered = {
                     slot: None if v is None else np.array(v, dtype=np.float32, order="C")
@@ -105,13 +128,24 @@ class StepTrace:
                     self._tampered[j] = tampered
                 changes.update(tampered)
             for slot, value in changes.items():
-                root = None if value is None else tensor_root(as_committed(value))
+                # hashed on the hashing thread while the next ops run (values are never
+                # written in place, so a view stays valid)
+                hashed = (
+                    None if value is None
+                    else _HASHER.submit(_root, value) if value.size >= BACKGROUND_HASH_MIN
+                    else _done(_root(value))
+                )  # fmt: skip
                 self._writes.setdefault(slot, []).append(j)
-                self._roots.setdefault(slot, []).append(root)
-                tree.update(slot, root)
-            self.op_roots.append(tree.root)
+                pending.append((slot, hashed))
+            ends.append(len(pending))
             for slot in drops.get(j, ()):
                 executor.set_slot(slot, None)  # type: ignore[attr-defined]
+        for slot, hashed in pending:
+            root = None if hashed is None else hashed.result()
+            self._roots.setdefault(slot, []).append(root)
+            updates.append((slot, root))
+        after = state_roots_after(roots, updates)
+        self.op_roots: list[bytes] = [after[0]] + [after[e] for e in ends]
         self._at = self.length
         if drops:  # the executor no longer holds S_L: the next query starts from S_0
             self._executor, self._at = None, 0
@@ -134,7 +168,7 @@ class StepTrace:
         """
         if self._executor is None or j < self._at:
             self._executor, self._undo = None, None  # release the old state first
-            executor = make_executor(self.program, self._backend, self._device)
+            executor = fresh_executor(self.program, self._backend, self._device)
             if isinstance(executor, NumpyExecutor):
                 executor.state = list(self._initial)  # never written in place: no copy needed
             else:

@@ -1161,6 +1161,25 @@ fail:
     return NULL;
 }
 
+/* has_nan(buffer): whether a float32 buffer holds a NaN (a read-only scan, no allocation:
+ * the check before a slot is exported, which canonicalises NaNs only when there are some). */
+static PyObject *py_has_nan(PyObject *self, PyObject *arg) {
+    (void)self;
+    Py_buffer v;
+    if (get_floats(arg, &v, 0, "buffer") != 0) return NULL;
+    const uint32_t *u = v.buf;
+    long n = (long)(v.len / 4);
+    uint32_t found = 0;
+    Py_BEGIN_ALLOW_THREADS;
+    for (long i0 = 0; i0 < n && !found; i0 += 4096) {
+        long i1 = i0 + 4096 < n ? i0 + 4096 : n;
+        for (long i = i0; i < i1; i++) found |= (u[i] & 0x7FFFFFFFu) > 0x7F800000u;
+    }
+    Py_END_ALLOW_THREADS;
+    PyBuffer_Release(&v);
+    return PyBool_FromLong(found != 0);
+}
+
 static PyObject *py_isa(PyObject *self, PyObject *args) {
     (void)self;
     (void)args;
@@ -1192,6 +1211,7 @@ static PyMethodDef methods[] = {
     {"reduce_max", py_reduce_max, METH_VARARGS,
      "reduce_max(out, x, shape4, (off, strides4, rho), rows, threads=1): REDUCE_MAX, each "
      "output the IEEE 754-2019 maximum folded from -inf in r order."},
+    {"has_nan", py_has_nan, METH_O, "has_nan(buffer): whether a float32 buffer holds a NaN."},
     {"isa", py_isa, METH_NOARGS, "The ISA path in use: avx512, avx2 or portable."},
     {NULL, NULL, 0, NULL},
 };

@@ -175,8 +175,9 @@ class NumpyExecutor:
     def get_state(self) -> dict[str, np.ndarray]:
         return named_from_slots(self.program, self.state)
 
-    def slot_array(self, i: int) -> np.ndarray | None:
-        """Slot ``i``'s value (already canonical), or None when empty."""
+    def slot_array(self, i: int, copy: bool = True) -> np.ndarray | None:
+        """Slot ``i``'s value (already canonical), or None when empty; never written in place,
+        so ``copy`` changes nothing here."""
         return self.state[i]
 
     def set_slot(self, i: int, value: np.ndarray | None) -> None:

@@ -21,6 +21,7 @@ Invariant: every tensor held in a slot is C-contiguous and owns its storage from
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 
@@ -116,6 +117,7 @@ class TorchExecutor:
         self._summer = RowSummer(sum_strategy, self.device)
         self.max_table_bytes = max_table_bytes
         torch.set_flush_denormal(False)  # canonical mode keeps subnormals
+        self._native = native_matmul_available(self.device)
         self.state: Slots = [None] * len(program.slots)
         self._computed: set[int] = set()
         self._batch_cache: tuple[object, BatchTensors] | None = None
@@ -141,6 +143,14 @@ class TorchExecutor:
         self._step = self._generate_step(plan)
 
     # ------------------------------------------------------------------ state
+    def clone(self) -> TorchExecutor:
+        """An empty executor sharing this one's compiled ops (no state, no cached batch)."""
+        other = copy.copy(self)
+        other.state = [None] * len(self.program.slots)
+        other._computed = set()
+        other._batch_cache = None
+        return other
+
     def set_state(self, values: dict[str, np.ndarray]) -> None:
         arrays = slots_from_named(self.program, values)
         self.state = [None if a is None else self._to_device(a) for a in arrays]
@@ -165,13 +175,18 @@ class TorchExecutor:
         t = self.state[i]
         if t is None:
             return None
-        if i in self._computed and bool(torch.isnan(t).any()):
+        if i in self._computed and self._has_nan(t):
             t, copy = canon(t), False  # already a fresh tensor
         a = t.detach().to("cpu").contiguous().numpy()
         if copy:
             return a.copy()
         a.flags.writeable = False
         return a
+
+    def _has_nan(self, t: Tensor) -> bool:
+        if self._native and t.is_contiguous():
+            return bool(native_kernels().has_nan(t.numpy()))
+        return bool(torch.isnan(t).any())
 
     def set_slot(self, i: int, value: np.ndarray | None) -> None:
         """Replace slot ``i``'s value (fault injection, ``replay.dispute.trace``)."""
