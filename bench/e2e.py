@@ -10,8 +10,9 @@ Writes bench/results/e2e.json and prints tables.
 2. Replay vs training: canonical training throughput of the trainer (``replay.runner.train``,
    torch backend, checkpointing) against the challenger's replay of the same run
    (``replay.runner.replay``, from the stored checkpoints) and against the dispute-time trace
-   (``replay.dispute.trace.StepTrace``, numpy reference with every op-level state root) —
-   steps/s and the ratio, median of --repeats runs in this process.
+   (``replay.dispute.trace.StepTrace`` on the torch backend, as the services run it, with
+   every op-level state root) — steps/s and the ratio, medians (and spread) of --repeats
+   samples taken in turn, torch pinned to --threads threads (default 1) in this process.
 3. Sampling: the per-interval sampling rate a challenger needs to catch, with probability
    0.99, a cheat confined to 1% of the intervals, and what that costs as a fraction of the
    training compute (rate x replay cost / training cost).
@@ -29,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._report import table, write
+from bench._report import pin_threads, spread, table, write
 from protocol.anvil import AnvilNode, rpc
 from protocol.chain import ChainSettings, connect, deploy_market
 from protocol.game import JobStatus
@@ -88,9 +89,16 @@ def commit_to_verdict(steps: int, every: int) -> dict[str, float | int]:
             "every": every, "fault": FAULT}  # fmt: skip
 
 
-def throughput(steps: int, every: int, repeats: int) -> dict[str, object]:
-    train_s, replay_s, trace_s = [], [], []
+def throughput(steps: int, every: int, repeats: int, threads: int) -> dict[str, object]:
+    """Training, replay and the dispute trace of the same digits-mlp run, each sample of the
+    three taken in turn (interleaved), torch pinned to ``threads`` threads."""
+    pin_threads(threads)
+    train_s: list[float] = []
+    replay_s: list[float] = []
+    trace_s: list[float] = []
     comp = example_computation("digits-mlp", steps, every)
+    state = comp.state_before(0)
+    StepTrace(comp.program, state, comp.dataset.batch(0), "torch")  # compile once
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as tmp:
             run = Path(tmp) / "run"
@@ -101,15 +109,15 @@ def throughput(steps: int, every: int, repeats: int) -> dict[str, object]:
             results = replay(run, backend="torch")
             replay_s.append(time.perf_counter() - t0)
             assert all(r.match for r in results)
-        state = comp.state_before(0)
         t0 = time.perf_counter()
         for t in range(every):
-            StepTrace(comp.program, state, comp.dataset.batch(t), "numpy")
+            StepTrace(comp.program, state, comp.dataset.batch(t), "torch")
         trace_s.append((time.perf_counter() - t0) * steps / every)
     med = {k: statistics.median(v) for k, v in
            (("train", train_s), ("replay", replay_s), ("trace", trace_s))}  # fmt: skip
     return {
-        "steps": steps, "repeats": repeats,
+        "steps": steps, "repeats": repeats, "threads": threads,
+        "seconds": {"train": spread(train_s), "replay": spread(replay_s), "trace": spread(trace_s)},
         "train_steps_per_s": round(steps / med["train"], 1),
         "replay_steps_per_s": round(steps / med["replay"], 1),
         "dispute_trace_steps_per_s": round(steps / med["trace"], 1),
@@ -134,21 +142,23 @@ def main() -> None:
     )
     ap.add_argument("--steps", type=int, default=40, help="steps of the throughput run")
     ap.add_argument("--every", type=int, default=10, help="steps per checkpoint interval")
-    ap.add_argument("--repeats", type=int, default=3, help="repeats of the throughput run")
+    ap.add_argument("--repeats", type=int, default=5, help="repeats of the throughput run")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads, pinned")
     args = ap.parse_args()
     verdict = commit_to_verdict(10, 5)
-    thr = throughput(args.steps, args.every, args.repeats)
+    thr = throughput(args.steps, args.every, args.repeats, args.threads)
     samp = sampling(float(thr["replay_over_train_time"]))  # type: ignore[arg-type]
     path = write("e2e", {"commit_to_verdict": verdict, "throughput": thr, "sampling": samp})
     table("commit to verdict (real services on anvil, one process polling both)",
           ["fault", "moves", "seconds"],
           [[str(verdict["fault"]), str(verdict["moves"]), str(verdict["seconds"])]])  # fmt: skip
-    table(f"replay vs training, digits-mlp, {args.steps} steps (median of {args.repeats})",
+    table(f"replay vs training, digits-mlp, {args.steps} steps, {args.threads} thread(s) pinned "
+          f"(median of {args.repeats}, interleaved)",
           ["measure", "steps/s", "time / training time"],
           [["trainer: train + checkpoints (torch)", str(thr["train_steps_per_s"]), "1"],
            ["challenger: replay from checkpoints (torch)", str(thr["replay_steps_per_s"]),
             str(thr["replay_over_train_time"])],
-           ["dispute trace with op-level roots (numpy)", str(thr["dispute_trace_steps_per_s"]),
+           ["dispute trace with op-level roots (torch)", str(thr["dispute_trace_steps_per_s"]),
             str(thr["trace_over_train_time"])]])  # fmt: skip
     table("sampling for 99% detection of a cheat in 1% of intervals",
           ["intervals", "bad", "rate", "fraction of training compute"],

@@ -9,8 +9,11 @@ MATMUL on the native FMA-chain kernel) and natively (autograd, the model's own l
 ``torch.optim`` optimizer, MKL/oneDNN kernels). For each pinned thread count the two steps are
 interleaved round-robin; medians and quartiles of seconds per step and the ratio of medians.
 The per-step commitment (``state_root`` of the new state: what the trainer records for every
-step) is timed separately. ``--profile`` prints where a canonical step spends its time, by
-opcode (ops run one by one). Writes bench/results/step.json and prints a table.
+step) is timed separately, and so is the step's full op-level dispute trace (``StepTrace`` on
+the torch backend: every op's output hashed, every op boundary's state root), interleaved
+with the other two; its throughput is quoted as a fraction of training throughput.
+``--profile`` prints where a canonical step spends its time, by kind of call (element chains
+as one call each). Writes bench/results/step.json and prints a table.
 """
 
 # ruff: noqa: E402  (imports follow the sys.path fix below)
@@ -36,6 +39,7 @@ import torch.nn.functional as F
 
 import trainproof
 from bench._report import interleave, pin_threads, table, write
+from replay.dispute.trace import StepTrace
 from replay.execute.native import native_isa
 from replay.execute.state import state_root_of
 from replay.execute.torch_backend import TorchExecutor
@@ -149,8 +153,16 @@ def main() -> None:
         canonical, native_step, ex, tb, params = steps_of(name)
         for th in threads:
             pin_threads(th)
+            program, start = ex.program, ex.get_state()
+            batch = tuple(t.numpy() for t in tb)
+
+            def trace() -> None:
+                StepTrace(program, start, batch, "torch")  # noqa: B023
+
             stats = interleave(
-                {"canonical": canonical, "native": native_step}, args.repeats, min_seconds=0.3
+                {"canonical": canonical, "native": native_step, "trace": trace},
+                args.repeats,
+                min_seconds=0.3,
             )
             program, state = ex.program, ex.get_state()
             commit = interleave({"root": lambda: state_root_of(program, state)}, 3, 0.1)  # noqa: B023
@@ -159,13 +171,19 @@ def main() -> None:
                 "ops": len(ex.program.ops), "canonical": stats["canonical"],
                 "native": stats["native"],
                 "ratio": stats["canonical"]["median"] / stats["native"]["median"],
+                "trace": stats["trace"],
+                "trace_throughput_over_training": (
+                    stats["canonical"]["median"] / stats["trace"]["median"]
+                ),
                 "state_root_seconds": commit["root"]["median"],
             }  # fmt: skip
             rows.append(row)
             print(
                 f"{name} {th} thr: canonical {row['canonical']['median'] * 1e3:.2f} ms, "
                 f"native {row['native']['median'] * 1e3:.2f} ms, ratio {row['ratio']:.2f}x, "
-                f"state root {row['state_root_seconds'] * 1e3:.2f} ms",
+                f"state root {row['state_root_seconds'] * 1e3:.2f} ms, trace "
+                f"{row['trace']['median'] * 1e3:.2f} ms "
+                f"({row['trace_throughput_over_training']:.2f}x training throughput)",
                 flush=True,
             )
             if args.profile:
@@ -173,7 +191,7 @@ def main() -> None:
                     print(f"    {opname:12s} {n:5d} ops {sec * 1e3:9.2f} ms")
     table(
         f"canonical step vs native torch step (ISA {native_isa()}; medians, [p25, p75])",
-        ["model", "params", "threads", "canonical ms", "native ms", "ratio", "state root ms"],
+        ["model", "params", "thr", "canonical ms", "native ms", "ratio", "root ms", "trace/train"],
         [
             [
                 r["model"], f"{r['parameters'] / 1e6:.2f}M", str(r["threads"]),
@@ -182,6 +200,7 @@ def main() -> None:
                 f"{r['native']['median'] * 1e3:.2f} [{r['native']['p25'] * 1e3:.2f}, "
                 f"{r['native']['p75'] * 1e3:.2f}]",
                 f"{r['ratio']:.2f}x", f"{r['state_root_seconds'] * 1e3:.2f}",
+                f"{r['trace_throughput_over_training']:.2f}x",
             ]
             for r in rows
         ],
@@ -193,6 +212,7 @@ def main() -> None:
             "isa": native_isa(),
             "threads_pinned": threads,
             "ratio_is": "median canonical seconds / median native seconds, interleaved, same run",
+            "trace_throughput_over_training_is": "median canonical step / median trace seconds",
             "results": rows,
         },
     )

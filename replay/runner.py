@@ -34,7 +34,7 @@ from replay.data.checkpoint import (
 from replay.data.dataset import Dataset, DatasetSpec
 from replay.errors import CheckpointError, SpecError
 from replay.execute.backends import make_executor
-from replay.execute.state import state_root_of
+from replay.execute.state import StateRootPipeline, state_root_of
 
 RUN_FORMAT = "trainproof-run/v0"
 CHECKPOINT_DIR = "checkpoints"
@@ -229,14 +229,17 @@ def _continue(
     if start == 0:
         run.step_roots.append(to_hex(state_root_of(program, state)))
         checkpoint(0, state)
-    for t in range(start, steps):
-        executor.run_step(dataset.batch(t))
-        state = executor.get_state()
-        run.step_roots.append(to_hex(state_root_of(program, state)))
-        if (t + 1) % checkpoint_every == 0:
-            checkpoint(t + 1, state)
-        if on_step:
-            on_step(t + 1)
+    with StateRootPipeline(program) as roots:  # each step's root hashed during the next step
+        for t in range(start, steps):
+            executor.run_step(dataset.batch(t))
+            state = executor.get_state()
+            roots.add(state)
+            if (t + 1) % checkpoint_every == 0:
+                run.step_roots.extend(to_hex(r) for r in roots.drain())
+                checkpoint(t + 1, state)
+            if on_step:
+                on_step(t + 1)
+        run.step_roots.extend(to_hex(r) for r in roots.drain())
     run.run_root = to_hex(run_root_of([from_hex(c.state_root) for c in run.checkpoints]))
     run.heldout_accuracy = heldout_accuracy(model, dataset, state, backend, device)
     write_run(out, run)

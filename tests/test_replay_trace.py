@@ -6,6 +6,8 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from test_replay_backends import chain_programs
 
 from protocol.commitments import chunk_tree, state_root, tensor_root, tensor_root_from_fields
 from protocol.constants import DTYPE_FLOAT32
@@ -249,3 +251,17 @@ def test_trace_memory_is_bounded_by_the_live_set(monkeypatch: pytest.MonkeyPatch
         assert tracemalloc.get_traced_memory()[1] < live + slack
     finally:
         tracemalloc.stop()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(chain_programs())
+def test_a_fused_recorded_trace_equals_the_op_by_op_trace(case) -> None:
+    """The torch trace records the whole step at once (element chains fused, every op's
+    value kept): the same op-level roots and slot values as the numpy trace op by op."""
+    program, start, batch = case
+    with np.errstate(all="ignore"):
+        ref = StepTrace(program, start, batch)
+    fused = StepTrace(program, start, batch, backend="torch")
+    assert fused.op_roots == ref.op_roots
+    for j in (0, program_length := len(program.ops), program_length // 2):
+        assert fused.slot_roots(j) == ref.slot_roots(j)

@@ -53,12 +53,6 @@ def _root(value: np.ndarray) -> bytes:
     return tensor_root(as_committed(value), threads=1)
 
 
-def _done(root: bytes) -> Future[bytes]:
-    done: Future[bytes] = Future()
-    done.set_result(root)
-    return done
-
-
 @dataclass(frozen=True)
 class OperandRead:
     """One element an op reads: operand ``k`` at flat ``index`` of ``slot``."""
@@ -93,11 +87,13 @@ class StepTrace:
     ) -> None:
         self.program = program
         self._batch = batch
-        self._backend, self._device = backend, device
+        # a fault hook may replace any slot, and only the reference reads every operand from
+        # its slot (the torch backend captures a step's FILL constants when it compiles)
+        self._backend, self._device = ("numpy", "cpu") if tamper is not None else (backend, device)
         self._initial = _start_slots(program, start)
         roots = [None if v is None else tensor_root(as_committed(v)) for v in self._initial]
         self._initial_roots = list(roots)
-        pending: list[tuple[int, Future[bytes] | None]] = []  # every slot written, in order
+        pending: list[tuple[int, bytes | Future[bytes] | None]] = []  # every slot written
         updates: list[tuple[int, bytes | None]] = []  # and the root it was given
         ends: list[int] = []  # per op: how many updates precede the state after it
         # per slot: the ops that replaced it and the root it held after each (32 bytes per op)
@@ -109,39 +105,52 @@ class StepTrace:
         self._at = 0
         self._undo: dict[int, np.ndarray | None] | None = None
         executor = self._cursor(0)
-        # without a hook (which may read any slot), the first pass keeps only what later ops
-        # read: a persistent value is dropped after its last read (queries re-execute anyway)
-        drops = {} if tamper is not None else _dead_persistent(program)
-        for j, op in enumerate(program.ops):
-            executor.run_op(j, batch)
-            changes: dict[int, np.ndarray | None] = {
-                op.out: executor.slot_array(op.out, copy=False)  # only hashed here
-            }
-            if tamper is not None:
-                tampered = {
-                    slot: None if v is None else np.array(v, dtype=np.float32, order="C")
-                    for slot, v in tamper(j, executor, batch).items()
+
+        def record(j: int, slot: int, value: np.ndarray | None) -> None:
+            # a large value is hashed on the hashing thread while the next ops run (values
+            # are never written in place, so the view stays valid)
+            hashed: bytes | Future[bytes] | None = (
+                None if value is None
+                else _HASHER.submit(_root, value) if value.size >= BACKGROUND_HASH_MIN
+                else _root(value)
+            )  # fmt: skip
+            self._writes.setdefault(slot, []).append(j)
+            pending.append((slot, hashed))
+
+        recorded = getattr(executor, "run_step_recorded", None)
+        drops: dict[int, list[int]] = {}
+        if tamper is None and recorded is not None:
+            # the whole step at once, element chains fused, every op's value kept
+            tb = None if batch is None else executor.batch_tensors(batch)  # type: ignore[attr-defined]
+            for j, slot, value in recorded(tb):
+                record(j, slot, None if value is None else value.detach().cpu().numpy())
+                ends.append(len(pending))
+        else:
+            # op by op; without a hook (which may read any slot) a persistent value is
+            # dropped after its last read (queries re-execute anyway)
+            drops = {} if tamper is not None else _dead_persistent(program)
+            for j, op in enumerate(program.ops):
+                executor.run_op(j, batch)
+                changes: dict[int, np.ndarray | None] = {
+                    op.out: executor.slot_array(op.out, copy=False)  # only hashed here
                 }
-                for slot, value in tampered.items():
-                    executor.set_slot(slot, value)  # type: ignore[attr-defined]
-                if tampered:
-                    self._tampered[j] = tampered
-                changes.update(tampered)
-            for slot, value in changes.items():
-                # hashed on the hashing thread while the next ops run (values are never
-                # written in place, so a view stays valid)
-                hashed = (
-                    None if value is None
-                    else _HASHER.submit(_root, value) if value.size >= BACKGROUND_HASH_MIN
-                    else _done(_root(value))
-                )  # fmt: skip
-                self._writes.setdefault(slot, []).append(j)
-                pending.append((slot, hashed))
-            ends.append(len(pending))
-            for slot in drops.get(j, ()):
-                executor.set_slot(slot, None)  # type: ignore[attr-defined]
+                if tamper is not None:
+                    tampered = {
+                        slot: None if v is None else np.array(v, dtype=np.float32, order="C")
+                        for slot, v in tamper(j, executor, batch).items()
+                    }
+                    for slot, value in tampered.items():
+                        executor.set_slot(slot, value)  # type: ignore[attr-defined]
+                    if tampered:
+                        self._tampered[j] = tampered
+                    changes.update(tampered)
+                for slot, value in changes.items():
+                    record(j, slot, value)
+                ends.append(len(pending))
+                for slot in drops.get(j, ()):
+                    executor.set_slot(slot, None)  # type: ignore[attr-defined]
         for slot, hashed in pending:
-            root = None if hashed is None else hashed.result()
+            root = hashed.result() if isinstance(hashed, Future) else hashed
             self._roots.setdefault(slot, []).append(root)
             updates.append((slot, root))
         after = state_roots_after(roots, updates)

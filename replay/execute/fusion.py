@@ -157,10 +157,11 @@ def plan_chains(
 
 
 def chain_runner(
-    chain: Chain, program: Program, kernels: object
-) -> Callable[[Slots, object], None]:
+    chain: Chain, program: Program, kernels: object, record: bool = False
+) -> Callable[[Slots, object], list[torch.Tensor]]:
     """The step-function call for ``chain``: gather inputs, run the native chain, store the
-    values that outlive it, release the outside slots it freed."""
+    values that outlive it, release the outside slots it freed. With ``record`` every op's
+    value is kept and the call returns them in op order (the dispute trace hashes each)."""
     spec = np.full((len(chain.ops), 5), -1, dtype=np.int32)
     out_slots: list[int] = []
     out_shapes: list[tuple[int, ...]] = []
@@ -168,7 +169,7 @@ def chain_runner(
         op = program.ops[j]
         spec[k, 0] = int(op.opcode)
         spec[k, 1 : 1 + len(chain.refs[k])] = chain.refs[k]
-        if k not in chain.dead:
+        if record or k not in chain.dead:
             spec[k, 4] = len(out_slots)
             out_slots.append(op.out)
             out_shapes.append(tuple(op.shape))
@@ -185,13 +186,17 @@ def chain_runner(
     frees, run = list(chain.frees), kernels.chain  # type: ignore[attr-defined]
     f32, threads = torch.float32, torch.get_num_threads
 
-    def run_chain(s: Slots, _b: object) -> None:
+    keep = [record is False or k not in chain.dead for k in range(len(out_slots))]
+
+    def run_chain(s: Slots, _b: object) -> list[torch.Tensor]:
         ins = tuple(g(s) for g in getters)
         outs = [torch.empty(shape, dtype=f32) for shape in out_shapes]
         run(shape4, spec, ins, maps, tuple(t.numpy() for t in outs), threads())
         for slot in frees:  # first: a freed slot may be written again inside the run
             s[slot] = None
-        for slot, t in zip(out_slots, outs, strict=True):
-            s[slot] = t
+        for slot, t, live in zip(out_slots, outs, keep, strict=True):
+            if live:
+                s[slot] = t
+        return outs
 
     return run_chain

@@ -10,6 +10,7 @@ re-hashes only that slot's tensor and its path to the root — what the op-level
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
@@ -38,3 +39,34 @@ def state_root_of(program: Program, persistent: Mapping[str, np.ndarray]) -> byt
     for slot in program.slots:
         roots.append(tensor_root(as_committed(persistent[slot.name])) if slot.persistent else None)
     return state_root(roots)
+
+
+class StateRootPipeline:
+    """Step-boundary state roots computed on a background thread while the next step runs.
+
+    ``add`` takes a state as the executor returned it (read-only arrays it never writes
+    again) and starts hashing it; ``drain`` returns every root added since the last drain,
+    in order, waiting for the ones still being hashed. The native hasher releases the GIL, so
+    on a machine with a spare core the roots cost the training loop almost nothing."""
+
+    def __init__(self, program: Program) -> None:
+        self.program = program
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state-root")
+        self._pending: list[Future[bytes]] = []
+
+    def add(self, state: Mapping[str, np.ndarray]) -> None:
+        self._pending.append(self._pool.submit(state_root_of, self.program, dict(state)))
+
+    def drain(self) -> list[bytes]:
+        roots = [f.result() for f in self._pending]
+        self._pending = []
+        return roots
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> StateRootPipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

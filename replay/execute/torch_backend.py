@@ -140,6 +140,8 @@ class TorchExecutor:
         self._writes_compute = {
             op.out for op in program.ops if op.opcode not in (Opcode.LOAD_BATCH, Opcode.FREE)
         }
+        self._static_fills = set(range(len(program.ops))) - set(plan)
+        self._recorded: list[tuple[str, object, object]] | None = None
         self._step = self._generate_step(plan)
 
     # ------------------------------------------------------------------ state
@@ -149,6 +151,9 @@ class TorchExecutor:
         other.state = [None] * len(self.program.slots)
         other._computed = set()
         other._batch_cache = None
+        if self._recorded is None:  # compiled once, shared with the clones
+            self._recorded = self._record_plan()
+        other._recorded = self._recorded
         return other
 
     def set_state(self, values: dict[str, np.ndarray]) -> None:
@@ -227,6 +232,57 @@ class TorchExecutor:
         keep = set(self._persistent)
         self.state = [v if i in keep else None for i, v in enumerate(s)]
         self._computed |= self._writes_compute
+
+    def run_step_recorded(self, batch: BatchTensors | None) -> list[tuple[int, int, Tensor | None]]:
+        """One whole step like :meth:`run_step_tensors`, element chains included, returning
+        every op's ``(index, slot written, value)`` in op order (None for a FREE; a captured
+        FILL's constant), values exported (canonical NaNs): what the dispute trace hashes,
+        without running the ops one by one. A value is never written in place afterwards."""
+        if self._recorded is None:
+            self._recorded = self._record_plan()
+        ops = self.program.ops
+        s, self.state = self.state, [None] * len(self.state)
+        written: list[tuple[int, int, Tensor | None]] = []
+        for kind, where, fn in self._recorded:
+            if kind == "chain":
+                values = fn(s, batch)  # type: ignore[operator]
+                written.extend((k, ops[k].out, t) for k, t in zip(where, values, strict=True))  # type: ignore[call-overload]
+            elif kind in ("fill", "free"):  # a captured constant / a FREE the chain ran
+                written.append((where, ops[where].out, fn))  # type: ignore[index,arg-type]
+            else:
+                fn(s, batch)  # type: ignore[operator]
+                out = ops[where].out  # type: ignore[index]
+                written.append((where, out, s[out]))  # type: ignore[arg-type]
+        keep = set(self._persistent)
+        self.state = [v if i in keep else None for i, v in enumerate(s)]
+        self._computed |= self._writes_compute
+        written.sort(key=lambda w: w[0])
+        return [(j, out, None if t is None else self._export(t)) for j, out, t in written]
+
+    def _export(self, t: Tensor) -> Tensor:
+        """A value as it is committed: NaNs canonical."""
+        return canon(t) if self._has_nan(t) else t
+
+    def _record_plan(self) -> list[tuple[str, object, object]]:
+        """The calls of :meth:`run_step_recorded`: chains that keep every value, the other
+        ops' closures, and the captured FILLs (run nowhere, recorded at their index)."""
+        program = self.program
+        plan = [j for j in range(len(program.ops)) if j not in self._static_fills]
+        entries: list[int | Chain] = list(plan)
+        if native_matmul_available(self.device):
+            entries = plan_chains(program, plan, lambda j: self._parts.get(id(program.ops[j])))
+        calls: list[tuple[str, object, object]] = [
+            ("fill", j, self._fill_value(program.ops[j])) for j in sorted(self._static_fills)
+        ]
+        kernels = native_kernels() if native_matmul_available(self.device) else None
+        for e in entries:
+            if isinstance(e, Chain):
+                calls.append(("chain", e.ops, chain_runner(e, program, kernels, record=True)))
+                chained = set(e.ops)  # the FREEs the chain absorbed: recorded, run by it
+                calls.extend(("free", j, None) for j in e.entries if j not in chained)
+            else:
+                calls.append(("op", e, self._fns[e]))
+        return calls
 
     # ------------------------------------------------------------------ compiling
     def _fill_value(self, op: OpDescriptor) -> Tensor:
