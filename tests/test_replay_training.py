@@ -133,7 +133,9 @@ ENVS = [
     {"OMP_NUM_THREADS": "1", "ATEN_CPU_CAPABILITY": "default"},
     {"OMP_NUM_THREADS": "2", "ATEN_CPU_CAPABILITY": "avx2"},
     {"OMP_NUM_THREADS": "1", "MKL_CBWR": "COMPATIBLE"},
-    # the native FMA-chain kernel: each ISA path, and off (the torch float64 path)
+    # the native kernels: each ISA path (avx512 falls back where the CPU lacks it), 4 threads
+    # (more than these machines' cores), and off (the torch float64 path)
+    {"OMP_NUM_THREADS": "4", "TRAINPROOF_ISA": "avx512"},
     {"OMP_NUM_THREADS": "2", "TRAINPROOF_ISA": "avx2"},
     {"OMP_NUM_THREADS": "1", "TRAINPROOF_ISA": "portable"},
     {"OMP_NUM_THREADS": "2", "TRAINPROOF_NATIVE": "0"},
@@ -163,7 +165,7 @@ def test_canonical_roots_do_not_depend_on_threads_or_cpu_capability() -> None:
         )
         assert proc.returncode == 0, proc.stderr
         outputs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    assert {o["threads"] for o in outputs} == {1, 2}
+    assert {o["threads"] for o in outputs} == {1, 2, 4}
     assert len({o["capability"] for o in outputs}) >= 2
     assert {o["isa"] for o in outputs} >= {"avx2", "portable"}  # each kernel path was run
     assert len({o["canonical"] for o in outputs}) == 1, outputs

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import bisect
+from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -47,6 +48,8 @@ _HASHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trace-hash")
 
 #: smaller outputs are hashed at once (handing them to the thread costs more than hashing)
 BACKGROUND_HASH_MIN = 1 << 14
+#: at most this many bytes of op outputs wait for the hashing thread
+TRACE_HASH_BACKLOG = 256 << 20
 
 
 def _root(value: np.ndarray) -> bytes:
@@ -93,7 +96,7 @@ class StepTrace:
         self._initial = _start_slots(program, start)
         roots = [None if v is None else tensor_root(as_committed(v)) for v in self._initial]
         self._initial_roots = list(roots)
-        pending: list[tuple[int, bytes | Future[bytes] | None]] = []  # every slot written
+        pending: list[tuple[int, int, bytes | Future[bytes] | None]] = []  # (op, slot, root)
         updates: list[tuple[int, bytes | None]] = []  # and the root it was given
         ends: list[int] = []  # per op: how many updates precede the state after it
         # per slot: the ops that replaced it and the root it held after each (32 bytes per op)
@@ -106,25 +109,37 @@ class StepTrace:
         self._undo: dict[int, np.ndarray | None] | None = None
         executor = self._cursor(0)
 
+        backlog: deque[tuple[Future[bytes], int]] = deque()  # hashes not done, their bytes
+        queued = 0
+
         def record(j: int, slot: int, value: np.ndarray | None) -> None:
             # a large value is hashed on the hashing thread while the next ops run (values
-            # are never written in place, so the view stays valid)
-            hashed: bytes | Future[bytes] | None = (
-                None if value is None
-                else _HASHER.submit(_root, value) if value.size >= BACKGROUND_HASH_MIN
-                else _root(value)
-            )  # fmt: skip
-            self._writes.setdefault(slot, []).append(j)
-            pending.append((slot, hashed))
+            # are never written in place, so the view stays valid); at most
+            # TRACE_HASH_BACKLOG bytes wait, so memory stays bounded
+            nonlocal queued
+            hashed: bytes | Future[bytes] | None
+            if value is None:
+                hashed = None
+            elif value.size < BACKGROUND_HASH_MIN:
+                hashed = _root(value)
+            else:
+                hashed = _HASHER.submit(_root, value)
+                backlog.append((hashed, value.nbytes))
+                queued += value.nbytes
+                while queued > TRACE_HASH_BACKLOG:
+                    done, size = backlog.popleft()
+                    done.result()
+                    queued -= size
+            pending.append((j, slot, hashed))
 
         recorded = getattr(executor, "run_step_recorded", None)
         drops: dict[int, list[int]] = {}
         if tamper is None and recorded is not None:
-            # the whole step at once, element chains fused, every op's value kept
+            # the whole step at once, element chains fused, every op's value seen once
             tb = None if batch is None else executor.batch_tensors(batch)  # type: ignore[attr-defined]
-            for j, slot, value in recorded(tb):
-                record(j, slot, None if value is None else value.detach().cpu().numpy())
-                ends.append(len(pending))
+            recorded(tb, lambda j, slot, v: record(j, slot, None if v is None else v.cpu().numpy()))
+            pending.sort(key=lambda p: p[0])  # one value per op, now in op order
+            ends.extend(range(1, len(pending) + 1))
         else:
             # op by op; without a hook (which may read any slot) a persistent value is
             # dropped after its last read (queries re-execute anyway)
@@ -149,8 +164,9 @@ class StepTrace:
                 ends.append(len(pending))
                 for slot in drops.get(j, ()):
                     executor.set_slot(slot, None)  # type: ignore[attr-defined]
-        for slot, hashed in pending:
+        for j, slot, hashed in pending:
             root = hashed.result() if isinstance(hashed, Future) else hashed
+            self._writes.setdefault(slot, []).append(j)
             self._roots.setdefault(slot, []).append(root)
             updates.append((slot, root))
         after = state_roots_after(roots, updates)

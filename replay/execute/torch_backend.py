@@ -233,31 +233,36 @@ class TorchExecutor:
         self.state = [v if i in keep else None for i, v in enumerate(s)]
         self._computed |= self._writes_compute
 
-    def run_step_recorded(self, batch: BatchTensors | None) -> list[tuple[int, int, Tensor | None]]:
-        """One whole step like :meth:`run_step_tensors`, element chains included, returning
-        every op's ``(index, slot written, value)`` in op order (None for a FREE; a captured
-        FILL's constant), values exported (canonical NaNs): what the dispute trace hashes,
-        without running the ops one by one. A value is never written in place afterwards."""
+    def run_step_recorded(
+        self, batch: BatchTensors | None, on_value: Callable[[int, int, Tensor | None], None]
+    ) -> None:
+        """One whole step like :meth:`run_step_tensors`, element chains included, calling
+        ``on_value(op index, slot written, value)`` for every op as its value is made (None for
+        a FREE; a captured FILL's constant; NaNs canonical) — what the dispute trace hashes,
+        without running the ops one by one. Calls come in execution order, not op order
+        (FILLs first, a chain's absorbed FREEs after it); a value is never written in place
+        afterwards, so the callee may keep it."""
         if self._recorded is None:
             self._recorded = self._record_plan()
         ops = self.program.ops
         s, self.state = self.state, [None] * len(self.state)
-        written: list[tuple[int, int, Tensor | None]] = []
         for kind, where, fn in self._recorded:
             if kind == "chain":
                 values = fn(s, batch)  # type: ignore[operator]
-                written.extend((k, ops[k].out, t) for k, t in zip(where, values, strict=True))  # type: ignore[call-overload]
-            elif kind in ("fill", "free"):  # a captured constant / a FREE the chain ran
-                written.append((where, ops[where].out, fn))  # type: ignore[index,arg-type]
+                for k, t in zip(where, values, strict=True):  # type: ignore[call-overload]
+                    on_value(k, ops[k].out, self._export(t))
+            elif kind == "fill":  # a captured constant
+                on_value(where, ops[where].out, fn)  # type: ignore[index,arg-type]
+            elif kind == "free":  # a FREE the chain before ran
+                on_value(where, ops[where].out, None)  # type: ignore[index,arg-type]
             else:
                 fn(s, batch)  # type: ignore[operator]
                 out = ops[where].out  # type: ignore[index]
-                written.append((where, out, s[out]))  # type: ignore[arg-type]
+                value = s[out]
+                on_value(where, out, None if value is None else self._export(value))  # type: ignore[arg-type]
         keep = set(self._persistent)
         self.state = [v if i in keep else None for i, v in enumerate(s)]
         self._computed |= self._writes_compute
-        written.sort(key=lambda w: w[0])
-        return [(j, out, None if t is None else self._export(t)) for j, out, t in written]
 
     def _export(self, t: Tensor) -> Tensor:
         """A value as it is committed: NaNs canonical."""
