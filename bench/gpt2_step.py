@@ -11,7 +11,6 @@ dispute trace (``StepTrace`` on the torch backend). Threads pinned. Writes
 bench/results/gpt2_step.json and prints a table. Takes several minutes.
 """
 
-
 from __future__ import annotations
 
 import argparse
