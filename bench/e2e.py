@@ -32,10 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._report import pin_threads, spread, table, write
 from protocol.anvil import AnvilNode, rpc
+from protocol.blobs import FileStore
 from protocol.chain import ChainSettings, connect, deploy_market
 from protocol.game import JobStatus
 from protocol.market import ApeMarket
-from replay.dispute.players import example_computation, job_spec_for
+from replay.dispute.players import example_computation, job_spec_for, write_job_bundle
 from replay.dispute.trace import StepTrace
 from replay.runner import replay, train
 
@@ -57,17 +58,19 @@ def commit_to_verdict(steps: int, every: int) -> dict[str, float | int]:
         deployment.save(tmp / "deployment.json")
         contract = ch.at("TrainProof", deployment.contracts["TrainProof"])
         market = ApeMarket(contract, ch.test_account(1))
+        comp = example_computation("digits-mlp", steps, every)
+        bundle = write_job_bundle(FileStore(tmp / "s"), comp)  # the job's published bundle
         spec = job_spec_for(
-            example_computation("digits-mlp", steps, every),
-            stake=2 * ETH, bond=ETH // 10, clock=3600, window=3600, train_time=600,
+            comp, bundle=bundle, stake=2 * ETH, bond=ETH // 10, clock=3600, window=3600,
+            train_time=600,
         )  # fmt: skip
         market.transact("register_job", spec.as_tuple(), value=ETH, key="job")
         common = {"rpc": node.url, "deployment": tmp / "deployment.json", "poll": 0.05}
         prover = ProverService(ProverConfig(
-            **common, db=tmp / "p.db", test_account=2, job=1, store=str(tmp / "s"), fault=FAULT,
+            **common, db=tmp / "p.db", test_account=2, job=1, store=[str(tmp / "s")], fault=FAULT,
         ))  # fmt: skip
         challenger = ChallengerService(ChallengerConfig(
-            **common, db=tmp / "c.db", test_account=3, store=str(tmp / "s"), rate=1.0,
+            **common, db=tmp / "c.db", test_account=3, store=[str(tmp / "s")], rate=1.0,
             confirmations=0,
         ))  # fmt: skip
         t_commit = t_verdict = 0.0

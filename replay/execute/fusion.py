@@ -30,6 +30,8 @@ CHAIN_OPCODES = frozenset(
 #: the chain kernel's limits (CHAIN_MAX_OPS, CHAIN_MAX_INPUTS in _kernels.c)
 MAX_CHAIN_OPS = 256
 MAX_CHAIN_INPUTS = 256
+#: a run this long becomes a chain; shorter ones stay torch ops
+MIN_CHAIN_OPS = 2
 
 OperandSpec = tuple
 Slots = list[torch.Tensor | None]
@@ -107,7 +109,7 @@ def plan_chains(
     def close() -> None:
         nonlocal chain
         if chain is not None:
-            if len(chain.ops) >= 2:
+            if len(chain.ops) >= MIN_CHAIN_OPS:
                 out.append(chain)
             else:
                 out.extend(chain.entries)
