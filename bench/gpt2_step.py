@@ -28,7 +28,12 @@ sys.path.insert(1, str(ROOT / "examples"))
 
 
 def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
+    """This process's peak resident memory (VmHWM: reset by exec, unlike ru_maxrss, which a
+    child inherits from the process that forked it)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1e6  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
 def compile_job(batch: int, ctx: int, out: Path) -> dict[str, float]:
