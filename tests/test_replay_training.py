@@ -92,7 +92,9 @@ def test_digits_mlp_reaches_95_percent(tmp_path: Path) -> None:
 
 ENV_SCRIPT = textwrap.dedent(
     """
-    import hashlib, json, torch
+    import hashlib, json, os, torch
+    if os.environ.get("TP_TEST_THREADS"):  # torch caps OMP_NUM_THREADS at the core count
+        torch.set_num_threads(int(os.environ["TP_TEST_THREADS"]))
     from replay.execute.backends import make_executor
     from replay.compile.compiler import compile_train, initial_state
     from replay.data.dataset import Dataset
@@ -135,7 +137,7 @@ ENVS = [
     {"OMP_NUM_THREADS": "1", "MKL_CBWR": "COMPATIBLE"},
     # the native kernels: each ISA path (avx512 falls back where the CPU lacks it), 4 threads
     # (more than these machines' cores), and off (the torch float64 path)
-    {"OMP_NUM_THREADS": "4", "TRAINPROOF_ISA": "avx512"},
+    {"OMP_NUM_THREADS": "2", "TP_TEST_THREADS": "4", "TRAINPROOF_ISA": "avx512"},
     {"OMP_NUM_THREADS": "2", "TRAINPROOF_ISA": "avx2"},
     {"OMP_NUM_THREADS": "1", "TRAINPROOF_ISA": "portable"},
     {"OMP_NUM_THREADS": "2", "TRAINPROOF_NATIVE": "0"},
@@ -146,6 +148,7 @@ KNOBS = (
     "MKL_CBWR",
     "TRAINPROOF_ISA",
     "TRAINPROOF_NATIVE",
+    "TP_TEST_THREADS",
 )
 
 
