@@ -121,6 +121,35 @@ def heldout_accuracy(
     return float(np.mean(pred == dataset.y_test.astype(np.int64)))
 
 
+def run_steps(
+    program: Program,
+    executor: Any,
+    dataset: Any,
+    steps: range,
+    every: int,
+    state: dict[str, np.ndarray],
+    step_roots: list[str],
+    checkpoint: Callable[[int, dict[str, np.ndarray]], None],
+    on_step: Callable[[int], None] | None = None,
+) -> dict[str, np.ndarray]:
+    """The training loop both runners share: each step of ``steps``, its state root appended
+    to ``step_roots`` (hashed on a thread during the next step, drained before every
+    checkpoint, so a written run never lacks a root), ``checkpoint`` every ``every`` steps.
+    Returns the last state."""
+    with StateRootPipeline(program) as roots:
+        for t in steps:
+            executor.run_step(dataset.batch(t))
+            state = executor.get_state()
+            roots.add(state)
+            if (t + 1) % every == 0:
+                step_roots.extend(to_hex(r) for r in roots.drain())
+                checkpoint(t + 1, state)
+            if on_step:
+                on_step(t + 1)
+        step_roots.extend(to_hex(r) for r in roots.drain())
+    return state
+
+
 @dataclass(frozen=True)
 class CheckpointEvent:
     step: int
@@ -229,17 +258,10 @@ def _continue(
     if start == 0:
         run.step_roots.append(to_hex(state_root_of(program, state)))
         checkpoint(0, state)
-    with StateRootPipeline(program) as roots:  # each step's root hashed during the next step
-        for t in range(start, steps):
-            executor.run_step(dataset.batch(t))
-            state = executor.get_state()
-            roots.add(state)
-            if (t + 1) % checkpoint_every == 0:
-                run.step_roots.extend(to_hex(r) for r in roots.drain())
-                checkpoint(t + 1, state)
-            if on_step:
-                on_step(t + 1)
-        run.step_roots.extend(to_hex(r) for r in roots.drain())
+    state = run_steps(
+        program, executor, dataset, range(start, steps), checkpoint_every, state,
+        run.step_roots, checkpoint, on_step,
+    )  # fmt: skip
     run.run_root = to_hex(run_root_of([from_hex(c.state_root) for c in run.checkpoints]))
     run.heldout_accuracy = heldout_accuracy(model, dataset, state, backend, device)
     write_run(out, run)

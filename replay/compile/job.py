@@ -37,8 +37,8 @@ from replay.data.checkpoint import (
 from replay.data.dataset import BatchSource
 from replay.errors import CheckpointError, SpecError
 from replay.execute.backends import make_executor
-from replay.execute.state import StateRootPipeline, state_root_of
-from replay.runner import CHECKPOINT_DIR, CheckpointRef, ReplayResult, run_root_of
+from replay.execute.state import state_root_of
+from replay.runner import CHECKPOINT_DIR, CheckpointRef, ReplayResult, run_root_of, run_steps
 
 LOSS_SLOT = "loss"
 JOB_FORMAT = "trainproof-job/v0"
@@ -285,15 +285,9 @@ def train(
     run.step_roots.append(to_hex(state_root_of(program, state)))
     checkpoint(0, state)
     t0 = time.perf_counter()
-    with StateRootPipeline(program) as roots:  # each step's root hashed during the next step
-        for t in range(steps):
-            executor.run_step(dataset.batch(t))
-            state = executor.get_state()
-            roots.add(state)
-            if (t + 1) % every == 0:
-                run.step_roots.extend(to_hex(r) for r in roots.drain())
-                checkpoint(t + 1, state)
-        run.step_roots.extend(to_hex(r) for r in roots.drain())
+    state = run_steps(
+        program, executor, dataset, range(steps), every, state, run.step_roots, checkpoint
+    )
     run.steps_per_second = steps / max(time.perf_counter() - t0, 1e-9)
     run.heldout_accuracy = heldout_accuracy(job, dataset, state, backend, device)
     run.run_root = to_hex(run_root_of([from_hex(c.state_root) for c in run.checkpoints]))
