@@ -394,9 +394,9 @@ def test_a_training_step_fuses_its_element_ops() -> None:
     parameter is one), and keeps the reference's bits (the agreement tests above)."""
     from replay.compile.compiler import compile_train
     from replay.compile.examples import DIGITS_MLP
-    from replay.execute.native import native_matmul_available
+    from replay.execute.native import native_available
 
-    if not native_matmul_available(__import__("torch").device("cpu")):
+    if not native_available(__import__("torch").device("cpu")):
         pytest.skip("the native kernels are off or not built")
     program = compile_train(DIGITS_MLP.model)
     calls = TorchExecutor(program).step_calls

@@ -21,8 +21,8 @@ except ImportError:  # pragma: no cover - built by `make`; the torch path is the
     _kernels = None  # type: ignore[assignment]
 
 
-def native_matmul_available(device: torch.device) -> bool:
-    """Whether MATMUL runs on the native kernel here (CPU, built, not disabled)."""
+def native_available(device: torch.device) -> bool:
+    """Whether the native kernels run here (CPU, built, not disabled by TRAINPROOF_NATIVE=0)."""
     return (
         _kernels is not None
         and device.type == "cpu"

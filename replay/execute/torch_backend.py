@@ -42,11 +42,11 @@ from replay.errors import ExecutionError
 from replay.execute.fusion import Chain, chain_runner, plan_chains
 from replay.execute.native import (
     NATIVE_ELEMENT_CODES,
+    native_available,
     native_element_op,
     native_gather,
     native_gemm,
     native_kernels,
-    native_matmul_available,
     native_reduce_max,
     native_reduce_sum,
 )
@@ -117,7 +117,7 @@ class TorchExecutor:
         self._summer = RowSummer(sum_strategy, self.device)
         self.max_table_bytes = max_table_bytes
         torch.set_flush_denormal(False)  # canonical mode keeps subnormals
-        self._native = native_matmul_available(self.device)
+        self._native = native_available(self.device)
         self.state: Slots = [None] * len(program.slots)
         self._computed: set[int] = set()
         self._batch_cache: tuple[object, BatchTensors] | None = None
@@ -274,12 +274,12 @@ class TorchExecutor:
         program = self.program
         plan = [j for j in range(len(program.ops)) if j not in self._static_fills]
         entries: list[int | Chain] = list(plan)
-        if native_matmul_available(self.device):
+        if native_available(self.device):
             entries = plan_chains(program, plan, lambda j: self._parts.get(id(program.ops[j])))
         calls: list[tuple[str, object, object]] = [
             ("fill", j, self._fill_value(program.ops[j])) for j in sorted(self._static_fills)
         ]
-        kernels = native_kernels() if native_matmul_available(self.device) else None
+        kernels = native_kernels() if native_available(self.device) else None
         for e in entries:
             if isinstance(e, Chain):
                 calls.append(("chain", e.ops, chain_runner(e, program, kernels, record=True)))
@@ -346,7 +346,7 @@ class TorchExecutor:
         shape, kernel = tuple(op.shape), ELEMENT_KERNELS[op.opcode]
         if op.opcode in (Opcode.GT, Opcode.GE, Opcode.EQ):
             kernel = compare_kernel(op.opcode, shape, self.device)
-        elif op.opcode.name in NATIVE_ELEMENT_CODES and native_matmul_available(self.device):
+        elif op.opcode.name in NATIVE_ELEMENT_CODES and native_available(self.device):
             kernel = native_element_op(op.opcode.name, shape, kernel)
         slots = self.program.slots
         # torch broadcasting must produce the op's shape: some operand has to be full-shape
@@ -409,7 +409,7 @@ class TorchExecutor:
         ns: dict[str, object] = {"as_strided": torch.as_strided}
         lines = ["def step(s, b):"]
         entries: list[int | Chain] = list(plan)
-        if native_matmul_available(self.device):  # runs of element ops: one native call each
+        if native_available(self.device):  # runs of element ops: one native call each
             program = self.program
             entries = plan_chains(program, plan, lambda j: self._parts.get(id(program.ops[j])))
         #: the step's calls in order, labelled (the generated function inlines the same):
@@ -470,7 +470,7 @@ class TorchExecutor:
 
     def _compile_reduce_max(self, op: OpDescriptor, constants: dict[int, Tensor]) -> OpFn:
         out, terms = op.out, self._terms(op, op.operands[0], constants)
-        if native_matmul_available(self.device):
+        if native_available(self.device):
             return self._native_fold(op, constants, native_reduce_max)
 
         def rmax(s: Slots, _b: object) -> None:
@@ -506,7 +506,7 @@ class TorchExecutor:
 
     def _compile_reduce_sum(self, op: OpDescriptor, constants: dict[int, Tensor]) -> OpFn:
         out, shape, rows, n = op.out, tuple(op.shape), op.reduce_len, op.numel
-        if native_matmul_available(self.device):
+        if native_available(self.device):
             return self._native_fold(op, constants, native_reduce_sum)
         terms, summer, block = (
             self._terms(op, op.operands[0], constants),
@@ -530,7 +530,7 @@ class TorchExecutor:
         one exact float64 product table per r, rounded once (``fma64``)."""
         oa, ob = op.operands
         if op.rank >= 2 and oa.strides[-1] == 0 and ob.strides[-2] == 0:
-            if native_matmul_available(self.device):
+            if native_available(self.device):
                 return self._compile_native_matmul(op, constants)
             if op.rank == 2:
                 return self._compile_matrix_product(op, constants)
@@ -612,7 +612,7 @@ class TorchExecutor:
         with no row are +0.0."""
         oi, ot = op.operands
         out, shape, rows = op.out, tuple(op.shape), op.reduce_len
-        if native_matmul_available(self.device):
+        if native_available(self.device):
             i_of, t_of = self._flat(oi.slot, constants), self._flat(ot.slot, constants)
             i_map = (oi.offset, tuple(oi.strides))
             t_map = (ot.offset, tuple(ot.strides), ot.reduce_stride)
