@@ -27,15 +27,22 @@ from pydantic import Field
 
 from protocol import attestation
 from protocol.agent import Agent, AgentConfig, is_transient, poll_forever, setup_logging
-from protocol.blobs import BlobError, StoreUnreachable, open_stores
+from protocol.blobs import open_stores
 from protocol.game import JobSpec, JobStatus
 from protocol.market import Commitment
 from protocol.pnl import Ledger, PnL
 from protocol.units import eth
 from replay.data.bundle import BundleError, BundleSource
-from replay.data.checkpoint import CheckpointError
-from replay.data.publish import fetch_checkpoint
 from replay.dispute.players import ChallengerPlayer, Computation, Fault, bundle_computation
+from replay.scale.cluster import RayAddress
+from replay.scale.farm import (
+    IntervalOutcome,
+    IntervalTask,
+    Pending,
+    Rejected,
+    open_farm,
+    start_computation,
+)
 
 log = setup_logging("challenger")
 
@@ -60,6 +67,13 @@ class ChallengerConfig(AgentConfig):
         pattern=r"^https?://",
         description="URL of a verification-status API to send signed coverage attestations to",
     )
+    ray: RayAddress | None = Field(
+        None,
+        description="replay sampled intervals on the Ray cluster at this address "
+        "(`auto`: the one this machine joined; HOST:PORT: its head) instead of in-process",
+    )
+    ray_cpus: float = Field(1.0, gt=0, description="CPUs each replay task asks Ray for")
+    ray_gpus: float = Field(0.0, ge=0, description="GPUs each replay task asks Ray for")
 
 
 #: Longest wait between two tries of an attestation the API did not take yet.
@@ -89,6 +103,7 @@ class ChallengerService:
         self.db = self.agent.db
         self.store = open_stores(cfg.store)
         self.bundles = BundleSource(self.store)
+        self.farm = open_farm(self.store, cfg.ray, cfg.ray_cpus, cfg.ray_gpus)
         self._comps: dict[tuple[int, int], Computation] = {}
         self._unsent: set[tuple[int, int]] = set()
         self._recover_pending()
@@ -146,9 +161,10 @@ class ChallengerService:
         last = self._last_checked()
         self._warn_if_head_stalls(head, max(last + 1, safe + 1))
         if safe > last:
-            for commitment in self.market.commitments(last + 1, safe):
-                if self._job_record(commitment.job_id) is None:
-                    self._check(commitment)
+            self._check_all(
+                [c for c in self.market.commitments(last + 1, safe)
+                 if self._job_record(c.job_id) is None]
+            )  # fmt: skip
             self.db.put("last_block", str(safe))
         self._retry_disputes()
         self._retry_unverifiable()
@@ -286,30 +302,65 @@ class ChallengerService:
         return self._honest(spec, Fault(kind="element", step=0, op=_first_tensor_op(honest)))
 
     def _check(self, c: Commitment) -> None:
-        """Check a commitment: sample intervals (kept, so that a retry checks the same ones),
-        replay them, and dispute the first that differs; a job whose inputs can't be had is
-        marked unverifiable and retried with backoff until its challenge window closes."""
-        job = self.market.job(c.job_id)
-        committed = [job.spec.initial_root, *c.checkpoint_roots]
-        m = len(c.checkpoint_roots)
-        record = self._job_record(c.job_id) or {}
-        if "sample" in record:
-            sample = [int(i) for i in record["sample"]]  # type: ignore[union-attr]
-        elif self.cfg.intervals is not None:
-            sample = sorted({i for i in self.cfg.intervals if 0 <= i < m})
-        else:
-            rng = secrets.SystemRandom()
-            sample = sorted(i for i in range(m) if rng.random() < self.cfg.rate)
-        record = {"verdict": "clean", "sample": sample}
-        try:
+        self._check_all([c])
+
+    def _check_all(self, commitments: list[Commitment]) -> None:
+        """Check commitments: sample each one's intervals (kept, so that a retry checks the
+        same ones), hand every sampled interval's replay to the farm at once (so that a Ray
+        farm replays all jobs' intervals in parallel), then conclude job by job: dispute the
+        first interval that differs; a job whose inputs can't be had is marked unverifiable
+        and retried with backoff until its challenge window closes."""
+        planned = []
+        for c in commitments:
+            job = self.market.job(c.job_id)
+            committed = [job.spec.initial_root, *c.checkpoint_roots]
+            record = {"verdict": "clean", "sample": self._sample(c)}
+            try:
+                honest = self._liar(job.spec) if self.cfg.lie else self._honest(job.spec)
+            except BundleError as e:
+                self._unverifiable(c.job_id, record, job.spec, e.part, e.why)
+                continue
+            pending = []
+            if not self.cfg.lie:
+                for interval in record["sample"]:  # type: ignore[union-attr]
+                    task = IntervalTask(job_id=c.job_id, spec=job.spec, committed=committed,
+                                        interval=interval, stores=self.cfg.store)  # fmt: skip
+                    pending.append((interval, self.farm.submit(task, honest)))
+            planned.append((c, job.spec, committed, record, honest, pending))
+        for c, spec, committed, record, honest, pending in planned:
             if self.cfg.lie:
-                bad, comp, matched, missing = 0, self._liar(job.spec), [], {}
+                bad, comp, matched, missing = 0, honest, [], {}
             else:
-                honest = self._honest(job.spec)
-                bad, comp, matched, missing = self._find_bad(c.job_id, committed, sample, honest)
-        except BundleError as e:
-            self._unverifiable(c.job_id, record, job.spec, e.part, e.why)
-            return
+                found = self._find_bad(c.job_id, committed, pending, honest)
+                bad, comp, matched, missing, reached = found
+                # what this watcher computed, next to what was committed (audits, farms)
+                record["reached"] = {str(i): "0x" + r.hex() for i, r in sorted(reached.items())}
+            self._conclude(c, spec, record, bad, comp, matched, missing, committed)
+
+    def _sample(self, c: Commitment) -> list[int]:
+        record = self._job_record(c.job_id) or {}
+        m = len(c.checkpoint_roots)
+        if "sample" in record:
+            return [int(i) for i in record["sample"]]  # type: ignore[union-attr]
+        if self.cfg.intervals is not None:
+            return sorted({i for i in self.cfg.intervals if 0 <= i < m})
+        rng = secrets.SystemRandom()
+        return sorted(i for i in range(m) if rng.random() < self.cfg.rate)
+
+    def _conclude(
+        self,
+        c: Commitment,
+        spec: JobSpec,
+        record: dict[str, object],
+        bad: int | None,
+        comp: Computation,
+        matched: list[int],
+        missing: dict[int, str],
+        committed: list[bytes],
+    ) -> None:
+        m = len(c.checkpoint_roots)
+        sample = record["sample"]
+        assert isinstance(sample, list)
         if self.cfg.attest_to:  # kept before the verdict, so a crash between loses none
             for interval in matched:
                 pending = {"run_root": "0x" + c.run_root.hex(), "tries": 0, "next": 0.0}
@@ -317,7 +368,7 @@ class ChallengerService:
         if bad is None and missing:
             first = min(missing)
             why = f"interval {first}: {missing[first]}"
-            self._unverifiable(c.job_id, record, job.spec, "dataset", why, sorted(missing))
+            self._unverifiable(c.job_id, record, spec, "dataset", why, sorted(missing))
             return
         log_check(c.job_id, m, sample, bad, self.cfg.rate, self.cfg.lie)
         if bad is None:
@@ -375,52 +426,48 @@ class ChallengerService:
     def _start_state(
         self, job_id: int, committed: list[bytes], c: int, honest: Computation
     ) -> Computation:
-        """A computation that starts at the latest verified checkpoint at or before C_c: a
-        checkpoint withheld, tampered or truncated routes the replay to an earlier one, down
-        to C_0, which the bundle always gives."""
-        for s in range(c, 0, -1):
-            try:
-                state = fetch_checkpoint(self.store, honest.program, committed[s])
-            except StoreUnreachable as e:
-                log.warning("event=store_unreachable job=%d interval=%d why=%r note=%s",
-                            job_id, s, str(e), "trying an earlier checkpoint")  # fmt: skip
-                continue
-            except (BlobError, CheckpointError) as e:
-                log.warning("event=checkpoint_rejected job=%d interval=%d why=%r", job_id, s,
-                            str(e))  # fmt: skip
-                continue
-            comp = honest.fresh()
-            comp.seed(s * honest.every, state)
-            return comp
-        return honest.fresh()
+        """A computation that starts at the latest verified checkpoint at or before C_c."""
+        comp, rejected = start_computation(self.store, honest, committed, c)
+        _log_rejected(job_id, rejected)
+        return comp
 
     def _find_bad(
-        self, job_id: int, committed: list[bytes], sample: list[int], honest: Computation
-    ) -> tuple[int | None, Computation, list[int], dict[int, str]]:
-        """The first interval found to disagree with the commitment, replaying each sampled
-        interval from the latest verified checkpoint before it (every interval replayed on
-        the way is compared too); the computation to play it from; the intervals replayed
-        that matched; and the sampled intervals whose batches could not be had (why)."""
+        self,
+        job_id: int,
+        committed: list[bytes],
+        pending: list[tuple[int, Pending]],
+        honest: Computation,
+    ) -> tuple[int | None, Computation, list[int], dict[int, str], dict[int, bytes]]:
+        """The first interval found to disagree with the commitment, from the farm's replays
+        of the sampled intervals (each from the latest verified checkpoint before it, every
+        interval replayed on the way compared too), read in interval order; the computation
+        to play it from; the intervals replayed that matched; and the sampled intervals whose
+        batches could not be had (why); and every interval end the replays reached. Replays
+        still running past the first bad one are cancelled (a local farm never starts them)."""
         matched: list[int] = []
         missing: dict[int, str] = {}
-        for c in sample:
+        reached: dict[int, bytes] = {}
+        for n, (c, task) in enumerate(pending):
             if c in matched:
+                task.cancel()
                 continue
-            comp = self._start_state(job_id, committed, c, honest)
-            start = comp.start_checkpoint
-            if start < c:
-                log.info("event=replay_from job=%d interval=%d from=%d", job_id, c, start)
-            try:
-                for i in range(start, c + 1):
-                    if comp.step_root((i + 1) * comp.every) != committed[i + 1]:
-                        return i, comp, matched, missing
-                    if i not in matched:
-                        matched.append(i)
-            except BundleError as e:  # a batch of these steps can't be had: next interval
-                missing[c] = e.args[0]
+            outcome = task.result()
+            _log_outcome(job_id, outcome, self.farm.name)
+            reached.update((outcome.start + k + 1, r) for k, r in enumerate(outcome.roots))
+            matched.extend(i for i in outcome.matched if i not in matched)
+            if outcome.missing is not None:
+                missing[c] = outcome.missing
                 log.warning("event=interval_unverifiable job=%d interval=%d part=%r why=%r",
-                            job_id, c, e.part, e.why)  # fmt: skip
-        return None, honest, sorted(matched), missing
+                            job_id, c, outcome.missing_part, outcome.missing)  # fmt: skip
+                continue
+            if outcome.bad is not None:
+                for _, later in pending[n + 1 :]:
+                    later.cancel()
+                comp = task.computation()
+                if comp is None:  # replayed elsewhere: play from the checkpoint before it
+                    comp = self._start_state(job_id, committed, outcome.bad, honest)
+                return outcome.bad, comp, sorted(matched), missing, reached
+        return None, honest, sorted(matched), missing, reached
 
     def _computation_for(self, job_id: int, interval: int) -> Computation:
         """The computation a game is played from (rebuilt after a restart)."""
@@ -539,6 +586,7 @@ class ChallengerService:
         try:
             poll_forever(self.step, self.cfg.poll, log, self.cfg.rpc, max_polls=max_polls)
         finally:  # also when stopped (Ctrl-C, SIGTERM): the summary is the last word
+            self.farm.close()
             try:
                 self.summary()
             except Exception as e:  # the node may be what stopped it
@@ -560,6 +608,26 @@ def log_check(
     else:
         log.warning("event=checked job=%d intervals=%d sampled=%s result=%r", job_id, intervals,
                     sample, f"interval {bad} does not match the commitment: disputing")  # fmt: skip
+
+
+def _log_rejected(job_id: int, rejected: list[Rejected]) -> None:
+    for r in rejected:
+        if r.event == "store_unreachable":
+            log.warning("event=store_unreachable job=%d interval=%d why=%r note=%s", job_id,
+                        r.interval, r.why, "trying an earlier checkpoint")  # fmt: skip
+        else:
+            log.warning("event=checkpoint_rejected job=%d interval=%d why=%r", job_id,
+                        r.interval, r.why)  # fmt: skip
+
+
+def _log_outcome(job_id: int, outcome: IntervalOutcome, farm: str) -> None:
+    """What one interval's replay cost, and where it started from."""
+    _log_rejected(job_id, outcome.rejected)
+    if outcome.start < outcome.interval:
+        log.info("event=replay_from job=%d interval=%d from=%d", job_id, outcome.interval,
+                 outcome.start)  # fmt: skip
+    log.info("event=replayed job=%d interval=%d from=%d seconds=%.3f farm=%s worker=%s", job_id,
+             outcome.interval, outcome.start, outcome.seconds, farm, outcome.worker)  # fmt: skip
 
 
 def _first_tensor_op(comp: Computation) -> int:

@@ -244,6 +244,20 @@ def challenger_watch(
         int | None,
         typer.Option(help="first block to look for commitments in (default: the deployment's)"),
     ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            help="replay farm: send every sampled interval's replay to the Ray cluster at "
+            "this address (`auto`: the one this machine joined with `ray start`; HOST:PORT: "
+            "its head) and check all new jobs at once; this process keeps the chain side"
+        ),
+    ] = None,
+    ray_cpus: Annotated[
+        float, typer.Option(help="with --ray: CPUs (torch threads) each replay task asks for")
+    ] = 1.0,
+    ray_gpus: Annotated[
+        float, typer.Option(help="with --ray: GPUs each replay task asks for")
+    ] = 0.0,
     poll: Annotated[float, typer.Option(help="seconds between polls")] = 0.5,
     max_polls: Annotated[int | None, typer.Option(help="stop after this many polls")] = None,
 ) -> None:
@@ -254,7 +268,8 @@ def challenger_watch(
     cfg = ChallengerConfig(rpc=rpc, deployment=deployment, db=db, key_env=key_env,
                            test_account=test_account, store=store, rate=rate, intervals=interval,
                            confirmations=confirmations, lie=lie, attest_to=attest_to,
-                           from_block=from_block, poll=poll)  # fmt: skip
+                           from_block=from_block, poll=poll, ray=ray, ray_cpus=ray_cpus,
+                           ray_gpus=ray_gpus)  # fmt: skip
     typer.echo(
         f"sampling each interval with probability {rate}: a cheat confined to one interval is "
         f"caught with probability {rate:.2f}; one confined to 1% of 1,000 intervals with "

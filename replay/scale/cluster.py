@@ -12,6 +12,7 @@ number of CPUs, and stops every process it started when it exits.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -20,7 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator
+
+from protocol.errors import TrainproofError
 
 #: How long a head node may take to start before LocalCluster gives up.
 START_TIMEOUT_S = 60.0
@@ -33,8 +38,21 @@ RAY_ENV = {
 }
 
 
-class ClusterError(RuntimeError):
+class ClusterError(TrainproofError):
     """Ray is missing, or the cluster could not be reached or started."""
+
+
+_ADDRESS = re.compile(r"^(auto|[A-Za-z0-9.\-]+:\d{1,5})$")
+
+
+def _check_address(address: str) -> str:
+    if not _ADDRESS.match(address):
+        raise ValueError(f"{address!r} is not a Ray address: give auto or HOST:PORT")
+    return address
+
+
+#: What ``--ray`` takes: ``auto`` or the head's ``HOST:PORT``.
+RayAddress = Annotated[str, AfterValidator(_check_address)]
 
 
 def _ray() -> Any:
@@ -50,9 +68,14 @@ def connect(address: str) -> Any:
 
     Joining twice is a no-op. A cluster that does not answer is one line saying what to do.
     """
+    global _joined
     ray = _ray()
     if ray.is_initialized():
-        return ray
+        if _joined == address:
+            return ray
+        ray.shutdown()  # one cluster per process: leave the other one
+    if address != "auto":
+        _probe(address)
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
     try:
@@ -66,13 +89,37 @@ def connect(address: str) -> Any:
             f"no Ray cluster at {address!r} ({first}): start one with `ray start --head` "
             "(or give its HOST:PORT)"
         ) from None
+    _joined = address
     return ray
 
 
+_joined: str | None = None
+#: Seconds to wait for a head's port to answer before saying there is no cluster there.
+PROBE_TIMEOUT_S = 3.0
+
+
+def _probe(address: str) -> None:
+    """Fail fast, in one line, when nothing listens at HOST:PORT (``ray.init`` would wait
+    minutes for a head that is not there)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_S):
+            pass
+    except OSError as e:
+        raise ClusterError(
+            f"no Ray cluster at {address!r} ({e.strerror or type(e).__name__}): start one with "
+            "`ray start --head` (or give its HOST:PORT)"
+        ) from None
+
+
 def disconnect() -> None:
+    global _joined
     ray = _ray()
     if ray.is_initialized():
         ray.shutdown()
+    _joined = None
 
 
 def cluster_cpus() -> float:
