@@ -41,7 +41,6 @@ from replay.scale.farm import (
     Pending,
     Rejected,
     open_farm,
-    start_computation,
 )
 
 log = setup_logging("challenger")
@@ -423,13 +422,14 @@ class ChallengerService:
                 continue
             self._check(self._commitment(job_id))
 
-    def _start_state(
+    def _dispute_computation(
         self, job_id: int, committed: list[bytes], c: int, honest: Computation
     ) -> Computation:
-        """A computation that starts at the latest verified checkpoint at or before C_c."""
-        comp, rejected = start_computation(self.store, honest, committed, c)
-        _log_rejected(job_id, rejected)
-        return comp
+        """The computation a dispute of interval ``c`` is played from: from the latest
+        verified checkpoint at or before C_c, here or (``--ray``) on a farm worker."""
+        task = IntervalTask(job_id=job_id, spec=self.market.job(job_id).spec,
+                            committed=committed, interval=c, stores=self.cfg.store)  # fmt: skip
+        return self.farm.computation(task, honest)
 
     def _find_bad(
         self,
@@ -464,8 +464,8 @@ class ChallengerService:
                 for _, later in pending[n + 1 :]:
                     later.cancel()
                 comp = task.computation()
-                if comp is None:  # replayed elsewhere: play from the checkpoint before it
-                    comp = self._start_state(job_id, committed, outcome.bad, honest)
+                if comp is None:  # replayed elsewhere: played there, from the checkpoint before
+                    comp = self._dispute_computation(job_id, committed, outcome.bad, honest)
                 return outcome.bad, comp, sorted(matched), missing, reached
         return None, honest, sorted(matched), missing, reached
 
@@ -480,7 +480,7 @@ class ChallengerService:
                 honest = self._honest(job.spec)
                 start = int(record.get("start", 0))  # type: ignore[call-overload]
                 committed = [job.spec.initial_root, *self._committed_roots(job_id)]
-                comp = self._start_state(job_id, committed, start, honest)
+                comp = self._dispute_computation(job_id, committed, start, honest)
             self._comps[(job_id, interval)] = comp
         return self._comps[(job_id, interval)]
 

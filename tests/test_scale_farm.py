@@ -190,5 +190,7 @@ def test_a_ray_watcher_checks_jobs_at_once_and_matches_a_local_one(world, cluste
     assert records["ray"] == records["local"]  # same samples, verdicts, disputed intervals
     assert records["ray"][f"job:{CHEAT}"]["verdict"] == "disputed"
     assert watchers["ray"].farm.name == "ray" and len(watchers["ray"].farm.overhead) >= JOBS
-    games = market.games_of(CHEAT)
-    assert games and market.game(games[0]).phase.name == "CHALLENGER_WON"
+    # the Ray watcher's own game, played from a DisputeWorker on the cluster, was won
+    (ray_game,) = [int(v) for _, v in watchers["ray"].db.items("done:game:")]
+    assert market.game(ray_game).phase.name == "CHALLENGER_WON"
+    assert market.job(CHEAT).status == JobStatus.REJECTED

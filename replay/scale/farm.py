@@ -12,7 +12,9 @@ file) hands each one to a farm:
 - :class:`RayFarm` submits them all at once as Ray tasks with resource requests; each worker
   fetches the bundle and checkpoints from the stores itself (verifying every blob against
   its root, as here), and a task whose worker dies is retried by Ray. The answers are the
-  same as a local replay's: the replay is bit-exact on any machine.
+  same as a local replay's: the replay is bit-exact on any machine. A dispute is played
+  from a :class:`RemoteComputation`: its replays and op-level traces run in a
+  :class:`DisputeWorker` actor on the cluster, and the coordinator only signs the moves.
 
 The farm keeps what each task cost the coordinator (submission to answer, minus the
 worker's own replay time): ``RayFarm.overhead`` (bench/farm.py reports it).
@@ -154,6 +156,8 @@ class Farm(Protocol):
 
     def submit(self, task: IntervalTask, honest: Computation) -> Pending: ...
 
+    def computation(self, task: IntervalTask, honest: Computation) -> Computation: ...
+
     def close(self) -> None: ...
 
 
@@ -187,6 +191,11 @@ class LocalFarm:
 
     def submit(self, task: IntervalTask, honest: Computation) -> Pending:
         return _LocalPending(self, task, honest)
+
+    def computation(self, task: IntervalTask, honest: Computation) -> Computation:
+        """The computation a dispute of ``task.interval`` is played from, here."""
+        comp, _ = start_computation(self.store, honest, task.committed, task.interval)
+        return comp
 
     def close(self) -> None:
         pass
@@ -230,6 +239,111 @@ def replay_interval(task: dict[str, Any], threads: int) -> dict[str, Any]:
         ).model_dump()  # fmt: skip
     outcome, _ = check_interval(store, honest, parsed.committed, parsed.interval)
     return outcome.model_dump()
+
+
+class DisputeWorker:
+    """A Ray actor: one disputed interval's computation, from the latest verified checkpoint
+    before it, answering the trace questions a game asks (state roots at step and op
+    boundaries, slot values, chunk trees, partials). Restarted by Ray if its worker dies:
+    everything it holds is recomputed from the checkpoint."""
+
+    def __init__(self, task: dict[str, Any], threads: int) -> None:
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+        parsed = IntervalTask.model_validate(task)
+        store, honest = _worker_job(parsed)
+        self.comp, _ = start_computation(store, honest, parsed.committed, parsed.interval)
+
+    def call(self, name: str, *args: Any) -> Any:
+        return getattr(self.comp, name)(*args)
+
+    def attr(self, name: str) -> Any:
+        return getattr(self.comp, name)
+
+    def trace_call(self, t: int, name: str, *args: Any) -> Any:
+        return getattr(self.comp.trace(t), name)(*args)
+
+    def trace_attr(self, t: int, name: str) -> Any:
+        return getattr(self.comp.trace(t), name)
+
+
+class RemoteTrace:
+    """The StepTrace interface of a step traced on a DisputeWorker (what players read)."""
+
+    def __init__(self, remote: RemoteComputation, t: int) -> None:
+        self._remote, self._t = remote, t
+        self.program = remote.program
+        self.length = len(remote.program.ops)
+        self.op_roots: list[bytes] = remote._get("trace_attr", t, "op_roots")
+
+    def _ask(self, name: str, *args: Any) -> Any:
+        return self._remote._get("trace_call", self._t, name, *args)
+
+    def slot_value(self, j: int, slot: int) -> Any:
+        return self._ask("slot_value", j, slot)
+
+    def slot_roots(self, j: int) -> Any:
+        return self._ask("slot_roots", j)
+
+    def state_tree(self, j: int) -> Any:
+        return self._ask("state_tree", j)
+
+    def chunk_tree(self, j: int, slot: int) -> Any:
+        return self._ask("chunk_tree", j, slot)
+
+    def partials(self, j: int, flat: int) -> Any:
+        return self._ask("partials", j, flat)
+
+    def operand_reads(self, j: int, flat: int, r: int = 0) -> Any:
+        return self._ask("operand_reads", j, flat, r)
+
+
+class RemoteComputation:
+    """A disputed interval's Computation whose replays and traces run on a Ray worker.
+
+    The program, the dataset and their proofs come from the coordinator's own verified
+    bundle (``local``); step roots, trace positions and every trace question go to a
+    :class:`DisputeWorker`. Players use it as they use a Computation."""
+
+    def __init__(self, farm: RayFarm, task: IntervalTask, local: Computation) -> None:
+        self._farm, self._local = farm, local
+        self.program, self.dataset = local.program, local.dataset
+        self.steps, self.every, self.fault = local.steps, local.every, None
+        self.backend = local.backend
+        self._actor = farm._actor.remote(task.model_dump(), max(1, int(farm.cpus)))
+        self._traces: dict[int, RemoteTrace] = {}
+        self.start_checkpoint: int = self._get("attr", "start_checkpoint")
+
+    def _get(self, method: str, *args: Any) -> Any:
+        return self._farm.ray.get(getattr(self._actor, method).remote(*args))
+
+    @property
+    def ops(self) -> int:
+        return len(self.program.ops)
+
+    def step_root(self, t: int) -> bytes:
+        return self._get("call", "step_root", t)  # type: ignore[no-any-return]
+
+    def checkpoint_roots(self) -> list[bytes]:
+        return self._get("call", "checkpoint_roots")  # type: ignore[no-any-return]
+
+    def position_root(self, interval: int, position: int) -> bytes:
+        return self._get("call", "position_root", interval, position)  # type: ignore[no-any-return]
+
+    def state_before(self, t: int) -> Any:
+        return self._get("call", "state_before", t)
+
+    def trace(self, t: int) -> RemoteTrace:
+        if t not in self._traces:
+            self._traces[t] = RemoteTrace(self, t)
+        return self._traces[t]
+
+    def program_proof(self, j: int) -> list[bytes]:
+        return self._local.program_proof(j)
+
+    def dataset_proof(self, t: int) -> list[bytes]:
+        return self._local.dataset_proof(t)
 
 
 class _RayPending:
@@ -279,6 +393,10 @@ class RayFarm:
         if memory_mb:
             options["memory"] = memory_mb << 20
         self._task = self.ray.remote(replay_interval).options(**options)
+        actor = {k: v for k, v in options.items() if k not in ("max_retries", "retry_exceptions")}
+        self._actor = self.ray.remote(DisputeWorker).options(
+            **actor, max_restarts=TASK_RETRIES, max_task_retries=TASK_RETRIES
+        )
         #: seconds each answered task cost beyond the worker's own replay time
         self.overhead: list[float] = []
         self.workers = cluster_cpus() / max(cpus, 1e-9)
@@ -286,6 +404,10 @@ class RayFarm:
     def submit(self, task: IntervalTask, honest: Computation) -> Pending:
         ref = self._task.remote(task.model_dump(), max(1, int(self.cpus)))
         return _RayPending(self, ref, time.perf_counter())
+
+    def computation(self, task: IntervalTask, honest: Computation) -> Computation:
+        """The computation a dispute of ``task.interval`` is played from: on a worker."""
+        return RemoteComputation(self, task, honest)  # type: ignore[return-value]
 
     def close(self) -> None:
         from replay.scale.cluster import disconnect
