@@ -20,6 +20,7 @@ import math
 import struct
 from collections.abc import Sequence
 from enum import IntEnum
+from functools import cached_property
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -434,9 +435,11 @@ class Program(BaseModel):
                 return i
         raise KeyError(f"the program has no slot named {name!r}")
 
-    @property
-    def persistent_slots(self) -> list[int]:
-        return [i for i, s in enumerate(self.slots) if s.persistent]
+    @cached_property
+    def persistent_slots(self) -> tuple[int, ...]:
+        """Indices of the persistent slots, in slot order (computed once: programs are
+        frozen, and executors and traces ask for it at every step)."""
+        return tuple(i for i, s in enumerate(self.slots) if s.persistent)
 
 
 def validate_program(program: Program) -> None:

@@ -161,4 +161,4 @@ def test_torch_step_releases_values() -> None:
     ex.set_state(initial_state(DIGITS_MLP.model, program))
     ex.run_step(Dataset(DIGITS_MLP.dataset).batch(0))
     held = [i for i, v in enumerate(ex.state) if v is not None]  # type: ignore[attr-defined]
-    assert held == program.persistent_slots
+    assert tuple(held) == program.persistent_slots
