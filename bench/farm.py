@@ -40,7 +40,7 @@ from protocol.blobs import FileStore
 from replay.data.publish import publish_state
 from replay.dispute.players import Computation, example_computation, job_spec_for, write_job_bundle
 from replay.scale.cluster import LocalCluster, disconnect
-from replay.scale.farm import Farm, IntervalTask, LocalFarm, RayFarm
+from replay.scale.farm import Farm, IntervalOutcome, IntervalTask, LocalFarm, RayFarm
 
 
 def make_job(folder: Path, intervals: int, every: int) -> tuple[Computation, list[IntervalTask]]:
@@ -61,14 +61,17 @@ def make_job(folder: Path, intervals: int, every: int) -> tuple[Computation, lis
     return comp, tasks
 
 
-def run_all(farm: Farm, tasks: list[IntervalTask], honest: Computation) -> tuple[float, float]:
-    """Submit every task at once, read every answer: (wall seconds, coordinator CPU s)."""
+def run_all(
+    farm: Farm, tasks: list[IntervalTask], honest: Computation
+) -> tuple[float, float, list[IntervalOutcome]]:
+    """Submit every task at once, read every answer: wall seconds, coordinator CPU seconds,
+    the outcomes."""
     c0, t0 = time.process_time(), time.perf_counter()
     pending = [farm.submit(t, honest) for t in tasks]
     outcomes = [p.result() for p in pending]
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     assert all(o.bad is None and o.matched == [o.interval] for o in outcomes), "a replay differs"
-    return wall, cpu
+    return wall, cpu, outcomes
 
 
 def _noop() -> int:
@@ -90,16 +93,20 @@ def main() -> None:
         overhead: list[float] = []
         coord_cpu: list[float] = []
         noop: list[float] = []
+        task_s: list[float] = []  # one interval's replay, in-process (the worker's share)
+        fetch_s: list[float] = []  # of which: fetching and verifying its checkpoint
         for r in track(range(args.rounds), description="rounds (local, ray-1, ray-2)"):
             run_all(LocalFarm(store), tasks[:1], honest.fresh())  # warm
-            wall, cpu = run_all(LocalFarm(store), tasks, honest.fresh())
+            wall, cpu, outcomes = run_all(LocalFarm(store), tasks, honest.fresh())
             walls["local"].append(wall)
             cpus["local"].append(cpu)
+            task_s += [o.seconds for o in outcomes]
+            fetch_s += [o.fetch_seconds for o in outcomes]
             for workers in (1, 2):
                 with LocalCluster(cpus=workers) as cluster:
                     farm = RayFarm(cluster.address, cpus=1)
                     run_all(farm, tasks[: 2 * workers], honest)  # warm every worker
-                    wall, cpu = run_all(farm, tasks, honest)
+                    wall, cpu, _ = run_all(farm, tasks, honest)
                     walls[f"ray-{workers}"].append(wall)
                     cpus[f"ray-{workers}"].append(cpu)
                     if workers == 2 and r == args.rounds - 1:  # one at a time: cost per task
@@ -137,6 +144,8 @@ def main() -> None:
             "coordinator_cpu_s_per_task_in_batch": {
                 k: spread([c / n for c in v]) for k, v in cpus.items()
             },
+            "task_seconds_in_process": spread(task_s),
+            "checkpoint_fetch_seconds": spread(fetch_s),
             "one_at_a_time": {
                 "overhead_s_per_task": spread(overhead),
                 "coordinator_cpu_s_per_task": spread(coord_cpu),

@@ -79,6 +79,7 @@ class IntervalOutcome(BaseModel):
     missing_part: str | None = None
     rejected: list[Rejected] = []
     seconds: float = Field(description="the worker's time on it")
+    fetch_seconds: float = Field(0.0, description="of which fetching and verifying C_start")
     worker: str = Field(description="host:pid that ran it")
 
 
@@ -115,6 +116,7 @@ def check_interval(
     from it)."""
     t0 = time.perf_counter()
     comp, rejected = start_computation(store, honest, committed, c)
+    fetched = time.perf_counter() - t0
     start = comp.start_checkpoint
     matched: list[int] = []
     roots: list[bytes] = []
@@ -133,7 +135,7 @@ def check_interval(
     outcome = IntervalOutcome(
         interval=c, start=start, matched=matched, bad=bad, roots=roots, missing=missing,
         missing_part=part, rejected=rejected, seconds=time.perf_counter() - t0,
-        worker=f"{socket.gethostname()}:{os.getpid()}",
+        fetch_seconds=fetched, worker=f"{socket.gethostname()}:{os.getpid()}",
     )  # fmt: skip
     return outcome, comp
 
