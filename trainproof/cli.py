@@ -102,11 +102,20 @@ def train(
     resume: Annotated[
         bool, typer.Option(help="continue the interrupted run in --out from its last checkpoint")
     ] = False,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            help="with --job compiled with --micro-batches: run each step's micro-batches on "
+            "the Ray cluster at this address (auto | HOST:PORT); the same checkpoints and roots"
+        ),
+    ] = None,
 ) -> None:
     """Train canonically (bit-exact): a built-in --example, or a compiled --job. Prints one
     JSON line per checkpoint (step, state root, loss, steps/s) and a progress bar; an
     interrupted --example run continues with --resume."""
     if job is None:
+        if ray is not None:
+            raise typer.BadParameter("--ray trains a compiled --job's micro-batches on workers")
         train_command(out, example, steps, checkpoint_every, backend, device, resume)
         return
     if example is not None or resume:
@@ -115,7 +124,7 @@ def train(
         raise typer.BadParameter("--job needs --steps and --checkpoint-every")
     from trainproof.jobcli import train_job
 
-    train_job(job, data, steps, checkpoint_every, out, backend, seed, heldout)
+    train_job(job, data, steps, checkpoint_every, out, backend, seed, heldout, ray)
 
 
 from trainproof.jobcli import bundle_command, compile_command  # noqa: E402

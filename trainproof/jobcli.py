@@ -55,6 +55,13 @@ def compile_command(
     schedule_steps: Annotated[
         int | None, typer.Option(help="steps of the factory's lr scheduler to tabulate")
     ] = None,
+    micro_batches: Annotated[
+        int,
+        typer.Option(
+            help="gradient accumulation over N micro-batches of the example batch's rows "
+            "(N divides the batch size; `train --ray` runs them on workers)"
+        ),
+    ] = 1,
 ) -> None:
     """Capture one training step of a PyTorch model and write the job folder."""
     from replay.compile.frontend import compile as compile_job
@@ -79,6 +86,7 @@ def compile_command(
             eval_rows=eval_rows,
             lr_schedule=sched,
             schedule_steps=schedule_steps,
+            micro_batches=micro_batches,
             name=Path(model.rpartition(":")[0]).stem,
         )
     except TrainproofError as exc:
@@ -167,20 +175,31 @@ def train_job(
     backend: str,
     seed: int,
     heldout: int | None,
+    ray: str | None = None,
 ) -> None:
+    """``trainproof train --job``; with ``ray`` (``auto`` or ``HOST:PORT``) each step's
+    micro-batches run on that Ray cluster's workers (same checkpoints and roots)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from replay.compile.job import CheckpointResult, CompiledJob, train
+    from replay.scale.cluster import ClusterError
 
     try:
         job = CompiledJob.load(job_dir)
+        title = f"training {job.name}"
+        if ray is not None:
+            from replay.scale.microbatch import check_ray_address, segments_of
+
+            check_ray_address(ray)
+            segments_of(job.program, job.segments)  # a job without micro-batches: one line
+            title += f" ({job.micro_batches} micro-batches per step on Ray at {ray})"
         dataset = load_data(data, job.x_shape[0], seed, heldout, tuple(job.x_shape))
         check_vocab(job, dataset, data)
         t0 = time.perf_counter()
         last = [t0, 0]
         with Progress(
-            TextColumn(f"training {job.name}"),
+            TextColumn(title),
             BarColumn(),
             MofNCompleteColumn(),
             console=Console(stderr=True),
@@ -211,10 +230,11 @@ def train_job(
                 backend=backend,
                 on_checkpoint=on_checkpoint,
                 data_source=data,
+                ray=ray,
             )
         if getattr(dataset, "tokenizer_json", None):
             (out / "tokenizer.json").write_text(dataset.tokenizer_json)
-    except TrainproofError as exc:
+    except (TrainproofError, ClusterError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from None
     _emit(
@@ -225,6 +245,7 @@ def train_job(
             "dataset_root": run.dataset_root,
             "steps_per_second": run.steps_per_second,
             "heldout_accuracy": run.heldout_accuracy,
+            **({"ray": ray, "micro_batches": job.micro_batches} if ray is not None else {}),
         }
     )
 

@@ -111,6 +111,50 @@ class ProgramBuilder:
         self._consts: dict[int, View] = {}
         self._names: set[str] = set()
         self._counter = 0
+        #: after :meth:`build`: the program index of each op the builder emitted (FREEs sit
+        #: between them), so marks taken with :meth:`segment` map onto the program
+        self.positions: list[int] = []
+        self._segments = 0
+
+    # ------------------------------------------------------------------ segments
+    def segment(self) -> int:
+        """Start a new segment of the program here (a micro-batch's forward + backward, or
+        the tail after them): later :meth:`const` calls FILL their own scalars instead of
+        reading an earlier segment's, so that a segment reads nothing ephemeral from another
+        but the values it is given. Returns the mark (the number of ops emitted so far);
+        ``positions[mark]`` is its program index after :meth:`build` (``len(ops)`` at the end).
+        """
+        self._consts = {}
+        self._segments += 1
+        return len(self.ops)
+
+    def retarget(self, start: int, slot: int, to: View | None, hint: str) -> View | None:
+        """Redirect an in-place write: the one op from index ``start`` on that writes ``slot``
+        writes ``to`` (a fresh ephemeral slot of the same shape when None) instead, and the
+        ops after it read the new slot where they read ``slot``. Returns the new value's view,
+        or None when no op from ``start`` on writes ``slot``."""
+        shape = self.slots[slot].shape
+        new: int | None = None
+        for j in range(start, len(self.ops)):
+            op = self.ops[j]
+            if new is not None:
+                if op.out == slot:
+                    raise SpecError(
+                        f"slot {self.slots[slot].name!r} is written twice in one segment"
+                    )
+                if any(o.slot == slot for o in op.operands):
+                    self.ops[j] = op.model_copy(
+                        update={
+                            "operands": tuple(
+                                o.model_copy(update={"slot": new}) if o.slot == slot else o
+                                for o in op.operands
+                            )
+                        }
+                    )
+            elif op.out == slot:
+                new = self._ephemeral(hint, shape) if to is None else self._target(to, hint, shape)
+                self.ops[j] = op.model_copy(update={"out": new})
+        return None if new is None else View(new, shape, contiguous_strides(shape))
 
     # ------------------------------------------------------------------ slots
     def _add_slot(self, name: str, shape: Sequence[int], kind: str) -> int:
@@ -239,7 +283,8 @@ class ProgramBuilder:
         """A scalar (rank-0) slot holding float32(``value``), filled once per step."""
         bits = float32_bits(value)
         if bits not in self._consts:
-            slot = self._add_slot(f"const:0x{bits:08x}", (), "ephemeral")
+            name = f"const:0x{bits:08x}" + (f"@{self._segments}" if self._segments else "")
+            slot = self._add_slot(name, (), "ephemeral")
             self.ops.append(OpDescriptor(opcode=Opcode.FILL, out=slot, shape=(), imm=bits))
             self._consts[bits] = View(slot, (), ())
         return self._consts[bits]
@@ -377,6 +422,8 @@ class ProgramBuilder:
         """Free each ephemeral value right after its last read (``replay.compile.liveness``),
         validate, return the program."""
         ops = place_frees(self.slots, self.ops)
+        self.positions = [j for j, op in enumerate(ops) if op.opcode != Opcode.FREE]
+        self.positions.append(len(ops))
         program = Program(slots=tuple(self.slots), ops=tuple(ops))
         validate_program(program)
         return program

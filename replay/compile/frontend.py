@@ -34,6 +34,7 @@ module path and the source line.
 from __future__ import annotations
 
 import copy
+import itertools
 import os
 import time
 import traceback
@@ -50,7 +51,7 @@ from protocol.ir import BATCH_Y
 from replay.compile import layers
 from replay.compile.aten import Lowerer, LoweringError
 from replay.compile.builder import ProgramBuilder, View
-from replay.compile.job import LOSS_SLOT, CompiledJob, StateEntry
+from replay.compile.job import LOSS_SLOT, CompiledJob, Segment, StateEntry, segment_outputs
 from replay.compile.optim import (
     OptimizerError,
     clip_grad_norm,
@@ -139,13 +140,19 @@ def _first_line(exc: BaseException) -> str:
 
 
 class _Step(nn.Module):
-    def __init__(self, model: nn.Module, loss_fn: Callable[..., torch.Tensor]) -> None:
+    def __init__(
+        self, model: nn.Module, loss_fn: Callable[..., torch.Tensor], micro_batches: int = 1
+    ) -> None:
         super().__init__()
         self.m = model
         self.loss_fn = loss_fn
+        self.micro_batches = micro_batches
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor]:
-        return (self.loss_fn(self.m(x), y),)
+        loss = self.loss_fn(self.m(x), y)
+        if self.micro_batches > 1:  # gradient accumulation: each micro-batch's loss / N
+            loss = loss / self.micro_batches
+        return (loss,)
 
 
 class _Forward(nn.Module):
@@ -277,6 +284,7 @@ def compile(
     lr_schedule: object | None = None,
     schedule_steps: int | None = None,
     eval_rows: int | None = None,
+    micro_batches: int = 1,
     name: str = "job",
 ) -> CompiledJob:
     """Capture ``loss_fn(model(x), y)`` + its backward + ``optimizer.step()`` as one program.
@@ -288,6 +296,10 @@ def compile(
     learning rates become the constant table ``optim.lr_schedule`` read at row ``optim.step``.
     ``eval_rows``: also compile the eval-mode forward over that many examples (the held-out
     split), which :func:`~replay.compile.job.train` uses to report held-out accuracy.
+    ``micro_batches`` N: the example is the whole step's batch; the step is gradient
+    accumulation over N equal micro-batches of its rows (forward + backward of each, loss /
+    N, gradients summed in micro-batch order), then clipping and the update once
+    (docs/protocol.md §3.14). N = 1 is the plain step.
     """
     t0 = time.perf_counter()
     if not (isinstance(example, tuple | list) and len(example) == 2):
@@ -303,7 +315,9 @@ def compile(
             raise CompileError(f"parameter {n} has dtype {p.dtype}; programs are float32")
     if not model.training:
         raise CompileError("the model is in eval mode; call model.train() before compiling")
-    probe = _probe(model, loss_fn, x, y)
+    n_micro = _check_micro_batches(micro_batches, x, y)
+    mx, my = (x, y) if n_micro == 1 else (x[: x.shape[0] // n_micro], y[: y.shape[0] // n_micro])
+    probe = _probe(model, loss_fn, mx, my)
 
     # -- capture the joint graph (unused parameters temporarily frozen, as torch.optim skips them)
     from torch._functorch.aot_autograd import aot_export_module
@@ -315,7 +329,7 @@ def compile(
     try:
         with sdpa_kernel(SDPBackend.MATH):
             gm, sig = aot_export_module(
-                _Step(model, loss_fn), (x, y), trace_joint=True, output_loss_index=0
+                _Step(model, loss_fn, n_micro), (mx, my), trace_joint=True, output_loss_index=0
             )
     except Exception as exc:
         kind = type(exc).__name__
@@ -366,29 +380,36 @@ def compile(
     inputs[placeholders[ux]] = b.load_x(tuple(x.shape))
     inputs[placeholders[uy]] = b.load_batch(BATCH_Y, tuple(y.shape), "batch.y")
 
-    # -- lower the graph
-    try:
-        lw.run(gm.graph, inputs)
-    except LoweringError as exc:
-        where = _origin(exc.node, gm.graph, probe.seen) if exc.node is not None else ""
-        raise CompileError(f"{exc} {where}".strip()) from None
-
     nodes = {n.name: n for n in gm.graph.nodes}
-    loss_val = lw.view(lw.env[nodes[sig.user_outputs[0]]])
-    b.copy(loss_val, out=loss_slot, hint="loss")
-    for out_name, full in sig.buffers_to_mutate.items():
-        nm = full.removeprefix("m.")
-        val = lw.env[nodes[out_name]]
-        dst = slot_of[nm]
-        if isinstance(val, View) and val == dst:
-            continue  # written in place (batch norm running statistics)
-        b.copy(lw.view(val).broadcast_to(dst.shape), out=dst, hint=f"{nm}.update")
-    grads: dict[str, View] = {}
-    for out_name, full in sig.backward_signature.gradients_to_parameters.items():  # type: ignore[union-attr]
-        nm = slot_by_id[id(params[full.removeprefix("m.")])]
-        g = lw.view(lw.env[nodes[out_name]])
-        # tied weights: the gradients of each use are summed (as autograd accumulates them)
-        grads[nm] = g if nm not in grads else b.add(grads[nm], g, hint=f"{nm}.tied")
+    marks: list[int] = []
+    if n_micro == 1:
+        # -- lower the graph
+        try:
+            lw.run(gm.graph, inputs)
+        except LoweringError as exc:
+            where = _origin(exc.node, gm.graph, probe.seen) if exc.node is not None else ""
+            raise CompileError(f"{exc} {where}".strip()) from None
+
+        loss_val = lw.view(lw.env[nodes[sig.user_outputs[0]]])
+        b.copy(loss_val, out=loss_slot, hint="loss")
+        for out_name, full in sig.buffers_to_mutate.items():
+            nm = full.removeprefix("m.")
+            val = lw.env[nodes[out_name]]
+            dst = slot_of[nm]
+            if isinstance(val, View) and val == dst:
+                continue  # written in place (batch norm running statistics)
+            b.copy(lw.view(val).broadcast_to(dst.shape), out=dst, hint=f"{nm}.update")
+        grads: dict[str, View] = {}
+        for out_name, full in sig.backward_signature.gradients_to_parameters.items():  # type: ignore[union-attr]
+            nm = slot_by_id[id(params[full.removeprefix("m.")])]
+            g = lw.view(lw.env[nodes[out_name]])
+            # tied weights: the gradients of each use are summed (as autograd accumulates them)
+            grads[nm] = g if nm not in grads else b.add(grads[nm], g, hint=f"{nm}.tied")
+    else:
+        grads, marks = _lower_micro_batches(
+            b, tables, gm, sig, probe, inputs, placeholders, slot_of, slot_by_id, params,
+            loss_slot, n_micro,
+        )  # fmt: skip
     # torch.optim visits parameters in group order; clip in model parameter order
     ordered = {n: grads[n] for n in slot_of if n in grads}
     if clip_grad_norm_to is not None:
@@ -417,6 +438,13 @@ def compile(
         for n, p in params.items()
         if id(p) in slot_by_id and (not p.requires_grad or n in probe.unused)
     )
+    segments: tuple[Segment, ...] = ()
+    if marks:
+        at = b.positions
+        segments = tuple(
+            Segment(start=at[a], stop=at[z], outputs=segment_outputs(program, at[a], at[z]))
+            for a, z in itertools.pairwise(marks)
+        )
     eval_program, eval_tables = None, {}
     if eval_rows:
         eval_program, eval_tables = compile_eval(model, (eval_rows, *x.shape[1:]), x.dtype)
@@ -434,7 +462,109 @@ def compile(
         compile_seconds=time.perf_counter() - t0,
         capture_seconds=t_capture,
         aten_nodes=sum(1 for n in gm.graph.nodes if n.op == "call_function"),
+        micro_batches=n_micro,
+        segments=segments,
     )
+
+
+def _check_micro_batches(micro_batches: int, x: torch.Tensor, y: torch.Tensor) -> int:
+    """N, when the example batch splits into N equal micro-batches of rows (else one line)."""
+    if isinstance(micro_batches, bool) or not isinstance(micro_batches, int) or micro_batches < 1:
+        raise CompileError(f"micro_batches must be a positive integer, not {micro_batches!r}")
+    if micro_batches == 1:
+        return 1
+    rows = x.shape[0] if x.dim() else 0
+    if x.dim() == 0 or y.dim() == 0 or y.shape[0] != rows:
+        raise CompileError(
+            f"micro_batches={micro_batches} splits the batch by rows, but x {list(x.shape)} "
+            f"and y {list(y.shape)} do not share a leading batch dimension"
+        )
+    if rows % micro_batches:
+        raise CompileError(
+            f"the example batch has {rows} rows, which micro_batches={micro_batches} does not "
+            "divide: choose a micro-batch count that divides the batch size"
+        )
+    return micro_batches
+
+
+def _rows(v: View, m: int, n: int) -> View:
+    """Micro-batch ``m`` of ``n``: rows ``m·B/n .. (m+1)·B/n`` of a batch view."""
+    per = v.shape[0] // n
+    return View(v.slot, (per, *v.shape[1:]), v.strides, v.offset + m * per * v.strides[0])
+
+
+def _lower_micro_batches(
+    b: ProgramBuilder,
+    tables: layers.Tables,
+    gm: fx.GraphModule,
+    sig: Any,
+    probe: _ProbeResult,
+    inputs: dict[fx.Node, Any],
+    placeholders: dict[str, fx.Node],
+    slot_of: dict[str, View],
+    slot_by_id: dict[int, str],
+    params: dict[str, nn.Parameter],
+    loss_slot: View,
+    n: int,
+) -> tuple[dict[str, View], list[int]]:
+    """Gradient accumulation over ``n`` micro-batches: segment ``m`` lowers the joint graph
+    of rows ``m·B/n ..`` from the same parameters and the buffers segment ``m - 1`` wrote
+    (the last segment writes the persistent buffers); then the tail's first ops sum the
+    losses and each parameter's gradients in micro-batch order. Returns (the summed
+    gradients, the segment marks: one per micro-batch and the tail's)."""
+    nodes = {nd.name: nd for nd in gm.graph.nodes}
+    ux, uy = sig.user_inputs
+    x_all, y_all = inputs[placeholders[ux]], inputs[placeholders[uy]]
+    buffer_ph = {
+        placeholders[ph]: full.removeprefix("m.") for ph, full in sig.inputs_to_buffers.items()
+    }
+    current: dict[str, View] = {nm: slot_of[nm] for nm in buffer_ph.values()}
+    mutated = {out: full.removeprefix("m.") for out, full in sig.buffers_to_mutate.items()}
+    losses: list[View] = []
+    per_micro: list[dict[str, View]] = []
+    marks: list[int] = []
+    for m in range(n):
+        marks.append(b.segment())
+        last = m == n - 1
+        lw = Lowerer(b, tables)
+        given = dict(inputs)
+        given[placeholders[ux]] = _rows(x_all, m, n)
+        given[placeholders[uy]] = _rows(y_all, m, n)
+        for ph, nm in buffer_ph.items():
+            given[ph] = current[nm]
+        try:
+            lw.run(gm.graph, given)
+        except LoweringError as exc:
+            where = _origin(exc.node, gm.graph, probe.seen) if exc.node is not None else ""
+            raise CompileError(f"{exc} {where}".strip()) from None
+        losses.append(lw.view(lw.env[nodes[sig.user_outputs[0]]]))
+        for out_name, nm in mutated.items():
+            val, was = lw.env[nodes[out_name]], current[nm]
+            dst = slot_of[nm]
+            if isinstance(val, View) and val == was:  # written in place (batch norm)
+                new = b.retarget(marks[-1], was.slot, dst if last else None, f"{nm}.mb{m}")
+                current[nm] = was if new is None else new
+            elif last:
+                b.copy(lw.view(val).broadcast_to(dst.shape), out=dst, hint=f"{nm}.update")
+            else:
+                current[nm] = lw.view(val).broadcast_to(dst.shape)
+        grads: dict[str, View] = {}
+        for out_name, full in sig.backward_signature.gradients_to_parameters.items():
+            nm = slot_by_id[id(params[full.removeprefix("m.")])]
+            g = lw.view(lw.env[nodes[out_name]])
+            grads[nm] = g if nm not in grads else b.add(grads[nm], g, hint=f"{nm}.tied")
+        per_micro.append(grads)
+    marks.append(b.segment())
+    acc = losses[0]
+    for k, loss in enumerate(losses[1:], start=2):
+        acc = b.add(acc, loss, out=loss_slot if k == n else None, hint="loss.sum")
+    summed: dict[str, View] = {}
+    for nm in per_micro[0]:
+        g = per_micro[0][nm]
+        for grads in per_micro[1:]:
+            g = b.add(g, grads[nm], hint=f"{nm}.grad_sum")
+        summed[nm] = g
+    return summed, marks
 
 
 __all__ = ["CompileError", "compile"]

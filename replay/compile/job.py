@@ -19,13 +19,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import safetensors.numpy
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
-from protocol.ir import BATCH_X, BATCH_Y, Opcode, Program, validate_program
+from protocol.ir import BATCH_X, BATCH_Y, Opcode, Program, max_operand_index, validate_program
 from replay.data.checkpoint import (
     Hex32,
     from_hex,
@@ -56,6 +62,56 @@ class StateEntry(BaseModel):
     shape: tuple[int, ...]
 
 
+class Segment(BaseModel):
+    """One micro-batch's part of a step: ops ``[start, stop)`` of the program (its forward
+    and backward, with the FREEs that follow them) and the slots it writes that the rest of
+    the step reads (its loss, its gradients, the buffers it updated), by name."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    start: int = Field(ge=0)
+    stop: int = Field(ge=0)
+    outputs: tuple[str, ...] = ()
+
+
+def part_io(
+    program: Program, start: int, stop: int
+) -> tuple[dict[int, tuple[int, int]], list[int]]:
+    """What ops ``[start, stop)`` of ``program`` exchange with the rest of the step:
+    (each slot they read before writing it → the flat element window ``[lo, hi)`` they read
+    of it, the slots they write whose value outlives the range: every persistent slot
+    written, and every ephemeral one still full at ``stop``), both in slot order."""
+    if not 0 <= start <= stop <= len(program.ops):
+        raise SpecError(
+            f"op range [{start}, {stop}) is not inside the program's {len(program.ops)} ops"
+        )
+    reads: dict[int, tuple[int, int]] = {}
+    full: set[int] = set()
+    written: set[int] = set()
+    for j in range(start, stop):
+        op = program.ops[j]
+        for k, o in enumerate(op.operands):
+            if o.slot in written:
+                continue
+            top = max_operand_index(op, k)
+            if top is None:
+                continue
+            lo, hi = reads.get(o.slot, (o.offset, top + 1))
+            reads[o.slot] = (min(lo, o.offset), max(hi, top + 1))
+        if op.opcode == Opcode.FREE:
+            full.discard(op.out)
+            continue
+        written.add(op.out)
+        full.add(op.out)
+    persistent = {i for i in written if program.slots[i].persistent}
+    return dict(sorted(reads.items())), sorted(persistent | full)
+
+
+def segment_outputs(program: Program, start: int, stop: int) -> tuple[str, ...]:
+    """The names of the slots ops ``[start, stop)`` hand to the rest of the step."""
+    return tuple(program.slots[i].name for i in part_io(program, start, stop)[1])
+
+
 class JobManifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -72,6 +128,19 @@ class JobManifest(BaseModel):
     state_dict_layout: tuple[StateEntry, ...]
     compile_seconds: float = 0.0
     aten_nodes: int = 0
+    #: gradient accumulation over this many micro-batches (absent when 1)
+    micro_batches: int | None = Field(None, ge=2)
+    #: each micro-batch's op range and outputs (absent when 1)
+    segments: tuple[Segment, ...] | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_plain(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A job without micro-batches writes the manifest it always did."""
+        data: dict[str, Any] = handler(self)
+        for key in ("micro_batches", "segments"):
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
 
 
 @dataclass
@@ -91,6 +160,9 @@ class CompiledJob:
     aten_nodes: int = 0
     eval_program: Program | None = None
     eval_tables: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    #: gradient accumulation over this many micro-batches, and each one's op range
+    micro_batches: int = 1
+    segments: tuple[Segment, ...] = ()
     _roots: dict[str, bytes] = field(default_factory=dict, repr=False)
 
     @property
@@ -136,6 +208,8 @@ class CompiledJob:
             state_dict_layout=self.state_dict_layout,
             compile_seconds=self.compile_seconds,
             aten_nodes=self.aten_nodes,
+            micro_batches=self.micro_batches if self.micro_batches > 1 else None,
+            segments=self.segments if self.micro_batches > 1 else None,
         )
 
     def save(self, folder: Path) -> None:
@@ -177,6 +251,8 @@ class CompiledJob:
             optimizer=man.optimizer,
             compile_seconds=man.compile_seconds,
             aten_nodes=man.aten_nodes,
+            micro_batches=man.micro_batches or 1,
+            segments=man.segments or (),
         )
         if to_hex(job.program_root) != man.program_root:
             raise SpecError(f"{folder}: program.json does not hash to job.json's program_root")
@@ -232,9 +308,13 @@ def train(
     device: str = "cpu",
     on_checkpoint: Callable[[CheckpointResult], None] | None = None,
     data_source: str | None = None,
+    ray: str | None = None,
 ) -> JobRunManifest:
     """Run ``steps`` canonical steps, checkpointing every ``every``; returns the run manifest
-    (its ``results`` list each checkpoint's step, state root and loss)."""
+    (its ``results`` list each checkpoint's step, state root and loss). ``ray`` (``auto`` or
+    ``HOST:PORT``): run each step's micro-batches on that Ray cluster's workers
+    (``replay.scale.microbatch``; the job must be compiled with micro-batches): the same
+    checkpoints and roots."""
     out = Path(out)
     if steps < 1 or every < 1 or steps % every:
         raise SpecError(f"steps {steps} must be a positive multiple of every {every}")
@@ -247,7 +327,34 @@ def train(
         if want is not None and tuple(arr.shape) != want:
             raise SpecError(f"dataset batch {label} has shape {arr.shape}, the job reads {want}")
     program = job.program
-    executor = make_executor(program, backend, device)
+    if ray is not None:
+        from replay.scale.microbatch import open_executor
+
+        executor: Any = open_executor(program, job.segments, ray, backend, device)
+    else:
+        executor = make_executor(program, backend, device)
+    try:
+        return _train(job, dataset, steps, every, out, backend, device, on_checkpoint,
+                      data_source, executor)  # fmt: skip
+    finally:
+        close = getattr(executor, "close", None)
+        if close is not None:
+            close()
+
+
+def _train(
+    job: CompiledJob,
+    dataset: BatchSource,
+    steps: int,
+    every: int,
+    out: Path,
+    backend: str,
+    device: str,
+    on_checkpoint: Callable[[CheckpointResult], None] | None,
+    data_source: str | None,
+    executor: Any,
+) -> JobRunManifest:
+    program = job.program
     executor.set_state(job.initial_state)
     job.save(out / "job")
     ckpt_dir = out / CHECKPOINT_DIR
