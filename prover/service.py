@@ -10,8 +10,10 @@ where it stopped and never sends a move twice.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from pydantic import BaseModel, Field, field_serializer
+from pydantic import BaseModel, Field, field_serializer, model_validator
 
 from protocol.agent import Agent, AgentConfig, AgentError, poll_forever, setup_logging
 from protocol.blobs import BlobError, open_stores
@@ -33,6 +35,7 @@ from replay.data.bundle import Bundle, BundleError, BundleSource
 from replay.data.checkpoint import CheckpointError
 from replay.data.publish import fetch_checkpoint, publish_state
 from replay.dispute.players import Computation, TrainerPlayer, bundle_computation, parse_fault
+from replay.scale.microbatch import check_ray_address, segments_of
 
 log = setup_logging("prover")
 
@@ -51,6 +54,20 @@ class ProverConfig(AgentConfig):
     seconds_per_move: float = Field(
         24.0, gt=0, description="this prover's slowest pace per move (block time + compute), s"
     )
+    ray: str | None = Field(
+        None,
+        description="train on the Ray cluster at this address (auto | HOST:PORT): each step's "
+        "micro-batches on its workers (a job compiled with --micro-batches N > 1); the same "
+        "checkpoints and roots",
+    )
+
+    @model_validator(mode="after")
+    def _ray_is_honest(self) -> ProverConfig:
+        if self.ray is not None and self.fault is not None:
+            raise ValueError("--ray trains honestly: drop --fault, or --ray")
+        if self.ray is not None:
+            check_ray_address(self.ray)
+        return self
 
 
 class ProverStatus(BaseModel):
@@ -76,6 +93,10 @@ class ProverService:
             fault = parse_fault(cfg.fault, self.comp.program, job.spec.steps)
             self.comp = bundle_computation(self.bundle, job.spec, fault)
             log.warning("event=fault job=%d fault=%s", cfg.job, fault.model_dump_json())
+        self.segments: list[dict[str, object]] = []
+        if cfg.ray is not None:  # refuse a job without micro-batches before staking on it
+            self.segments = list(self.bundle.metadata().job.get("segments") or [])
+            segments_of(self.comp.program, self.segments)
         self.player = TrainerPlayer(self.market, self.comp, cfg.job)
         if self.agent.db.get(f"published:{cfg.job}"):
             self._resume_from_checkpoints()
@@ -203,6 +224,8 @@ class ProverService:
         key = f"published:{self.cfg.job}"
         if self.agent.db.get(key):
             return
+        if self.cfg.ray is not None:
+            train_on_ray(self.comp, self.segments, self.cfg.ray, self.cfg.job)
         every, program = self.comp.every, self.comp.program
         for c in range(self.comp.steps // every + 1):
             state = self.comp.state_before(c * every)
@@ -226,6 +249,32 @@ class ProverService:
     def _outcome(self, game_id: int) -> str:
         words = self.ledger.outcomes([game_id])
         return f"outcome={words[0]!r}" if words else ""
+
+
+def train_on_ray(
+    comp: Computation, segments: Sequence[Mapping[str, Any]], address: str, job_id: int = 0
+) -> None:
+    """Train ``comp``'s job with each step's micro-batches on the Ray cluster at ``address``
+    (``replay.scale.microbatch``) and seed every checkpoint state into ``comp``: the states a
+    local run gives, bit for bit, so the commitment and every later dispute move agree."""
+    from replay.execute.state import state_root_of
+    from replay.scale.microbatch import open_executor
+
+    start = comp.start_checkpoint * comp.every
+    t0 = time.perf_counter()
+    with open_executor(comp.program, segments, address, comp.backend) as ex:
+        log.info("event=ray_training job=%d address=%s cpus=%g micro_batches=%d from_step=%d "
+                 "steps=%d", job_id, address, ex.workers, ex.micro_batches, start,
+                 comp.steps)  # fmt: skip
+        ex.set_state(comp.state_before(start))
+        for t in range(start, comp.steps):
+            ex.run_step(comp.dataset.batch(t))
+            if (t + 1) % comp.every == 0:
+                state = ex.get_state()
+                comp.seed(t + 1, state)
+                log.info("event=trained job=%d step=%d state_root=%s seconds=%.1f", job_id,
+                         t + 1, state_root_of(comp.program, state).hex(),
+                         time.perf_counter() - t0)  # fmt: skip
 
 
 #: Tries, and the longest wait between two, for a bundle before the prover gives up.

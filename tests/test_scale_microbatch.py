@@ -26,11 +26,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 import trainproof
+from prover.service import ProverConfig, train_on_ray
 from replay.compile.frontend import CompileError
 from replay.compile.job import CompiledJob, Segment, train
+from replay.data.checkpoint import to_hex
+from replay.dispute.players import Computation
 from replay.errors import SpecError
 from replay.execute.backends import make_executor
 from replay.execute.state import state_root_of
@@ -236,13 +240,21 @@ def test_small_gpt_micro_batches_same_roots_without_ray_and_on_1_or_2_workers(
         with LocalCluster(cpus=cpus) as cluster:
             with open_executor(job.program, job.segments, cluster.address) as ex:
                 assert ex.parallel and ex.workers == cpus
-            runs[cpus] = train(job, data, 2, 1, tmp_path / f"ray{cpus}", ray=cluster.address)
+            runs[cpus] = trainproof.train(
+                job, data, 2, 1, tmp_path / f"ray{cpus}", ray=cluster.address
+            )
+            if cpus == 2:  # the prover's way: checkpoints seeded into its Computation
+                comp = Computation(job.program, data, job.initial_state, 2, 1)
+                segments = [s.model_dump() for s in job.segments]
+                train_on_ray(comp, segments, cluster.address)
+                prover_roots = [to_hex(r) for r in comp.checkpoint_roots()]
         timings[f"ray{cpus}"] = time.perf_counter() - t0
     assert len(_roots(plain)) == 3
     assert _roots(runs[1]) == _roots(plain), timings
     assert _roots(runs[2]) == _roots(plain), timings
     assert runs[2].run_root == plain.run_root
     assert [r.loss for r in runs[2].results] == [r.loss for r in plain.results]
+    assert prover_roots == _roots(plain)
 
 
 # -- one-line errors
@@ -279,3 +291,13 @@ def test_ray_needs_micro_batches_and_a_ray_address(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "is not a Ray address" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_prover_ray_option_is_checked() -> None:
+    base = {"rpc": "http://127.0.0.1:1", "deployment": "d.json", "db": "p.db", "job": 1,
+            "store": ["s"]}  # fmt: skip
+    assert ProverConfig(**base, ray="127.0.0.1:6379").ray == "127.0.0.1:6379"
+    with pytest.raises(ValidationError, match="--ray trains honestly: drop --fault"):
+        ProverConfig(**base, ray="auto", fault="lazy")
+    with pytest.raises(ValidationError, match="is not a Ray address"):
+        ProverConfig(**base, ray="no:where")

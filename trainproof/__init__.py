@@ -2,7 +2,7 @@
 
 The Python API (docs/protocol.md §3.14)::
 
-    job = trainproof.compile(model, optimizer, loss_fn, example=(x, y))
+    job = trainproof.compile(model, optimizer, loss_fn, example=(x, y))  # micro_batches=N
     data = trainproof.datasets.from_arrays(x, y, batch_size=64, seed=0, heldout=300)
     run = trainproof.train(job, data, steps=200, every=50, out="runs/a")
     model.load_state_dict(trainproof.export_state_dict("runs/a", 200), strict=True)
@@ -27,15 +27,23 @@ def compile(model: Any, optimizer: Any, loss_fn: Any, example: Any, **options: A
 
 
 def train(
-    job: CompiledJob, dataset: Any, steps: int, every: int, out: Any, backend: str = "torch"
+    job: CompiledJob,
+    dataset: Any,
+    steps: int,
+    every: int,
+    out: Any,
+    backend: str = "torch",
+    ray: str | None = None,
 ) -> Any:
     """Train ``job`` canonically on ``dataset``; returns the run manifest, whose ``results``
-    list each checkpoint's step, state root and loss."""
+    list each checkpoint's step, state root and loss. ``ray`` (``auto`` or ``HOST:PORT``):
+    run each step's micro-batches (``compile(..., micro_batches=N)``) on that Ray cluster's
+    workers; the same checkpoints and roots."""
     from pathlib import Path
 
     from replay.compile.job import train as _train
 
-    return _train(job, dataset, steps, every, Path(out), backend=backend)
+    return _train(job, dataset, steps, every, Path(out), backend=backend, ray=ray)
 
 
 def export_state_dict(run_dir: Any, step: int) -> dict[str, Any]:
