@@ -293,6 +293,37 @@ def test_ray_needs_micro_batches_and_a_ray_address(tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()
 
 
+FACTORY = """
+import torch
+import torch.nn.functional as F
+
+
+def factory():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    return model, opt, F.cross_entropy, (torch.randn(6, 4), torch.randint(0, 3, (6,)))
+"""
+
+
+def test_compile_command_takes_micro_batches(tmp_path: Path) -> None:
+    from trainproof.cli import app
+
+    (tmp_path / "m.py").write_text(FACTORY)
+    model = f"{tmp_path / 'm.py'}:factory"
+    ok = CliRunner().invoke(app, ["compile", "--model", model, "--micro-batches", "3",
+                                  "--out", str(tmp_path / "j")])  # fmt: skip
+    assert ok.exit_code == 0, ok.output
+    assert json.loads((tmp_path / "j" / "job.json").read_text())["micro_batches"] == 3
+    bad = CliRunner().invoke(app, ["compile", "--model", model, "--micro-batches", "4",
+                                   "--out", str(tmp_path / "k")])  # fmt: skip
+    assert bad.exit_code == 2
+    assert "error: the example batch has 6 rows, which micro_batches=4 does not divide" in (
+        bad.output
+    )
+    assert not (tmp_path / "k").exists()
+
+
 def test_prover_ray_option_is_checked() -> None:
     base = {"rpc": "http://127.0.0.1:1", "deployment": "d.json", "db": "p.db", "job": 1,
             "store": ["s"]}  # fmt: skip
