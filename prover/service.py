@@ -35,7 +35,8 @@ from replay.data.bundle import Bundle, BundleError, BundleSource
 from replay.data.checkpoint import CheckpointError
 from replay.data.publish import fetch_checkpoint, publish_state
 from replay.dispute.players import Computation, TrainerPlayer, bundle_computation, parse_fault
-from replay.scale.microbatch import check_ray_address, segments_of
+from replay.scale.cluster import RayAddress
+from replay.scale.microbatch import segments_of
 
 log = setup_logging("prover")
 
@@ -54,7 +55,7 @@ class ProverConfig(AgentConfig):
     seconds_per_move: float = Field(
         24.0, gt=0, description="this prover's slowest pace per move (block time + compute), s"
     )
-    ray: str | None = Field(
+    ray: RayAddress | None = Field(
         None,
         description="train on the Ray cluster at this address (auto | HOST:PORT): each step's "
         "micro-batches on its workers (a job compiled with --micro-batches N > 1); the same "
@@ -65,8 +66,6 @@ class ProverConfig(AgentConfig):
     def _ray_is_honest(self) -> ProverConfig:
         if self.ray is not None and self.fault is not None:
             raise ValueError("--ray trains honestly: drop --fault, or --ray")
-        if self.ray is not None:
-            check_ray_address(self.ray)
         return self
 
 

@@ -38,7 +38,7 @@ from replay.dispute.players import Computation
 from replay.errors import SpecError
 from replay.execute.backends import make_executor
 from replay.execute.state import state_root_of
-from replay.scale.cluster import LocalCluster
+from replay.scale.cluster import ClusterError, LocalCluster
 from replay.scale.microbatch import MicroBatchExecutor, make_part, open_executor
 
 pytestmark = pytest.mark.xdist_group(name="ray")
@@ -278,7 +278,7 @@ def test_ray_needs_micro_batches_and_a_ray_address(tmp_path: Path) -> None:
     ):
         open_executor(plain.program, plain.segments, "auto")
     job = _small()
-    with pytest.raises(SpecError, match=r"'nowhere' is not a Ray address"):
+    with pytest.raises(ClusterError, match=r"'nowhere' is not a Ray address"):
         open_executor(job.program, job.segments, "nowhere")
     job.save(tmp_path / "job")
     np.savez(tmp_path / "d.npz", x=np.zeros((12, 4), np.float32), y=np.zeros(12, np.float32))

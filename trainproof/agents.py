@@ -199,6 +199,13 @@ def prover_run(
         str | None,
         typer.Option(help="demos/tests: step=T,op=J,elem=E | lazy | wrong-batch | skip-steps"),
     ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            help="data-parallel training: run each step's micro-batches on the Ray cluster at "
+            "this address (auto | HOST:PORT); needs a job compiled with --micro-batches N > 1"
+        ),
+    ] = None,
     poll: Annotated[float, typer.Option(help="seconds between polls")] = 0.5,
 ) -> None:
     """Accept a job, train it canonically, publish checkpoints, commit, answer every dispute
@@ -207,7 +214,7 @@ def prover_run(
 
     cfg = ProverConfig(rpc=rpc, deployment=deployment, db=db, key_env=key_env,
                        test_account=test_account, job=job, store=store,
-                       fault=fault, poll=poll)  # fmt: skip
+                       fault=fault, poll=poll, ray=ray)  # fmt: skip
     service = ProverService(cfg)
     with stopped_by_signals():
         try:

@@ -189,9 +189,10 @@ def train_job(
         job = CompiledJob.load(job_dir)
         title = f"training {job.name}"
         if ray is not None:
-            from replay.scale.microbatch import check_ray_address, segments_of
+            from replay.scale.cluster import check_address
+            from replay.scale.microbatch import segments_of
 
-            check_ray_address(ray)
+            check_address(ray)
             segments_of(job.program, job.segments)  # a job without micro-batches: one line
             title += f" ({job.micro_batches} micro-batches per step on Ray at {ray})"
         dataset = load_data(data, job.x_shape[0], seed, heldout, tuple(job.x_shape))

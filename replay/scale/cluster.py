@@ -43,12 +43,26 @@ class ClusterError(TrainproofError):
 
 
 _ADDRESS = re.compile(r"^(auto|[A-Za-z0-9.\-]+:\d{1,5})$")
+#: Times Ray runs a task again whose worker died (process killed, node lost); every task
+#: of ours is a pure function of its arguments, so running it again is safe.
+TASK_RETRIES = 3
+
+
+def check_address(address: str) -> str:
+    """``auto`` or ``HOST:PORT``, else one line saying so (before any network is tried)."""
+    if not _ADDRESS.match(address):
+        raise ClusterError(
+            f"--ray {address!r} is not a Ray address: give auto (the cluster this machine "
+            "joined with `ray start`) or the head's HOST:PORT"
+        )
+    return address
 
 
 def _check_address(address: str) -> str:
-    if not _ADDRESS.match(address):
-        raise ValueError(f"{address!r} is not a Ray address: give auto or HOST:PORT")
-    return address
+    try:
+        return check_address(address)
+    except ClusterError as e:
+        raise ValueError(str(e).removeprefix("--ray ")) from None
 
 
 #: What ``--ray`` takes: ``auto`` or the head's ``HOST:PORT``.
@@ -74,6 +88,7 @@ def connect(address: str) -> Any:
         if _joined == address:
             return ray
         ray.shutdown()  # one cluster per process: leave the other one
+    check_address(address)
     if address != "auto":
         _probe(address)
     for key, value in RAY_ENV.items():

@@ -38,11 +38,10 @@ from replay.data.bundle import BundleError, BundleSource
 from replay.data.checkpoint import CheckpointError
 from replay.data.publish import fetch_checkpoint
 from replay.dispute.players import Computation, bundle_computation
+from replay.scale.cluster import TASK_RETRIES
 
 log = logging.getLogger("trainproof.farm")
 
-#: Times Ray runs a task again whose worker died (process killed, node lost).
-TASK_RETRIES = 3
 #: Job computations a worker keeps open (bundle fetched and verified once per job).
 WORKER_JOBS = 4
 
@@ -224,12 +223,13 @@ def _worker_job(task: IntervalTask) -> tuple[BlobStore, Computation]:
     return store, honest
 
 
-def replay_interval(task: dict[str, Any], threads: int) -> dict[str, Any]:
-    """A Ray task: the outcome of ``check_interval`` for one (plain-data) IntervalTask."""
+def replay_interval(task: dict[str, Any], committed: list[bytes], threads: int) -> dict[str, Any]:
+    """A Ray task: the outcome of ``check_interval`` for one (plain-data) IntervalTask whose
+    committed roots come apart (put in the object store once per commitment)."""
     import torch
 
     torch.set_num_threads(max(1, threads))
-    parsed = IntervalTask.model_validate(task)
+    parsed = IntervalTask.model_validate({**task, "committed": committed})
     t0 = time.perf_counter()
     try:
         store, honest = _worker_job(parsed)
@@ -401,11 +401,19 @@ class RayFarm:
         )
         #: seconds each answered task cost beyond the worker's own replay time
         self.overhead: list[float] = []
+        self._roots: dict[tuple[int, int, bytes], Any] = {}
         self.workers = cluster_cpus() / max(cpus, 1e-9)
 
     def submit(self, task: IntervalTask, honest: Computation) -> Pending:
-        ref = self._task.remote(task.model_dump(), max(1, int(self.cpus)))
-        return _RayPending(self, ref, time.perf_counter())
+        t0 = time.perf_counter()
+        key = (task.job_id, len(task.committed), task.committed[-1])
+        if key not in self._roots:  # a commitment's roots cross the wire once, not per task
+            self._roots[key] = self.ray.put(task.committed)
+            while len(self._roots) > WORKER_JOBS * 16:  # submitted tasks keep their own refs
+                self._roots.pop(next(iter(self._roots)))
+        args = task.model_dump(exclude={"committed"})
+        ref = self._task.remote(args, self._roots[key], max(1, int(self.cpus)))
+        return _RayPending(self, ref, t0)
 
     def computation(self, task: IntervalTask, honest: Computation) -> Computation:
         """The computation a dispute of ``task.interval`` is played from: on a worker."""

@@ -28,7 +28,6 @@ arrays; workers import this package from their own environment (replay.scale.clu
 from __future__ import annotations
 
 import hashlib
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -42,23 +41,10 @@ from protocol.ir import BATCH_X, Opcode, Program, Slot, validate_program
 from replay.compile.job import Segment, part_io
 from replay.errors import ExecutionError, SpecError
 from replay.execute.backends import Executor, make_executor
+from replay.scale.cluster import TASK_RETRIES, check_address
 
-#: Times Ray runs a segment again whose worker died (a segment is a pure function: safe).
-TASK_RETRIES = 3
 #: Parts a worker keeps compiled (one per micro-batch of the jobs it serves).
 WORKER_PARTS = 16
-
-_ADDRESS = re.compile(r"^(auto|[A-Za-z0-9.\-]+:\d{1,5})$")
-
-
-def check_ray_address(address: str) -> str:
-    """``auto`` or ``HOST:PORT``, else one line saying so (before any network is tried)."""
-    if not _ADDRESS.match(address):
-        raise SpecError(
-            f"--ray {address!r} is not a Ray address: give auto (the cluster this machine "
-            "joined with `ray start`) or the head's HOST:PORT"
-        )
-    return address
 
 
 class PartSpec(BaseModel):
@@ -255,7 +241,7 @@ class _Ray:
     def __init__(self, parts: Sequence[Part], address: str, backend: str, threads: int) -> None:
         from replay.scale.cluster import cluster_cpus, connect
 
-        check_ray_address(address)
+        check_address(address)
         self._ray_before = _ray_initialized()
         self.ray = connect(address)
         self.address = address
@@ -437,7 +423,7 @@ def open_executor(
 ) -> MicroBatchExecutor:
     """The executor ``--ray ADDRESS`` asks for: the address checked, then the cluster joined
     (one line when it does not answer), then the job's segments on its workers."""
-    check_ray_address(ray)
+    check_address(ray)
     if not segments:
         segments_of(program, segments)  # the one-line refusal
     return MicroBatchExecutor(program, segments, ray=ray, backend=backend, device=device)
