@@ -1,7 +1,7 @@
 """The replay farm: interval replays per second in-process, on 1 and on 2 Ray workers, and
 what each task costs the coordinator.
 
-    .venv/bin/python bench/farm.py [--intervals 16] [--every 25] [--rounds 3]
+    .venv/bin/python bench/farm.py [--intervals 16] [--every 100] [--rounds 5] [--reps 3]
 
 One digits-mlp job of ``intervals x every`` steps with every checkpoint published (so each
 sampled interval is one independent task, as in a full audit at rate 1). Each round runs, in
@@ -13,11 +13,13 @@ turn (interleaved, so a load change hits all alike):
   1 CPU (so 1 / 2 workers, 1 torch thread each); the workers are warmed up first (torch
   imported, the bundle fetched and verified once per worker, as in a long-running farm).
 
-Then, on the 2-worker cluster, tasks one at a time: the coordinator's cost per task (wall
-time from submit to answer minus the worker's own replay time: scheduling, argument and
-result transfer, validation) and its CPU seconds per task, plus the round trip of an empty
-task. Writes bench/results/farm.json (medians, quartiles, ratios to ray-1 measured in the
-same run) and prints a table. docs/scaling.md projects these figures to 10-1,000 workers.
+Each farm gives ``--reps`` samples per round (a sample: all intervals submitted at once,
+every answer read). Then, on the 2-worker cluster, tasks one at a time: the coordinator's
+cost per task (wall time from submit to answer minus the worker's own replay time:
+scheduling, argument and result transfer, validation) and its CPU seconds per task, plus
+the round trip of an empty task. Writes bench/results/farm.json (medians, quartiles,
+ratios to ray-1 measured in the same run) and prints a table. docs/scaling.md projects
+these figures to 10-1,000 workers.
 """
 
 # ruff: noqa: E402  (imports follow the sys.path fix below)
@@ -81,8 +83,9 @@ def _noop() -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--intervals", type=int, default=16)
-    ap.add_argument("--every", type=int, default=25)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--every", type=int, default=100)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=3, help="samples per farm per round")
     args = ap.parse_args()
     pin_threads(1)
     with tempfile.TemporaryDirectory(prefix="bench-farm-") as tmp:
@@ -97,18 +100,20 @@ def main() -> None:
         fetch_s: list[float] = []  # of which: fetching and verifying its checkpoint
         for r in track(range(args.rounds), description="rounds (local, ray-1, ray-2)"):
             run_all(LocalFarm(store), tasks[:1], honest.fresh())  # warm
-            wall, cpu, outcomes = run_all(LocalFarm(store), tasks, honest.fresh())
-            walls["local"].append(wall)
-            cpus["local"].append(cpu)
-            task_s += [o.seconds for o in outcomes]
-            fetch_s += [o.fetch_seconds for o in outcomes]
+            for _ in range(args.reps):
+                wall, cpu, outcomes = run_all(LocalFarm(store), tasks, honest.fresh())
+                walls["local"].append(wall)
+                cpus["local"].append(cpu)
+                task_s += [o.seconds for o in outcomes]
+                fetch_s += [o.fetch_seconds for o in outcomes]
             for workers in (1, 2):
                 with LocalCluster(cpus=workers) as cluster:
                     farm = RayFarm(cluster.address, cpus=1)
                     run_all(farm, tasks[: 2 * workers], honest)  # warm every worker
-                    wall, cpu, _ = run_all(farm, tasks, honest)
-                    walls[f"ray-{workers}"].append(wall)
-                    cpus[f"ray-{workers}"].append(cpu)
+                    for _ in range(args.reps):
+                        wall, cpu, _ = run_all(farm, tasks, honest)
+                        walls[f"ray-{workers}"].append(wall)
+                        cpus[f"ray-{workers}"].append(cpu)
                     if workers == 2 and r == args.rounds - 1:  # one at a time: cost per task
                         farm.overhead.clear()
                         for t in tasks:
@@ -126,7 +131,8 @@ def main() -> None:
         n = len(tasks)
         rates = {k: spread([n / w for w in v]) for k, v in walls.items()}
         base = rates["ray-1"]["median"]
-        task_bytes = len(pickle.dumps(tasks[0].model_dump()))
+        task_bytes = len(pickle.dumps(tasks[0].model_dump(exclude={"committed"})))
+        roots_bytes = len(pickle.dumps(tasks[0].committed))  # once per commitment
         state_bytes = sum(v.nbytes for v in honest.state_before(0).values())
         result = {
             "what": "interval replays per second (digits-mlp, every checkpoint published)",
@@ -136,9 +142,11 @@ def main() -> None:
                 "steps_per_task": args.every,
                 "checkpoint_bytes": state_bytes,
                 "task_argument_bytes": task_bytes,
+                "committed_roots_bytes_once_per_commitment": roots_bytes,
             },
             "threads_per_task": 1,
             "rounds": args.rounds,
+            "samples_per_round": args.reps,
             "intervals_per_s": rates,
             "ratio_to_ray_1": {k: v["median"] / base for k, v in rates.items()},
             "coordinator_cpu_s_per_task_in_batch": {
