@@ -32,7 +32,7 @@ from replay.execute.numpy_backend import (
     check_named,
     reduce_partials,
 )
-from replay.execute.state import as_committed, state_roots_after
+from replay.execute.state import as_committed, canonical_nans, state_roots_after
 
 #: A fault hook (tests, demos): called after op ``j`` ran on the executor with the step's
 #: batch; returns the slots to replace and their new values (the op's own output included,
@@ -53,7 +53,9 @@ TRACE_HASH_BACKLOG = 256 << 20
 
 
 def _root(value: np.ndarray) -> bytes:
-    return tensor_root(as_committed(value), threads=1)
+    """An op value's tensor root as committed (the recorded step hands values over with
+    NaNs as computed: they are made canonical here, on the hashing thread for large ones)."""
+    return tensor_root(canonical_nans(value), threads=1)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,22 @@ def as_committed(array: np.ndarray) -> np.ndarray:
     return np.asarray(array, dtype="<f4", order="C")
 
 
+def canonical_nans(array: np.ndarray) -> np.ndarray:
+    """``array`` as committed with every NaN the canonical NaN (docs/protocol.md §3.2): the
+    array itself when it has none (the usual case, one native pass), else a copy."""
+    import torch
+
+    from replay.execute.native import native_available, native_kernels
+    from replay.execute.semantics import canon
+
+    a = as_committed(array)
+    if native_available(torch.device("cpu")):
+        nan = bool(native_kernels().has_nan(a))
+    else:
+        nan = bool(np.isnan(a).any())
+    return canon(a) if nan else a
+
+
 def slot_roots(program: Program, values: Sequence[np.ndarray | None]) -> list[bytes | None]:
     """tensor_root of every slot (None for an empty slot)."""
     return [None if v is None else tensor_root(as_committed(v)) for v in values]

@@ -238,7 +238,8 @@ class TorchExecutor:
     ) -> None:
         """One whole step like :meth:`run_step_tensors`, element chains included, calling
         ``on_value(op index, slot written, value)`` for every op as its value is made (None for
-        a FREE; a captured FILL's constant; NaNs canonical) — what the dispute trace hashes,
+        a FREE; a captured FILL's constant; NaNs as computed: canonicalise them before
+        committing, ``replay.execute.state.canonical_nans``) — what the dispute trace hashes,
         without running the ops one by one. Calls come in execution order, not op order
         (FILLs first, a chain's absorbed FREEs after it); a value is never written in place
         afterwards, so the callee may keep it."""
@@ -250,7 +251,7 @@ class TorchExecutor:
             if kind == "chain":
                 values = fn(s, batch)  # type: ignore[operator]
                 for k, t in zip(where, values, strict=True):  # type: ignore[call-overload]
-                    on_value(k, ops[k].out, self._export(t))
+                    on_value(k, ops[k].out, t)
             elif kind == "fill":  # a captured constant
                 on_value(where, ops[where].out, fn)  # type: ignore[index,arg-type]
             elif kind == "free":  # a FREE the chain before ran
@@ -259,14 +260,10 @@ class TorchExecutor:
                 fn(s, batch)  # type: ignore[operator]
                 out = ops[where].out  # type: ignore[index]
                 value = s[out]
-                on_value(where, out, None if value is None else self._export(value))  # type: ignore[arg-type]
+                on_value(where, out, value)  # type: ignore[arg-type]
         keep = set(self._persistent)
         self.state = [v if i in keep else None for i, v in enumerate(s)]
         self._computed |= self._writes_compute
-
-    def _export(self, t: Tensor) -> Tensor:
-        """A value as it is committed: NaNs canonical."""
-        return canon(t) if self._has_nan(t) else t
 
     def _record_plan(self) -> list[tuple[str, object, object]]:
         """The calls of :meth:`run_step_recorded`: chains that keep every value, the other
