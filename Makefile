@@ -18,7 +18,7 @@ demo: setup
 
 test: setup $(SYS_STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=15
 
 lint: setup
 	$(BIN)/ruff check .

@@ -326,6 +326,10 @@ class ChallengerService:
                                         interval=interval, stores=self.cfg.store)  # fmt: skip
                     pending.append((interval, self.farm.submit(task, honest)))
             planned.append((c, job.spec, committed, record, honest, pending))
+        tasks = sum(len(p[-1]) for p in planned)
+        if tasks:
+            log.info("event=replays_submitted jobs=%d intervals=%d farm=%s", len(planned), tasks,
+                     self.farm.name)  # fmt: skip
         for c, spec, committed, record, honest, pending in planned:
             if self.cfg.lie:
                 bad, comp, matched, missing = 0, honest, [], {}

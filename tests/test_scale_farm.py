@@ -34,7 +34,7 @@ from replay.scale.cluster import ClusterError, LocalCluster, disconnect
 from replay.scale.cluster import connect as ray_connect
 from replay.scale.farm import IntervalTask, LocalFarm, RayFarm
 
-pytestmark = pytest.mark.xdist_group(name="ray")
+pytestmark = pytest.mark.xdist_group(name="ray-farm")
 
 ETH = 10**18
 WINDOW = 3600
@@ -170,6 +170,11 @@ def test_a_ray_watcher_checks_jobs_at_once_and_matches_a_local_one(world, cluste
 
     provers = [prover(j) for j in range(1, JOBS + 1)]
     watchers = {"ray": watcher("ray", 5, cluster.address), "local": watcher("local", 6, None)}
+    for _ in range(100):  # every trainer commits first: the watchers then see all jobs at once
+        if all(market.job(j).status == JobStatus.COMMITTED for j in range(1, JOBS + 1)):
+            break
+        for p in provers:
+            p.step()
     for i in range(600):
         done = [p.step().done for p in provers]
         for w in watchers.values():
@@ -189,7 +194,9 @@ def test_a_ray_watcher_checks_jobs_at_once_and_matches_a_local_one(world, cluste
     }
     assert records["ray"] == records["local"]  # same samples, verdicts, disputed intervals
     assert records["ray"][f"job:{CHEAT}"]["verdict"] == "disputed"
-    assert watchers["ray"].farm.name == "ray" and len(watchers["ray"].farm.overhead) >= JOBS
+    farm = watchers["ray"].farm
+    assert farm.name == "ray" and farm.in_flight == 0
+    assert farm.peak_in_flight == 2 * JOBS  # both intervals of all three jobs replayed at once
     # the Ray watcher's own game, played from a DisputeWorker on the cluster, was won
     (ray_game,) = [int(v) for _, v in watchers["ray"].db.items("done:game:")]
     assert market.game(ray_game).phase.name == "CHALLENGER_WON"

@@ -41,7 +41,7 @@ from replay.execute.state import state_root_of
 from replay.scale.cluster import ClusterError, LocalCluster
 from replay.scale.microbatch import MicroBatchExecutor, make_part, open_executor
 
-pytestmark = pytest.mark.xdist_group(name="ray")
+pytestmark = pytest.mark.xdist_group(name="ray-microbatch")
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -352,10 +352,19 @@ class _RayPending:
     def __init__(self, farm: RayFarm, ref: Any, submitted: float) -> None:
         self._farm, self._ref, self._submitted = farm, ref, submitted
         self._outcome: IntervalOutcome | None = None
+        self._open = True
+        farm.in_flight += 1
+        farm.peak_in_flight = max(farm.peak_in_flight, farm.in_flight)
+
+    def _close(self) -> None:
+        if self._open:
+            self._open = False
+            self._farm.in_flight -= 1
 
     def result(self) -> IntervalOutcome:
         if self._outcome is None:
             raw = self._farm.ray.get(self._ref)
+            self._close()
             self._outcome = IntervalOutcome.model_validate(raw)
             waited = time.perf_counter() - self._submitted
             self._farm.overhead.append(max(0.0, waited - self._outcome.seconds))
@@ -367,6 +376,7 @@ class _RayPending:
     def cancel(self) -> None:
         if self._outcome is None:
             self._farm.ray.cancel(self._ref)
+            self._close()
 
 
 class RayFarm:
@@ -402,6 +412,9 @@ class RayFarm:
         #: seconds each answered task cost beyond the worker's own replay time
         self.overhead: list[float] = []
         self._roots: dict[tuple[int, int, bytes], Any] = {}
+        #: tasks submitted and not answered yet, now and at most so far
+        self.in_flight = 0
+        self.peak_in_flight = 0
         self.workers = cluster_cpus() / max(cpus, 1e-9)
 
     def submit(self, task: IntervalTask, honest: Computation) -> Pending:
