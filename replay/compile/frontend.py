@@ -383,13 +383,7 @@ def compile(
     nodes = {n.name: n for n in gm.graph.nodes}
     marks: list[int] = []
     if n_micro == 1:
-        # -- lower the graph
-        try:
-            lw.run(gm.graph, inputs)
-        except LoweringError as exc:
-            where = _origin(exc.node, gm.graph, probe.seen) if exc.node is not None else ""
-            raise CompileError(f"{exc} {where}".strip()) from None
-
+        _lower(lw, gm, inputs, probe)
         loss_val = lw.view(lw.env[nodes[sig.user_outputs[0]]])
         b.copy(loss_val, out=loss_slot, hint="loss")
         for out_name, full in sig.buffers_to_mutate.items():
@@ -399,12 +393,7 @@ def compile(
             if isinstance(val, View) and val == dst:
                 continue  # written in place (batch norm running statistics)
             b.copy(lw.view(val).broadcast_to(dst.shape), out=dst, hint=f"{nm}.update")
-        grads: dict[str, View] = {}
-        for out_name, full in sig.backward_signature.gradients_to_parameters.items():  # type: ignore[union-attr]
-            nm = slot_by_id[id(params[full.removeprefix("m.")])]
-            g = lw.view(lw.env[nodes[out_name]])
-            # tied weights: the gradients of each use are summed (as autograd accumulates them)
-            grads[nm] = g if nm not in grads else b.add(grads[nm], g, hint=f"{nm}.tied")
+        grads = _parameter_grads(b, lw, sig, nodes, slot_by_id, params)
     else:
         grads, marks = _lower_micro_batches(
             b, tables, gm, sig, probe, inputs, placeholders, slot_of, slot_by_id, params,
@@ -493,6 +482,36 @@ def _rows(v: View, m: int, n: int) -> View:
     return View(v.slot, (per, *v.shape[1:]), v.strides, v.offset + m * per * v.strides[0])
 
 
+def _lower(
+    lw: Lowerer, gm: fx.GraphModule, inputs: dict[fx.Node, Any], probe: _ProbeResult
+) -> None:
+    """Lower the joint graph from ``inputs``; a failure is one CompileError line naming
+    the user's source line."""
+    try:
+        lw.run(gm.graph, inputs)
+    except LoweringError as exc:
+        where = _origin(exc.node, gm.graph, probe.seen) if exc.node is not None else ""
+        raise CompileError(f"{exc} {where}".strip()) from None
+
+
+def _parameter_grads(
+    b: ProgramBuilder,
+    lw: Lowerer,
+    sig: Any,
+    nodes: dict[str, fx.Node],
+    slot_by_id: dict[int, str],
+    params: dict[str, nn.Parameter],
+) -> dict[str, View]:
+    """Each parameter slot's gradient from a lowered joint graph; tied weights: the
+    gradients of each use are summed (as autograd accumulates them)."""
+    grads: dict[str, View] = {}
+    for out_name, full in sig.backward_signature.gradients_to_parameters.items():
+        nm = slot_by_id[id(params[full.removeprefix("m.")])]
+        g = lw.view(lw.env[nodes[out_name]])
+        grads[nm] = g if nm not in grads else b.add(grads[nm], g, hint=f"{nm}.tied")
+    return grads
+
+
 def _lower_micro_batches(
     b: ProgramBuilder,
     tables: layers.Tables,
@@ -532,11 +551,7 @@ def _lower_micro_batches(
         given[placeholders[uy]] = _rows(y_all, m, n)
         for ph, nm in buffer_ph.items():
             given[ph] = current[nm]
-        try:
-            lw.run(gm.graph, given)
-        except LoweringError as exc:
-            where = _origin(exc.node, gm.graph, probe.seen) if exc.node is not None else ""
-            raise CompileError(f"{exc} {where}".strip()) from None
+        _lower(lw, gm, given, probe)
         losses.append(lw.view(lw.env[nodes[sig.user_outputs[0]]]))
         for out_name, nm in mutated.items():
             val, was = lw.env[nodes[out_name]], current[nm]
@@ -548,12 +563,7 @@ def _lower_micro_batches(
                 b.copy(lw.view(val).broadcast_to(dst.shape), out=dst, hint=f"{nm}.update")
             else:
                 current[nm] = lw.view(val).broadcast_to(dst.shape)
-        grads: dict[str, View] = {}
-        for out_name, full in sig.backward_signature.gradients_to_parameters.items():
-            nm = slot_by_id[id(params[full.removeprefix("m.")])]
-            g = lw.view(lw.env[nodes[out_name]])
-            grads[nm] = g if nm not in grads else b.add(grads[nm], g, hint=f"{nm}.tied")
-        per_micro.append(grads)
+        per_micro.append(_parameter_grads(b, lw, sig, nodes, slot_by_id, params))
     marks.append(b.segment())
     acc = losses[0]
     for k, loss in enumerate(losses[1:], start=2):

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
+import torch
 
 from protocol.commitments import (  # noqa: F401  (re-exported)
     IncrementalStateTree,
@@ -21,6 +22,10 @@ from protocol.commitments import (  # noqa: F401  (re-exported)
     tensor_root,
 )
 from protocol.ir import Program
+from replay.execute.native import native_available, native_kernels
+from replay.execute.semantics import canon
+
+_CPU = torch.device("cpu")
 
 
 def as_committed(array: np.ndarray) -> np.ndarray:
@@ -31,13 +36,8 @@ def as_committed(array: np.ndarray) -> np.ndarray:
 def canonical_nans(array: np.ndarray) -> np.ndarray:
     """``array`` as committed with every NaN the canonical NaN (docs/protocol.md §3.2): the
     array itself when it has none (the usual case, one native pass), else a copy."""
-    import torch
-
-    from replay.execute.native import native_available, native_kernels
-    from replay.execute.semantics import canon
-
     a = as_committed(array)
-    if native_available(torch.device("cpu")):
+    if native_available(_CPU):
         nan = bool(native_kernels().has_nan(a))
     else:
         nan = bool(np.isnan(a).any())
