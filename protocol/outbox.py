@@ -182,9 +182,13 @@ class Outbox:
         return max(chain, recorded + 1)
 
     def _receipt(self, tx_hash: str) -> Any | None:
+        """The receipt, or None while the node does not know the transaction (yet). A node
+        that does not answer is not "not mined": its error goes up, to the agent's backoff."""
+        from web3.exceptions import TransactionNotFound
+
         try:
             return self.w3.eth.get_transaction_receipt(tx_hash)
-        except Exception:  # web3 raises TransactionNotFound while it is unknown
+        except TransactionNotFound:
             return None
 
     def _confirm(

@@ -160,10 +160,19 @@ def spawn(args: list[str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
     )  # fmt: skip
 
 
-def wait_for(what: str, check, timeout: float = 120) -> None:
+def wait_for(what: str, check, timeout: float = 120, procs=(), logs=None) -> None:
+    """Wait until ``check()``; fail at once if one of ``procs`` died, and on failure show the
+    tail of each log in ``logs``."""
     deadline = time.monotonic() + timeout
+
+    def tails() -> str:
+        return "".join(f"\n--- {name}:\n" + "\n".join(
+            path.read_text(errors="replace").splitlines()[-8:]) for name, path in
+            (logs or {}).items())  # fmt: skip
+
     while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}{tails()}"
+        assert all(p.poll() is None for p in procs), f"a service died{tails()}"
         time.sleep(0.2)
 
 
@@ -199,10 +208,15 @@ def test_services_survive_a_node_restart(tmp_path) -> None:
         def logged(name: str, text: str) -> bool:
             return text in logs[name].read_text(errors="replace")
 
-        wait_for("both services to start", lambda: all(logged(n, "event=start") for n in logs))
-        wait_for("the commitment", lambda: logged("prover", "event=committed"))
+        seen = {"procs": procs, "logs": logs}
+        wait_for("both services to start", lambda: all(logged(n, "event=start") for n in logs),
+                 **seen)  # fmt: skip
+        wait_for("the commitment", lambda: logged("prover", "event=committed"), **seen)
         node.stop()  # SIGTERM: anvil writes its state file
-        wait_for("both to notice", lambda: all(logged(n, "event=node_unreachable") for n in logs))
+        # within seconds (the backoff starts at 2 polls), not after a transaction's mining
+        # timeout: an unanswered receipt query is the node being down, not "not mined yet"
+        wait_for("both to notice", lambda: all(logged(n, "event=node_unreachable") for n in logs),
+                 timeout=30, **seen)  # fmt: skip
         assert all(p.poll() is None for p in procs), "a service died with the node"
         node = AnvilNode(port=port, extra_args=["--state", str(state)]).start()
         with connect(ChainSettings(rpc_url=node.url, provider="foundry")) as ch:
@@ -217,7 +231,7 @@ def test_services_survive_a_node_restart(tmp_path) -> None:
                     and all(market.game(g).settled for g in games)
                 )
 
-            wait_for("the cheat to be slashed", rejected, timeout=300)
+            wait_for("the cheat to be slashed", rejected, timeout=300, **seen)
         assert all(logged(n, "event=node_back") for n in logs)
         assert all(p.poll() is None or p.returncode == 0 for p in procs)
         for name in logs:
@@ -348,6 +362,35 @@ def test_outbox_retires_a_reverted_intent(tmp_path) -> None:
     assert outbox.status("settle:1") is None  # free: the next send builds a new transaction
     assert outbox.status("settle:1#reverted1") == "failed"  # its gas was spent: still there
     assert outbox.retire("settle:1") is False
+
+
+def test_an_outbox_waiting_for_a_receipt_reports_a_dead_node_at_once(tmp_path) -> None:
+    """A transaction is broadcast to a node that mines nothing, and the node dies while the
+    outbox waits for the receipt: that is the node failing (transient: the agent backs off
+    and confirms the intent later), not a transaction not mined yet, which would hold the
+    agent for the whole mining timeout without a word."""
+    import requests
+
+    from protocol.agent import AgentConfig, is_transient, load_account
+    from protocol.outbox import Outbox, StateDB
+
+    node = AnvilNode(port=free_port(), extra_args=["--no-mining"]).start()
+    try:
+        w3 = Web3(Web3.HTTPProvider(node.url))
+        account = load_account(AgentConfig(rpc=node.url, deployment=tmp_path / "none.json",
+                                           db=tmp_path / "x.db", test_account=5))  # fmt: skip
+        outbox = Outbox(StateDB(tmp_path / "o.db"), w3, account, poll=0.05)
+        signed = account.sign_transaction({
+            "from": account.address, "nonce": 0, "chainId": w3.eth.chain_id,
+            "to": "0x" + "22" * 20, "value": 1, "gas": 21_000, "maxFeePerGas": 10**10,
+            "maxPriorityFeePerGas": 10**9})  # fmt: skip
+        threading.Timer(1.0, node.stop).start()
+        start = time.monotonic()
+        with pytest.raises(requests.exceptions.ConnectionError) as e:
+            outbox._confirm("transfer:1", bytes(signed.raw_transaction), signed.hash.hex(), 0)
+        assert is_transient(e.value) and time.monotonic() - start < 15
+    finally:
+        node.stop()
 
 
 def test_a_recorded_but_unsent_transaction_does_not_block_the_next(world, tmp_path) -> None:
