@@ -88,7 +88,31 @@ def new_index_url(request: pytest.FixtureRequest, tmp_path) -> Callable[[], str]
     return lambda: pg.create_database(f"index_{secrets.token_hex(6)}")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def on_the_embedded_network(*cases: str) -> pytest.MarkDecorator:
+    """Of a parametrised game matrix, play only ``cases`` (the ids of its other parameters,
+    e.g. ``"pooling"``) on ape's embedded network as well; the whole matrix runs on anvil.
+
+    The contracts are the same bytecode on both; the embedded network (py-evm) runs each
+    game 10-30x slower than anvil and all of its tests share one worker (``chain-local``),
+    so a full matrix there is the suite's critical path. A sample keeps each phase the
+    matrix exercises (a partial bisection, a gather's witness, a one-step) covered there."""
+    return pytest.mark.embedded_network_sample(cases=frozenset(cases))
+
+
+def _deselected_on_the_embedded_network(item: pytest.Item) -> bool:
+    mark = item.get_closest_marker("embedded_network_sample")
+    callspec = getattr(item, "callspec", None)
+    if mark is None or callspec is None or callspec.params.get("chain") != "local":
+        return False
+    rest = callspec.id.split("-", 1)[1] if "-" in callspec.id else ""
+    return rest not in mark.kwargs["cases"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    deselected = [item for item in items if _deselected_on_the_embedded_network(item)]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if item not in deselected]
     for item in items:
         callspec = getattr(item, "callspec", None)
         if callspec is not None and "chain" in callspec.params:

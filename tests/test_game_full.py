@@ -1,4 +1,5 @@
-"""Whole dispute games on the real digits-mlp trace, on ape's local network and on anvil.
+"""Whole dispute games on the real digits-mlp trace, on anvil and (a sample, see
+``conftest.on_the_embedded_network``) on ape's local network.
 
 A trainer fault injected at a random (step, op, element) — in a matmul, a reduction, an
 elementwise op, a LOAD_BATCH, or a transition that also changes a second slot — loses every
@@ -13,6 +14,7 @@ from functools import cache
 
 import pytest
 from chain_games import BOND, REWARD, STAKE, advance, new_job, run_dispute
+from conftest import on_the_embedded_network
 
 from protocol.game import JobStatus, Phase
 from protocol.ir import Opcode
@@ -79,7 +81,13 @@ TRAINER_FAULTS = [
 ]
 
 
-@pytest.mark.parametrize(("kind", "opcodes"), TRAINER_FAULTS, ids=lambda v: str(v))
+def case_id(case: tuple[str, set[Opcode]]) -> str:
+    kind, opcodes = case
+    return f"{kind}-{'+'.join(sorted(o.name for o in opcodes))}"
+
+
+@on_the_embedded_network("element-MATMUL", "second-slot-ADD+MATMUL+MUL")  # + a timeout
+@pytest.mark.parametrize(("kind", "opcodes"), TRAINER_FAULTS, ids=map(case_id, TRAINER_FAULTS))
 def test_cheating_trainer_loses(chain, market, kind, opcodes) -> None:
     fault = random_fault(kind, opcodes, seed=stable_seed(kind, opcodes))
     d = run_dispute(chain, market, honest(), faulty(fault), honest())
@@ -103,7 +111,8 @@ CHALLENGER_LIES = [
 ]
 
 
-@pytest.mark.parametrize(("kind", "opcodes"), CHALLENGER_LIES, ids=lambda v: str(v))
+@on_the_embedded_network("wrong-batch-LOAD_BATCH")  # decided at the op opening
+@pytest.mark.parametrize(("kind", "opcodes"), CHALLENGER_LIES, ids=map(case_id, CHALLENGER_LIES))
 def test_honest_trainer_beats_lying_challenger(chain, market, kind, opcodes) -> None:
     fault = random_fault(kind, opcodes, seed=7 + stable_seed(kind, opcodes))
     d = run_dispute(chain, market, honest(), honest(), faulty(fault))

@@ -1,4 +1,5 @@
-"""Whole dispute games over the IR v1 ops, on ape's local network and on anvil.
+"""Whole dispute games over the IR v1 ops, on anvil and (a sample, see
+``conftest.on_the_embedded_network``) on ape's local network.
 
 The job is one training step of a small model that uses every new op (tests/game_programs.py:
 a pixel-intensity embedding (GATHER, gradient by INDEX_ADD), a zero-padded convolution
@@ -18,6 +19,7 @@ from functools import cache
 import numpy as np
 import pytest
 from chain_games import run_dispute
+from conftest import on_the_embedded_network
 from game_programs import mixed_targets, mixed_train_program
 
 from protocol.game import JobStatus, Phase
@@ -98,6 +100,7 @@ def seed_of(target: str) -> int:
 REDUCTIONS = {"fma-matmul", "index-add", "pooling", "layer-norm"}
 
 
+@on_the_embedded_network("padded-conv")  # a gather: the single-witness "no row" path
 @pytest.mark.parametrize("target", sorted(TARGETS))
 def test_cheating_trainer_loses(chain, market, target: str) -> None:
     fault = fault_for(target, seed_of(target))
@@ -113,6 +116,7 @@ def test_cheating_trainer_loses(chain, market, target: str) -> None:
     )
 
 
+@on_the_embedded_network("fma-matmul")  # the FMA one-step after a partial pick
 @pytest.mark.parametrize("target", sorted(TARGETS))
 def test_honest_trainer_beats_a_lying_challenger(chain, market, target: str) -> None:
     fault = fault_for(target, 7 + seed_of(target))
