@@ -86,23 +86,36 @@ def test_farm_answers_are_a_local_replay(tmp_path, cluster) -> None:
     assert len(farm.overhead) == 3 and all(s >= 0 for s in farm.overhead)
 
 
+def _running_a_replay(pid: int) -> bool:
+    """Whether Ray worker ``pid`` is running a replay now (Ray titles a busy worker with its
+    task, ``ray::replay_interval``, and an idle one ``ray::IDLE``)."""
+    try:
+        return b"ray::replay_interval" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 def _kill_first_replay(stop: threading.Event, killed: list[int]) -> None:
-    """SIGKILL the first Ray worker seen running a replay (its process title names the task)."""
+    """SIGKILL the first Ray worker seen running a replay, once it has run a while and while
+    it still does (its process title names the task)."""
     while not stop.is_set() and not killed:
         out = subprocess.run(["pgrep", "-f", "ray::replay_interval"], capture_output=True,
                              text=True).stdout.split()  # fmt: skip
         if out:
-            time.sleep(0.3)  # mid-replay: the bundle is open and steps are running
+            pid = int(out[0])
+            time.sleep(0.1)  # mid-replay: the bundle is open and steps are running
+            if not _running_a_replay(pid):
+                continue  # done already: wait for the next one
             try:
-                os.kill(int(out[0]), signal.SIGKILL)
-                killed.append(int(out[0]))
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
             except ProcessLookupError:
                 continue
         time.sleep(0.02)
 
 
 def test_a_worker_killed_mid_replay_is_retried_with_the_same_answer(tmp_path, cluster) -> None:
-    steps = 240
+    steps = 600  # two intervals of ~0.3-0.6 s each: long enough to be caught running
     comp, store, spec = _job(tmp_path, steps=steps, every=steps // 2)
     committed = comp.checkpoint_roots()
     committed[2] = bytes(32)  # the second interval's end is a lie; no checkpoint published
