@@ -9,7 +9,7 @@ run on a SQLite index and on PostgreSQL (``index_url``, ``new_index_url``): the 
 import itertools
 import os
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import pytest
 
@@ -88,7 +88,7 @@ def new_index_url(request: pytest.FixtureRequest, tmp_path) -> Callable[[], str]
     return lambda: pg.create_database(f"index_{secrets.token_hex(6)}")
 
 
-def on_the_embedded_network(*cases: str) -> pytest.MarkDecorator:
+def on_the_embedded_network(*cases: str, of: Iterable[str]) -> pytest.MarkDecorator:
     """Of a parametrised game matrix, play only ``cases`` (the ids of its other parameters,
     e.g. ``"pooling"``) on ape's embedded network as well; the whole matrix runs on anvil.
 
@@ -96,23 +96,28 @@ def on_the_embedded_network(*cases: str) -> pytest.MarkDecorator:
     game 10-30x slower than anvil and all of its tests share one worker (``chain-local``),
     so a full matrix there is the suite's critical path. A sample keeps each phase the
     matrix exercises (a partial bisection, a gather's witness, a one-step) covered there."""
+    if unknown := set(cases) - set(of):
+        raise ValueError(f"no such case in the matrix: {sorted(unknown)}")
     return pytest.mark.embedded_network_sample(cases=frozenset(cases))
 
 
-def _deselected_on_the_embedded_network(item: pytest.Item) -> bool:
+def _embedded_case(item: pytest.Item) -> tuple[str, frozenset[str]] | None:
+    """For a sampled game test on the embedded network: its case id and the sample."""
     mark = item.get_closest_marker("embedded_network_sample")
     callspec = getattr(item, "callspec", None)
     if mark is None or callspec is None or callspec.params.get("chain") != "local":
-        return False
-    rest = callspec.id.split("-", 1)[1] if "-" in callspec.id else ""
-    return rest not in mark.kwargs["cases"]
+        return None
+    return callspec.id.removeprefix("local-"), mark.kwargs["cases"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    deselected = [item for item in items if _deselected_on_the_embedded_network(item)]
+    kept, deselected = [], []
+    for item in items:
+        case = _embedded_case(item)
+        (deselected if case is not None and case[0] not in case[1] else kept).append(item)
     if deselected:
         config.hook.pytest_deselected(items=deselected)
-        items[:] = [item for item in items if item not in deselected]
+        items[:] = kept
     for item in items:
         callspec = getattr(item, "callspec", None)
         if callspec is not None and "chain" in callspec.params:

@@ -86,7 +86,9 @@ def case_id(case: tuple[str, set[Opcode]]) -> str:
     return f"{kind}-{'+'.join(sorted(o.name for o in opcodes))}"
 
 
-@on_the_embedded_network("element-MATMUL", "second-slot-ADD+MATMUL+MUL")  # + a timeout
+@on_the_embedded_network(
+    "element-MATMUL", "second-slot-ADD+MATMUL+MUL", of=map(case_id, TRAINER_FAULTS)
+)  # a partial pick; a timeout
 @pytest.mark.parametrize(("kind", "opcodes"), TRAINER_FAULTS, ids=map(case_id, TRAINER_FAULTS))
 def test_cheating_trainer_loses(chain, market, kind, opcodes) -> None:
     fault = random_fault(kind, opcodes, seed=stable_seed(kind, opcodes))
@@ -111,7 +113,8 @@ CHALLENGER_LIES = [
 ]
 
 
-@on_the_embedded_network("wrong-batch-LOAD_BATCH")  # decided at the op opening
+# on the embedded network: a lie decided at the op opening
+@on_the_embedded_network("wrong-batch-LOAD_BATCH", of=map(case_id, CHALLENGER_LIES))
 @pytest.mark.parametrize(("kind", "opcodes"), CHALLENGER_LIES, ids=map(case_id, CHALLENGER_LIES))
 def test_honest_trainer_beats_lying_challenger(chain, market, kind, opcodes) -> None:
     fault = random_fault(kind, opcodes, seed=7 + stable_seed(kind, opcodes))

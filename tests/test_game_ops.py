@@ -100,7 +100,7 @@ def seed_of(target: str) -> int:
 REDUCTIONS = {"fma-matmul", "index-add", "pooling", "layer-norm"}
 
 
-@on_the_embedded_network("padded-conv")  # a gather: the single-witness "no row" path
+@on_the_embedded_network("padded-conv", of=TARGETS)  # a gather: the single-witness "no row" path
 @pytest.mark.parametrize("target", sorted(TARGETS))
 def test_cheating_trainer_loses(chain, market, target: str) -> None:
     fault = fault_for(target, seed_of(target))
@@ -116,7 +116,7 @@ def test_cheating_trainer_loses(chain, market, target: str) -> None:
     )
 
 
-@on_the_embedded_network("fma-matmul")  # the FMA one-step after a partial pick
+@on_the_embedded_network("fma-matmul", of=TARGETS)  # the FMA one-step after a partial pick
 @pytest.mark.parametrize("target", sorted(TARGETS))
 def test_honest_trainer_beats_a_lying_challenger(chain, market, target: str) -> None:
     fault = fault_for(target, 7 + seed_of(target))
