@@ -264,8 +264,8 @@ SHANI_INLINE void shani_blocks(int lanes, __m128i *abef, __m128i *cdgh,
     }
 }
 
-SHANI_TARGET static void shani_hash_batch(const batch_t *bt) {
-    const int lanes = SHANI_LANES;
+/* The batch, `lanes` messages at a time (a constant after inlining). */
+SHANI_INLINE void shani_hash_lanes(const batch_t *bt, const int lanes) {
     uint8_t tmp[MAX_LANES][64];
     __m128i abef0, cdgh0;
     shani_load_state(H0, &abef0, &cdgh0);
@@ -294,6 +294,16 @@ SHANI_TARGET static void shani_hash_batch(const batch_t *bt) {
         for (int l = 0; l < lanes && i + l < bt->count; l++)
             shani_store_digest(abef[l], cdgh[l], bt->out + 32 * (i + l));
     }
+}
+
+/* A batch of fewer messages than lanes (one tree node: the path updates of state_roots,
+ * a tensor root's header) runs one lane per message: repeating a message in spare lanes
+ * would cost the latency of the longest chain for nothing. */
+SHANI_TARGET static void shani_hash_batch(const batch_t *bt) {
+    if (bt->count < SHANI_LANES)
+        shani_hash_lanes(bt, 1);
+    else
+        shani_hash_lanes(bt, SHANI_LANES);
 }
 
 /* SHA-NI needs CPUID.7.0:EBX[29] (SHA) and the SSSE3/SSE4.1 shuffles around it. */
@@ -336,6 +346,11 @@ static const backend_t *select_backend(void) {
  * 3. The tree.
  * ------------------------------------------------------------------------------------- */
 
+/* The root of the empty tree: SHA-256 of the empty string. */
+static const uint8_t EMPTY_ROOT[32] = {
+    0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9, 0x24,
+    0x27, 0xae, 0x41, 0xe4, 0x64, 0x9b, 0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55};
+
 /* Reduce n hashes (32 bytes each, in place) to the RFC 9162 root in h[0..32): pair
  * neighbours level by level (a level is one batch, hashed in place), promoting an unpaired
  * last node. */
@@ -354,14 +369,52 @@ typedef struct {
     size_t first, count; /* leaves [first, first + count) */
     uint8_t *scratch;    /* count * 32 bytes for the leaf hashes */
     uint8_t *out;        /* root of this subtree */
+    int64_t nan_bits;    /* >= 0: hash every float32 NaN as these bits (-1: the bytes as given) */
 } job_t;
 
-/* Root of one subtree: its leaves are one batch, then the levels above. */
-static void run_job(const backend_t *be, const job_t *j) {
+static inline int is_nan32(uint32_t w) { return (w & 0x7fffffffu) > 0x7f800000u; }
+
+/* Whether the float32 words of p[0, bytes) hold a NaN (one vectorisable pass). */
+static int has_nan32(const uint8_t *p, size_t bytes) {
+    size_t n = bytes / 4;
+    for (size_t i = 0; i < n; i += 1024) { /* blocks: stop soon after the first NaN */
+        size_t end = i + 1024 < n ? i + 1024 : n;
+        unsigned any = 0;
+        for (size_t k = i; k < end; k++) {
+            uint32_t w;
+            memcpy(&w, p + 4 * k, 4);
+            any |= is_nan32(w);
+        }
+        if (any) return 1;
+    }
+    return 0;
+}
+
+/* Root of one subtree: its leaves are one batch, then the levels above. With nan_bits, a
+ * range that holds a NaN is hashed from a copy with every NaN replaced (the common case, no
+ * NaN, costs one read of the range). Returns 0, or -1 when that copy cannot be allocated. */
+static int run_job(const backend_t *be, const job_t *j) {
     size_t off = j->first * j->chunk;
-    be->hash_batch(&(batch_t){j->data + off, j->chunk, j->len - off, j->count, 0x00, j->scratch});
+    size_t end = off + j->count * j->chunk < j->len ? off + j->count * j->chunk : j->len;
+    const uint8_t *src = j->data + off;
+    uint8_t *copy = NULL;
+    if (j->nan_bits >= 0 && has_nan32(src, end - off)) {
+        copy = malloc(end - off);
+        if (!copy) return -1;
+        const uint32_t bits = (uint32_t)j->nan_bits;
+        for (size_t k = 0; k < (end - off) / 4; k++) {
+            uint32_t w;
+            memcpy(&w, src + 4 * k, 4);
+            if (is_nan32(w)) w = bits;
+            memcpy(copy + 4 * k, &w, 4);
+        }
+        src = copy;
+    }
+    be->hash_batch(&(batch_t){src, j->chunk, end - off, j->count, 0x00, j->scratch});
+    free(copy);
     reduce_levels(be, j->scratch, j->count);
     memcpy(j->out, j->scratch, 32);
+    return 0;
 }
 
 typedef struct {
@@ -369,6 +422,7 @@ typedef struct {
     job_t *jobs;
     size_t njobs;
     atomic_size_t next; /* next job to claim */
+    atomic_int failed;  /* a job could not allocate its NaN-free copy */
 } pool_t;
 
 /* Every thread, the calling one included, claims jobs until none is left. */
@@ -377,8 +431,20 @@ static void *worker(void *arg) {
     for (;;) {
         size_t i = atomic_fetch_add_explicit(&pool->next, 1, memory_order_relaxed);
         if (i >= pool->njobs) return NULL;
-        run_job(pool->be, &pool->jobs[i]);
+        if (run_job(pool->be, &pool->jobs[i]) != 0) atomic_store(&pool->failed, 1);
     }
+}
+
+/* Run every job of the pool on up to `threads` threads (the calling one included; if a
+ * thread cannot be started, the others do its share). Call without the GIL. */
+static void run_pool(pool_t *pool, size_t threads, pthread_t *tids) {
+    size_t spawned = 0;
+    for (size_t t = 1; t < threads; t++) {
+        if (pthread_create(&tids[spawned], NULL, worker, pool) != 0) break;
+        spawned++;
+    }
+    worker(pool);
+    for (size_t t = 0; t < spawned; t++) pthread_join(tids[t], NULL);
 }
 
 /* Largest power of two strictly below n (n >= 2). */
@@ -435,10 +501,7 @@ static PyObject *mth_chunks(PyObject *self, PyObject *args) {
     if (n == 0) {
         PyBuffer_Release(&view);
         /* empty tree: SHA-256 of the empty string */
-        static const uint8_t empty[32] = {
-            0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9, 0x24,
-            0x27, 0xae, 0x41, 0xe4, 0x64, 0x9b, 0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55};
-        return PyBytes_FromStringAndSize((const char *)empty, 32);
+        return PyBytes_FromStringAndSize((const char *)EMPTY_ROOT, 32);
     }
 
     /* ~4 pieces per thread for balance, but not so small that per-piece overhead shows. */
@@ -468,21 +531,14 @@ static PyObject *mth_chunks(PyObject *self, PyObject *args) {
     size_t off = 0;
     for (size_t p = 0; p < npieces; p++) {
         jobs[p] = (job_t){(const uint8_t *)view.buf, len, chunk, firsts[p], counts[p],
-                          scratch + 32 * off, roots + 32 * p};
+                          scratch + 32 * off, roots + 32 * p, -1};
         off += counts[p];
     }
 
     uint8_t root[32];
-    pool_t pool = {be, jobs, npieces, 0};
+    pool_t pool = {be, jobs, npieces, 0, 0};
     Py_BEGIN_ALLOW_THREADS
-    /* If a thread cannot be started, the others (at least this one) do its share. */
-    size_t spawned = 0;
-    for (size_t t = 1; t < threads; t++) {
-        if (pthread_create(&tids[spawned], NULL, worker, &pool) != 0) break;
-        spawned++;
-    }
-    worker(&pool);
-    for (size_t t = 0; t < spawned; t++) pthread_join(tids[t], NULL);
+    run_pool(&pool, threads, tids);
     size_t cursor = 0;
     combine(be, n, target, roots, &cursor, root);
     Py_END_ALLOW_THREADS
@@ -527,10 +583,7 @@ static PyObject *state_roots(PyObject *self, PyObject *args) {
     if (!result) goto done;
     uint8_t *out = (uint8_t *)PyBytes_AS_STRING(result);
     if (n == 0) { /* the empty tree: H("") */
-        static const uint8_t empty[32] = {
-            0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9, 0x24,
-            0x27, 0xae, 0x41, 0xe4, 0x64, 0x9b, 0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55};
-        memcpy(out, empty, 32);
+        memcpy(out, EMPTY_ROOT, 32);
         goto done;
     }
     size_t depth = 1, total = 0;
@@ -580,6 +633,139 @@ done:
     return result;
 }
 
+/* tensor_roots(buffers, chunk_bytes, threads, tensor_prefix, dtype, format, itemsize,
+ *              nan_bits):
+ * the tensor root H(tensor_prefix || dtype:u8 || numel:u64be || MTH(chunks)) of each buffer
+ * (numel = its length / itemsize; its items must have the struct format `format`, native
+ * or '<'-prefixed: the machine is little-endian), all in one call: every buffer's leaves are cut into
+ * pieces as mth_chunks cuts one (a small buffer is one piece), the pieces of all buffers
+ * shared by the threads, then each buffer's pieces combined. With nan_bits >= 0 (itemsize
+ * 4), every float32 NaN is hashed as those bits: the committed form of a value computed with
+ * NaNs as they came. What a dispute trace does for each op's output, without a Python call
+ * per value. */
+static PyObject *tensor_roots(PyObject *self, PyObject *args) {
+    PyObject *seq_arg;
+    Py_ssize_t chunk_arg, threads_arg, prefix_arg, dtype_arg, itemsize_arg;
+    long long nan_bits;
+    const char *format;
+    if (!PyArg_ParseTuple(args, "OnnnnsnL", &seq_arg, &chunk_arg, &threads_arg, &prefix_arg,
+                          &dtype_arg, &format, &itemsize_arg, &nan_bits))
+        return NULL;
+    if (chunk_arg <= 0 || threads_arg <= 0 || itemsize_arg <= 0 || prefix_arg < 0 ||
+        prefix_arg > 255 || dtype_arg < 0 || dtype_arg > 255 || nan_bits > 0xffffffffLL ||
+        (nan_bits >= 0 && itemsize_arg != 4)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "tensor_roots: chunk size, threads and itemsize must be positive, prefix "
+                        "and dtype bytes, nan_bits -1 or a u32 (float32 only)");
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(seq_arg, "tensor_roots: buffers must be a sequence");
+    if (!seq) return NULL;
+    size_t nv = (size_t)PySequence_Fast_GET_SIZE(seq), chunk = (size_t)chunk_arg;
+    size_t itemsize = (size_t)itemsize_arg;
+    Py_buffer *views = calloc(nv ? nv : 1, sizeof(Py_buffer));
+    size_t *leaves = calloc(nv ? nv : 1, sizeof(size_t)), *first_piece = NULL;
+    size_t *firsts = NULL, *counts = NULL;
+    uint8_t *scratch = NULL, *roots = NULL;
+    job_t *jobs = NULL;
+    pthread_t *tids = NULL;
+    PyObject *result = NULL;
+    size_t got = 0;
+    if (!views || !leaves) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    size_t total = 0;
+    while (got < nv) { /* views[0, got) are held (released at the end) */
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, got), &views[got],
+                               PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) != 0)
+            goto done;
+        size_t len = (size_t)views[got].len;
+        const char *fmt = views[got].format ? views[got].format : "B";
+        got++;
+        if (strcmp(fmt, format) != 0 && !(fmt[0] == '<' && strcmp(fmt + 1, format) == 0)) {
+            PyErr_Format(PyExc_TypeError, "tensor_roots: buffer %zu holds '%s' items, "
+                         "expected '%s' (little-endian)", got - 1, fmt, format);
+            goto done;
+        }
+        if (len % itemsize) {
+            PyErr_Format(PyExc_ValueError, "tensor_roots: buffer %zu has %zu bytes, not a "
+                         "multiple of the item size %zu", got - 1, len, itemsize);
+            goto done;
+        }
+        leaves[got - 1] = len / chunk + (len % chunk != 0);
+        total += leaves[got - 1];
+    }
+    size_t threads = (size_t)threads_arg;
+    size_t target = threads > total ? 1 : (total ? (total - 1) / (threads * 4) + 1 : 1);
+    if (target < 64) target = 64;
+    size_t bound = 0; /* plan() makes at most ~2n/target + log n pieces of n leaves */
+    for (size_t v = 0; v < nv; v++)
+        bound += leaves[v] <= target ? 1 : 2 * (leaves[v] / target + 2) + 64;
+    first_piece = malloc((nv + 1) * sizeof(size_t));
+    firsts = malloc((bound ? bound : 1) * sizeof(size_t));
+    counts = malloc((bound ? bound : 1) * sizeof(size_t));
+    scratch = total <= SIZE_MAX / 32 ? malloc(32 * (total ? total : 1)) : NULL;
+    if (!first_piece || !firsts || !counts || !scratch) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    size_t npieces = 0;
+    for (size_t v = 0; v < nv; v++) {
+        first_piece[v] = npieces;
+        if (leaves[v]) npieces = plan(0, leaves[v], target, firsts, counts, npieces);
+    }
+    first_piece[nv] = npieces;
+    roots = malloc(32 * (npieces ? npieces : 1));
+    jobs = malloc((npieces ? npieces : 1) * sizeof(job_t));
+    if (threads > npieces) threads = npieces ? npieces : 1;
+    tids = malloc(threads * sizeof(pthread_t));
+    result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(32 * nv));
+    if (!roots || !jobs || !tids || !result) {
+        Py_CLEAR(result);
+        PyErr_NoMemory();
+        goto done;
+    }
+    size_t off = 0;
+    for (size_t v = 0; v < nv; v++)
+        for (size_t p = first_piece[v]; p < first_piece[v + 1]; p++) {
+            jobs[p] = (job_t){(const uint8_t *)views[v].buf, (size_t)views[v].len, chunk,
+                              firsts[p], counts[p], scratch + 32 * off, roots + 32 * p,
+                              (int64_t)nan_bits};
+            off += counts[p];
+        }
+    const backend_t *be = select_backend();
+    uint8_t *out = (uint8_t *)PyBytes_AS_STRING(result);
+    pool_t pool = {be, jobs, npieces, 0, 0};
+    Py_BEGIN_ALLOW_THREADS
+    run_pool(&pool, threads, tids);
+    for (size_t v = 0; v < nv; v++) {
+        uint8_t header[41];
+        header[0] = (uint8_t)dtype_arg;
+        uint64_t numel = (uint64_t)views[v].len / itemsize;
+        for (int i = 0; i < 8; i++) header[1 + i] = (uint8_t)(numel >> (56 - 8 * i));
+        if (leaves[v]) {
+            size_t cursor = 0;
+            combine(be, leaves[v], target, roots + 32 * first_piece[v], &cursor, header + 9);
+        } else {
+            memcpy(header + 9, EMPTY_ROOT, 32);
+        }
+        be->hash_batch(&(batch_t){header, 41, 41, 1, (uint8_t)prefix_arg, out + 32 * v});
+    }
+    Py_END_ALLOW_THREADS
+    if (atomic_load(&pool.failed)) {
+        Py_CLEAR(result);
+        PyErr_NoMemory();
+    }
+done:
+    for (size_t v = 0; v < got; v++)
+        if (views[v].obj) PyBuffer_Release(&views[v]);
+    free(views); free(leaves); free(first_piece); free(firsts); free(counts);
+    free(scratch); free(roots); free(jobs); free(tids);
+    Py_DECREF(seq);
+    return result;
+}
+
 static PyObject *backend(PyObject *self, PyObject *unused) {
     return PyUnicode_FromString(select_backend()->name);
 }
@@ -593,6 +779,12 @@ static PyMethodDef methods[] = {
      "state_roots(values, updates) -> bytes\n\n"
      "The RFC 9162 root over 32-byte leaf values, then the root after each update (u32 LE\n"
      "index + 32-byte value, applied in turn): (len(updates)/36 + 1) roots of 32 bytes."},
+    {"tensor_roots", tensor_roots, METH_VARARGS,
+     "tensor_roots(buffers, chunk_bytes, threads, tensor_prefix, dtype, format, itemsize,\n"
+     "             nan_bits) -> bytes\n\n"
+     "The tensor root of each C-contiguous buffer of `format` items (32 bytes each, in order): the chunk\n"
+     "trees of all buffers hashed together on up to `threads` threads, then each header.\n"
+     "nan_bits >= 0 hashes every float32 NaN as those bits; -1 hashes the bytes as given."},
     {"backend", backend, METH_NOARGS,
      "backend() -> str\n\n"
      "The SHA-256 implementation mth_chunks would use now: 'sha-ni' or 'portable'\n"

@@ -16,6 +16,7 @@ import bisect
 import functools
 import hashlib
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -114,6 +115,35 @@ def tensor_root(array: np.ndarray, threads: int | None = None) -> bytes:
     """The commitment of a float32 tensor (DESIGN §4.2)."""
     raw = as_float32_bytes(array)
     return tensor_root_from_fields(DTYPE_FLOAT32, array.size, data_root(raw, threads))
+
+
+def tensor_roots(
+    arrays: Sequence[np.ndarray], threads: int | None = None, nan_bits: int | None = None
+) -> list[bytes]:
+    """``tensor_root`` of each float32 tensor, in one native call when the hasher is built:
+    the chunk trees of all of them shared by ``threads`` threads (one Python call for a
+    whole trace's op outputs instead of one per output). With ``nan_bits`` every NaN is
+    hashed as that float32 bit pattern (the arrays are not changed)."""
+    if nan_bits is not None and not 0 <= nan_bits <= 0xFFFFFFFF:
+        raise CommitmentInputError(f"nan_bits {nan_bits} is not a float32 bit pattern")
+    if _treehash is not None and sys.byteorder == "little":
+        try:  # the native side checks every buffer: C-contiguous float32 (no Python per array)
+            raw = _treehash.tensor_roots(
+                arrays, CHUNK_BYTES, threads or hash_threads(), TENSOR_PREFIX[0], DTYPE_FLOAT32,
+                "f", DTYPE_ITEMSIZE[DTYPE_FLOAT32], -1 if nan_bits is None else nan_bits,
+            )  # fmt: skip
+        except (TypeError, ValueError, BufferError):
+            for a in arrays:
+                as_float32_bytes(a)  # says what is wrong
+            raise
+        return [raw[i : i + 32] for i in range(0, len(raw), 32)]
+    out = []
+    for a in arrays:
+        as_float32_bytes(a)
+        if nan_bits is not None and np.isnan(a).any():
+            a = np.where(np.isnan(a), np.array([nan_bits], "<u4").view("<f4")[0], a)
+        out.append(tensor_root(np.ascontiguousarray(a, dtype=FLOAT32_LE), threads))
+    return out
 
 
 def chunk_tree(array: np.ndarray) -> MerkleTree:

@@ -17,6 +17,7 @@ from replay.compile.examples import DIGITS_MLP
 from replay.compile.liveness import live_bytes
 from replay.compile.spec import GELU, AdamW, Linear, MLPSpec, ReLU
 from replay.data.dataset import Dataset
+from replay.dispute import trace as trace_module
 from replay.dispute.trace import StepTrace
 from replay.execute import numpy_backend, semantics
 from replay.execute.backends import make_executor
@@ -214,7 +215,8 @@ def test_queries_equal_a_full_recomputation(tampered: bool) -> None:
 def test_trace_memory_is_bounded_by_the_live_set(monkeypatch: pytest.MonkeyPatch) -> None:
     """The trace keeps per-op roots, not per-op values: what it holds after recording every
     root, and its peak while doing so and while answering a query, stay within the program's
-    live set (measured with tracemalloc, which sees numpy's buffers; nothing is timed)."""
+    live set and the values waiting to be hashed (at most ``TRACE_HASH_BACKLOG`` bytes plus
+    one open batch; measured with tracemalloc, which sees numpy's buffers; nothing timed)."""
     spec = MLPSpec(
         input_dim=128,
         num_classes=10,
@@ -232,9 +234,12 @@ def test_trace_memory_is_bounded_by_the_live_set(monkeypatch: pytest.MonkeyPatch
     outputs = sum(4 * program.slots[op.out].numel for op in program.ops if op.opcode != Opcode.FREE)
     live = max(live_bytes(program.slots, program.ops, rewritten=True))
     monkeypatch.setattr(numpy_backend, "BLOCK", 1024)
-    # one block's int64 indices and gathered operands, and the roots' Python objects
-    slack = 64 * 1024 + 300 * len(program.ops)
-    assert live + slack < outputs / 3  # the old trace kept `outputs` bytes
+    monkeypatch.setattr(trace_module, "HASH_BATCH_BYTES", 8 * 1024)
+    monkeypatch.setattr(trace_module, "TRACE_HASH_BACKLOG", 16 * 1024)
+    # one block's int64 indices and gathered operands, the roots' Python objects, and the
+    # hashing window: the backlog, the open batch and one value over each (64 KiB here)
+    slack = 64 * 1024 + 300 * len(program.ops) + (16 + 8 + 2 * 64) * 1024
+    assert live + slack < outputs / 2  # the old trace kept `outputs` bytes
     tracemalloc.start()
     try:
         trace = StepTrace(program, start, batch)

@@ -22,8 +22,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from protocol.commitments import chunk_tree, state_tree, tensor_root
-from protocol.ir import REDUCTION_OPS, Opcode, Program, index_value, operand_index
+from protocol.commitments import chunk_tree, state_tree, tensor_roots
+from protocol.ir import (
+    CANONICAL_NAN_BITS,
+    REDUCTION_OPS,
+    Opcode,
+    Program,
+    index_value,
+    operand_index,
+)
 from protocol.merkle import InclusionProof, MerkleTree
 from replay.errors import ExecutionError
 from replay.execute.backends import Batch, Executor, fresh_executor
@@ -32,7 +39,7 @@ from replay.execute.numpy_backend import (
     check_named,
     reduce_partials,
 )
-from replay.execute.state import as_committed, canonical_nans, state_roots_after
+from replay.execute.state import as_committed, state_roots_after
 
 #: A fault hook (tests, demos): called after op ``j`` ran on the executor with the step's
 #: batch; returns the slots to replace and their new values (the op's own output included,
@@ -42,20 +49,76 @@ Tamper = Callable[[int, Executor, Batch | None], dict[int, np.ndarray | None]]
 
 
 #: one thread that hashes op outputs while the trace runs the next ops (the native hasher
-#: releases the GIL); one hashing thread per call, so the two never oversubscribe the cores
+#: releases the GIL); the trace's own thread joins in once the step has run
 _HASHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trace-hash")
 
-
-#: smaller outputs are hashed at once (handing them to the thread costs more than hashing)
-BACKGROUND_HASH_MIN = 1 << 14
+#: op outputs are handed to the hashing thread in batches of about this many bytes (one
+#: native call hashes a whole batch: no Python call per output)
+HASH_BATCH_BYTES = 4 << 20
 #: at most this many bytes of op outputs wait for the hashing thread
 TRACE_HASH_BACKLOG = 256 << 20
 
 
-def _root(value: np.ndarray) -> bytes:
-    """An op value's tensor root as committed (the recorded step hands values over with
-    NaNs as computed: they are made canonical here, on the hashing thread for large ones)."""
-    return tensor_root(canonical_nans(value), threads=1)
+def _batch_roots(values: list[np.ndarray]) -> list[bytes]:
+    """The committed tensor roots of op values computed with NaNs as they came."""
+    return tensor_roots(values, threads=1, nan_bits=CANONICAL_NAN_BITS)
+
+
+class _OutputHasher:
+    """The tensor roots of a step's op outputs, in the order they are added: hashed in
+    batches on the hashing thread while the step runs; when the backlog is full, and at
+    the end, the caller hashes batches not yet started itself (from the newest), so both
+    cores hash. Values are never written in place after they are added."""
+
+    def __init__(self) -> None:
+        self._batches: list[tuple[Future[list[bytes]], list[np.ndarray]]] = []
+        self._open: list[np.ndarray] = []
+        self._open_bytes = 0
+        self._waiting: deque[tuple[int, int]] = deque()  # (batch, bytes) not known done
+        self._queued = 0
+        self._results: dict[int, list[bytes]] = {}
+        self._count = 0
+
+    def add(self, value: np.ndarray) -> int:
+        """Start hashing ``value``; returns its place in :meth:`roots`."""
+        self._open.append(value)
+        self._open_bytes += value.nbytes
+        self._count += 1
+        if self._open_bytes >= HASH_BATCH_BYTES:
+            self._submit()
+        return self._count - 1
+
+    def _submit(self) -> None:
+        values, size = self._open, self._open_bytes
+        self._open, self._open_bytes = [], 0
+        self._batches.append((_HASHER.submit(_batch_roots, values), values))
+        self._waiting.append((len(self._batches) - 1, size))
+        self._queued += size
+        while self._queued > TRACE_HASH_BACKLOG:  # memory stays bounded: help, or wait
+            i, size = self._waiting.popleft()
+            self._finish(i)
+            self._queued -= size
+
+    def _finish(self, i: int) -> None:
+        future, values = self._batches[i]
+        if i not in self._results:
+            self._results[i] = _batch_roots(values) if future.cancel() else future.result()
+            self._batches[i] = (future, [])  # release the values
+
+    def roots(self) -> list[bytes]:
+        """Every added value's root, in order (waits for, or does, the remaining work)."""
+        if self._open:
+            self._submit()
+        for i in reversed(range(len(self._batches))):  # the hashing thread works from the front
+            future, values = self._batches[i]
+            if i not in self._results and future.cancel():
+                self._results[i] = _batch_roots(values)
+        out: list[bytes] = []
+        for i in range(len(self._batches)):
+            self._finish(i)
+            out.extend(self._results.pop(i))
+        self._batches, self._waiting, self._queued = [], deque(), 0
+        return out
 
 
 @dataclass(frozen=True)
@@ -96,9 +159,12 @@ class StepTrace:
         # its slot (the torch backend captures a step's FILL constants when it compiles)
         self._backend, self._device = ("numpy", "cpu") if tamper is not None else (backend, device)
         self._initial = _start_slots(program, start)
-        roots = [None if v is None else tensor_root(as_committed(v)) for v in self._initial]
+        full = [as_committed(v) for v in self._initial if v is not None]
+        initial_roots = iter(tensor_roots(full))
+        roots = [None if v is None else next(initial_roots) for v in self._initial]
         self._initial_roots = list(roots)
-        pending: list[tuple[int, int, bytes | Future[bytes] | None]] = []  # (op, slot, root)
+        # (op, slot, its value's place among the values hashed, or -1 when it is empty)
+        pending: list[tuple[int, int, int]] = []
         updates: list[tuple[int, bytes | None]] = []  # and the root it was given
         ends: list[int] = []  # per op: how many updates precede the state after it
         # per slot: the ops that replaced it and the root it held after each (32 bytes per op)
@@ -111,28 +177,10 @@ class StepTrace:
         self._undo: dict[int, np.ndarray | None] | None = None
         executor = self._cursor(0)
 
-        backlog: deque[tuple[Future[bytes], int]] = deque()  # hashes not done, their bytes
-        queued = 0
+        hasher = _OutputHasher()
 
         def record(j: int, slot: int, value: np.ndarray | None) -> None:
-            # a large value is hashed on the hashing thread while the next ops run (values
-            # are never written in place, so the view stays valid); at most
-            # TRACE_HASH_BACKLOG bytes wait, so memory stays bounded
-            nonlocal queued
-            hashed: bytes | Future[bytes] | None
-            if value is None:
-                hashed = None
-            elif value.size < BACKGROUND_HASH_MIN:
-                hashed = _root(value)
-            else:
-                hashed = _HASHER.submit(_root, value)
-                backlog.append((hashed, value.nbytes))
-                queued += value.nbytes
-                while queued > TRACE_HASH_BACKLOG:
-                    done, size = backlog.popleft()
-                    done.result()
-                    queued -= size
-            pending.append((j, slot, hashed))
+            pending.append((j, slot, -1 if value is None else hasher.add(as_committed(value))))
 
         recorded = getattr(executor, "run_step_recorded", None)
         drops: dict[int, list[int]] = {}
@@ -166,8 +214,9 @@ class StepTrace:
                 ends.append(len(pending))
                 for slot in drops.get(j, ()):
                     executor.set_slot(slot, None)  # type: ignore[attr-defined]
-        for j, slot, hashed in pending:
-            root = hashed.result() if isinstance(hashed, Future) else hashed
+        hashed = hasher.roots()
+        for j, slot, k in pending:
+            root = None if k < 0 else hashed[k]
             self._writes.setdefault(slot, []).append(j)
             self._roots.setdefault(slot, []).append(root)
             updates.append((slot, root))
