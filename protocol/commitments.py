@@ -250,13 +250,20 @@ def state_roots_after(
     in turn (None = empty): ``len(updates) + 1`` roots, in one native call when the hasher is
     built (a dispute trace's op-level roots)."""
     values = [slot_value(s) for s in slots]
-    for i, _ in updates:
-        if not 0 <= i < len(values):
-            raise CommitmentInputError(f"update names slot {i} of a {len(values)}-slot state")
+    index = np.fromiter((i for i, _ in updates), dtype=np.int64, count=len(updates))
+    if index.size and not (0 <= index.min() and index.max() < len(values)):
+        bad = int(index[(index < 0) | (index >= len(values))][0])
+        raise CommitmentInputError(f"update names slot {bad} of a {len(values)}-slot state")
     if _treehash is None or not hasattr(_treehash, "state_roots"):
         tree = IncrementalStateTree(slots)
         return [tree.root] + [tree.update(i, r) for i, r in updates]
-    raw = _treehash.state_roots(
-        b"".join(values), b"".join(i.to_bytes(4, "little") + slot_value(r) for i, r in updates)
-    )
+    # the (u32 little-endian index, 32-byte value) records, built as one array
+    records = np.empty((len(updates), 36), dtype=np.uint8)
+    records[:, :4] = index.astype("<u4").view(np.uint8).reshape(-1, 4)
+    roots = b"".join([EMPTY_SLOT if r is None else r for _, r in updates])
+    if len(roots) != 32 * len(updates):
+        for _, r in updates:
+            slot_value(r)  # says which value is not a 32-byte root
+    records[:, 4:] = np.frombuffer(roots, dtype=np.uint8).reshape(-1, 32)
+    raw = _treehash.state_roots(b"".join(values), records.tobytes())
     return [raw[k : k + 32] for k in range(0, len(raw), 32)]

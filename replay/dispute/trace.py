@@ -21,8 +21,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
-from protocol.commitments import chunk_tree, state_tree, tensor_roots
+from protocol.commitments import chunk_tree, hash_threads, state_tree, tensor_roots
 from protocol.ir import (
     CANONICAL_NAN_BITS,
     REDUCTION_OPS,
@@ -59,9 +60,9 @@ HASH_BATCH_BYTES = 4 << 20
 TRACE_HASH_BACKLOG = 256 << 20
 
 
-def _batch_roots(values: list[np.ndarray]) -> list[bytes]:
+def _batch_roots(values: list[np.ndarray], threads: int = 1) -> list[bytes]:
     """The committed tensor roots of op values computed with NaNs as they came."""
-    return tensor_roots(values, threads=1, nan_bits=CANONICAL_NAN_BITS)
+    return tensor_roots(values, threads=threads, nan_bits=CANONICAL_NAN_BITS)
 
 
 class _OutputHasher:
@@ -107,6 +108,10 @@ class _OutputHasher:
 
     def roots(self) -> list[bytes]:
         """Every added value's root, in order (waits for, or does, the remaining work)."""
+        if self._open and not self._batches:  # a small step: one batch, on every core
+            self._results[0] = _batch_roots(self._open, hash_threads())
+            self._batches = [(Future(), [])]
+            self._open, self._open_bytes = [], 0
         if self._open:
             self._submit()
         for i in reversed(range(len(self._batches))):  # the hashing thread works from the front
@@ -187,7 +192,12 @@ class StepTrace:
         if tamper is None and recorded is not None:
             # the whole step at once, element chains fused, every op's value seen once
             tb = None if batch is None else executor.batch_tensors(batch)  # type: ignore[attr-defined]
-            recorded(tb, lambda j, slot, v: record(j, slot, None if v is None else v.cpu().numpy()))
+            on_cpu = self._device == "cpu"
+
+            def on_value(j: int, slot: int, v: torch.Tensor | None) -> None:
+                record(j, slot, None if v is None else (v if on_cpu else v.cpu()).numpy())
+
+            recorded(tb, on_value)
             pending.sort(key=lambda p: p[0])  # one value per op, now in op order
             ends.extend(range(1, len(pending) + 1))
         else:
