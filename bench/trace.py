@@ -32,41 +32,31 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(1, str(ROOT / "examples"))
 
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
 from rich.progress import track
 
 import trainproof
 from bench._report import pin_threads, spread, table, write
+from bench.step import MODELS as STEP_MODELS
 from replay.dispute.trace import StepTrace
 
 
-def _digits_mlp() -> tuple[Any, ...]:
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    data = trainproof.datasets.digits(64, image=False)
-    x, y = data.batch(0)
-    return model, opt, F.cross_entropy, (torch.from_numpy(x), torch.from_numpy(y).long()), data
-
-
-def _small_gpt() -> tuple[Any, ...]:
+def _small_gpt_data() -> Any:
     import small_gpt
 
-    model, opt, loss, example, _schedule = small_gpt.factory()
-    return model, opt, loss, example, small_gpt.dataset()
+    return small_gpt.dataset()
 
 
-#: name -> (what it is, factory of (model, optimizer, loss_fn, example batch, dataset))
-MODELS: dict[str, tuple[str, Callable[[], tuple[Any, ...]]]] = {
-    "digits-mlp": ("64-128-10 ReLU MLP, AdamW, batch 64 (digits)", _digits_mlp),
-    "small-gpt": ("examples/small_gpt.py: 2 layers, d 64, ctx 32, batch 16", _small_gpt),
+#: the models of bench/step.py (same weights and first batch) and the datasets they train on
+MODELS: dict[str, tuple[str, Callable[[], tuple[Any, ...]], Callable[[], Any]]] = {
+    "digits-mlp": (*STEP_MODELS["digits-mlp"], lambda: trainproof.datasets.digits(64, image=False)),
+    "small-gpt": (*STEP_MODELS["small-gpt"], _small_gpt_data),
 }
 
 
 def measure(name: str, threads: int, rounds: int, steps: int, every: int) -> dict[str, Any]:
-    model, opt, loss_fn, example, data = MODELS[name][1]()
+    _what, factory, dataset = MODELS[name]
+    model, opt, loss_fn, example = factory()
+    data = dataset()
     job = trainproof.compile(model, opt, loss_fn, example)
     program, start = job.program, job.initial_state
     pin_threads(threads)

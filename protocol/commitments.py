@@ -141,8 +141,10 @@ def tensor_roots(
     for a in arrays:
         as_float32_bytes(a)
         if nan_bits is not None and np.isnan(a).any():
-            a = np.where(np.isnan(a), np.array([nan_bits], "<u4").view("<f4")[0], a)
-        out.append(tensor_root(np.ascontiguousarray(a, dtype=FLOAT32_LE), threads))
+            bits = a.view("<u4").copy()  # set bit patterns, never through a float NaN
+            bits[np.isnan(a)] = nan_bits
+            a = bits.view(FLOAT32_LE)
+        out.append(tensor_root(a, threads))
     return out
 
 

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from protocol import commitments
 from protocol.commitments import (
     NATIVE_HASHER,
     chunk,
@@ -138,17 +139,19 @@ def _float32_tensors(draw: st.DrawFn) -> list[np.ndarray]:
     _float32_tensors(),
     st.sampled_from([1, 2, 3, 8]),
     st.sampled_from([None, 0x7FC00000]),
-    st.booleans(),
+    st.sampled_from(["sha-ni", "portable", "python"]),
 )
 def test_tensor_roots_of_many_tensors_equal_each_root_by_definition(
-    tensors: list[np.ndarray], threads: int, nan_bits: int | None, portable: bool
+    tensors: list[np.ndarray], threads: int, nan_bits: int | None, hasher: str
 ) -> None:
     """One call for many tensors (a trace's op outputs), on any thread count, with either
-    SHA-256 implementation, is each tensor's root; ``nan_bits`` hashes every NaN as those
-    bits without changing the arrays."""
+    native SHA-256 implementation or without the native hasher, is each tensor's root;
+    ``nan_bits`` hashes every NaN as those bits without changing the arrays."""
     before = [t.copy() for t in tensors]
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TRAINPROOF_TREEHASH_PORTABLE", "1" if portable else "0")
+        mp.setenv("TRAINPROOF_TREEHASH_PORTABLE", "1" if hasher == "portable" else "0")
+        if hasher == "python":
+            mp.setattr(commitments, "_treehash", None)
         got = tensor_roots(tensors, threads=threads, nan_bits=nan_bits)
     assert got == [_reference_root(t, nan_bits) for t in tensors]
     unchanged = zip(tensors, before, strict=True)

@@ -15,13 +15,12 @@
 from __future__ import annotations
 
 import bisect
-from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from protocol.commitments import chunk_tree, hash_threads, state_tree, tensor_roots
 from protocol.ir import (
@@ -41,6 +40,9 @@ from replay.execute.numpy_backend import (
     reduce_partials,
 )
 from replay.execute.state import as_committed, state_roots_after
+
+if TYPE_CHECKING:
+    import torch
 
 #: A fault hook (tests, demos): called after op ``j`` ran on the executor with the step's
 #: batch; returns the slots to replace and their new values (the op's own output included,
@@ -65,6 +67,28 @@ def _batch_roots(values: list[np.ndarray], threads: int = 1) -> list[bytes]:
     return tensor_roots(values, threads=threads, nan_bits=CANONICAL_NAN_BITS)
 
 
+@dataclass
+class _Batch:
+    """Op outputs handed to the hashing thread together, and their roots once known."""
+
+    values: list[np.ndarray]
+    size: int
+    future: Future[list[bytes]]
+    roots: list[bytes] | None = None
+
+    def take_over(self) -> None:
+        """Hash it on this thread if the hashing thread has not started it."""
+        if self.roots is None and self.future.cancel():
+            self.roots, self.values = _batch_roots(self.values), []
+
+    def finish(self) -> list[bytes]:
+        """Its roots: hashed here if not started yet, else waited for."""
+        self.take_over()
+        if self.roots is None:
+            self.roots, self.values = self.future.result(), []
+        return self.roots
+
+
 class _OutputHasher:
     """The tensor roots of a step's op outputs, in the order they are added: hashed in
     batches on the hashing thread while the step runs; when the backlog is full, and at
@@ -72,19 +96,18 @@ class _OutputHasher:
     cores hash. Values are never written in place after they are added."""
 
     def __init__(self) -> None:
-        self._batches: list[tuple[Future[list[bytes]], list[np.ndarray]]] = []
+        self._batches: list[_Batch] = []  # handed over, oldest first
         self._open: list[np.ndarray] = []
         self._open_bytes = 0
-        self._waiting: deque[tuple[int, int]] = deque()  # (batch, bytes) not known done
-        self._queued = 0
-        self._results: dict[int, list[bytes]] = {}
+        self._queued = 0  # bytes of the batches from self._settled on
+        self._settled = 0  # batches before this one have their roots
         self._count = 0
 
     def add(self, value: np.ndarray) -> int:
         """Start hashing ``value``; returns its place in :meth:`roots`."""
+        self._count += 1
         self._open.append(value)
         self._open_bytes += value.nbytes
-        self._count += 1
         if self._open_bytes >= HASH_BATCH_BYTES:
             self._submit()
         return self._count - 1
@@ -92,38 +115,23 @@ class _OutputHasher:
     def _submit(self) -> None:
         values, size = self._open, self._open_bytes
         self._open, self._open_bytes = [], 0
-        self._batches.append((_HASHER.submit(_batch_roots, values), values))
-        self._waiting.append((len(self._batches) - 1, size))
+        self._batches.append(_Batch(values, size, _HASHER.submit(_batch_roots, values)))
         self._queued += size
         while self._queued > TRACE_HASH_BACKLOG:  # memory stays bounded: help, or wait
-            i, size = self._waiting.popleft()
-            self._finish(i)
-            self._queued -= size
-
-    def _finish(self, i: int) -> None:
-        future, values = self._batches[i]
-        if i not in self._results:
-            self._results[i] = _batch_roots(values) if future.cancel() else future.result()
-            self._batches[i] = (future, [])  # release the values
+            oldest = self._batches[self._settled]
+            oldest.finish()
+            self._queued -= oldest.size
+            self._settled += 1
 
     def roots(self) -> list[bytes]:
         """Every added value's root, in order (waits for, or does, the remaining work)."""
-        if self._open and not self._batches:  # a small step: one batch, on every core
-            self._results[0] = _batch_roots(self._open, hash_threads())
-            self._batches = [(Future(), [])]
-            self._open, self._open_bytes = [], 0
+        if not self._batches:  # a small step: one batch, hashed here on every core
+            return _batch_roots(self._open, hash_threads())
         if self._open:
             self._submit()
-        for i in reversed(range(len(self._batches))):  # the hashing thread works from the front
-            future, values = self._batches[i]
-            if i not in self._results and future.cancel():
-                self._results[i] = _batch_roots(values)
-        out: list[bytes] = []
-        for i in range(len(self._batches)):
-            self._finish(i)
-            out.extend(self._results.pop(i))
-        self._batches, self._waiting, self._queued = [], deque(), 0
-        return out
+        for batch in reversed(self._batches):  # the hashing thread works from the front
+            batch.take_over()
+        return [root for batch in self._batches for root in batch.finish()]
 
 
 @dataclass(frozen=True)
